@@ -1,0 +1,1 @@
+"""Contracts: Avro schemas (``*.avsc``), their pydantic models and the wire codec."""

@@ -1,0 +1,148 @@
+"""Avro wire format: single-object encoding by default, Confluent framing when configured.
+
+Single-object encoding (Avro spec) prefixes the body with ``C3 01`` and the 8-byte
+little-endian CRC-64-AVRO fingerprint of the writer schema, so no registry is needed:
+a reader keeps every schema version it knows by fingerprint and resolves old records
+against the newest reader schema. Confluent framing (``00`` + 4-byte schema id) is
+accepted when a registry lookup function is supplied.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from collections.abc import Callable
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import fastavro
+import fastavro.schema
+
+SINGLE_OBJECT_MAGIC = b"\xc3\x01"
+CONFLUENT_MAGIC = b"\x00"
+NAMESPACE = "dev.spendstream"
+
+
+class AvroDecodeError(ValueError):
+    """A record that cannot be decoded; the message says why in plain words."""
+
+
+def schema_dir() -> Path:
+    return Path(str(resources.files("spendstream.schemas")))
+
+
+@cache
+def load(name: str) -> dict[str, Any]:
+    """Parsed schema for a short name like 'UsageEvent' (latest version)."""
+    path = schema_dir() / f"{NAMESPACE}.{name}.avsc"
+    return fastavro.schema.load_schema(str(path))  # type: ignore[return-value]
+
+
+def fingerprint(schema: dict[str, Any]) -> bytes:
+    canonical = fastavro.schema.to_parsing_canonical_form(schema)
+    value = int(fastavro.schema.fingerprint(canonical, "CRC-64-AVRO"), 16)
+    return value.to_bytes(8, "little")
+
+
+def _history(name: str) -> list[dict[str, Any]]:
+    """Older versions of a schema kept as ``history/<Name>.vN.avsc`` (writer schemas only)."""
+    found = []
+    hist = schema_dir() / "history"
+    if hist.is_dir():
+        for path in sorted(hist.glob(f"{NAMESPACE}.{name}.v*.avsc")):
+            found.append(fastavro.schema.load_schema(str(path), _write_hint=False))
+    return found
+
+
+class AvroCodec:
+    """Encode and decode one record type.
+
+    ``registry_lookup`` maps a Confluent schema id to a writer schema (JSON dict); without it,
+    Confluent-framed records are rejected with a clear reason.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        confluent_schema_id: int | None = None,
+        registry_lookup: Callable[[int], dict[str, Any]] | None = None,
+    ) -> None:
+        self.name = name
+        self.schema = load(name)
+        self.header = SINGLE_OBJECT_MAGIC + fingerprint(self.schema)
+        self._writers: dict[bytes, dict[str, Any]] = {fingerprint(self.schema): self.schema}
+        for old in _history(name):
+            parsed = fastavro.parse_schema(old)
+            self._writers.setdefault(fingerprint(parsed), parsed)
+        self._confluent_id = confluent_schema_id
+        self._registry_lookup = registry_lookup
+        self._registry_cache: dict[int, dict[str, Any]] = {}
+
+    @property
+    def known_fingerprints(self) -> set[bytes]:
+        return set(self._writers)
+
+    def encode(self, record: dict[str, Any]) -> bytes:
+        buf = io.BytesIO()
+        if self._confluent_id is not None:
+            buf.write(CONFLUENT_MAGIC + struct.pack(">I", self._confluent_id))
+        else:
+            buf.write(self.header)
+        fastavro.schemaless_writer(buf, self.schema, record)
+        return buf.getvalue()
+
+    def decode(self, data: bytes) -> dict[str, Any]:
+        if not data:
+            raise AvroDecodeError("empty message: expected an Avro-encoded record")
+        if data[:2] == SINGLE_OBJECT_MAGIC:
+            if len(data) < 10:
+                raise AvroDecodeError("truncated header: fewer than 10 bytes")
+            writer = self._writers.get(data[2:10])
+            if writer is None:
+                raise AvroDecodeError(
+                    f"unknown schema fingerprint {data[2:10].hex()} for {self.name}: "
+                    "written with a schema this worker does not know"
+                )
+            body = data[10:]
+        elif data[:1] == CONFLUENT_MAGIC and len(data) >= 5:
+            schema_id = struct.unpack(">I", data[1:5])[0]
+            writer = self._confluent_writer(schema_id)
+            body = data[5:]
+        else:
+            raise AvroDecodeError(
+                f"not Avro single-object or Confluent framed (starts with {data[:2].hex()})"
+            )
+        try:
+            stream = io.BytesIO(body)
+            record = fastavro.schemaless_reader(
+                stream, writer, self.schema, return_record_name=True
+            )
+        except Exception as exc:  # fastavro raises many types on corrupt input
+            raise AvroDecodeError(f"corrupt or truncated Avro body: {exc}") from exc
+        if stream.tell() != len(body):
+            raise AvroDecodeError(f"{len(body) - stream.tell()} trailing bytes after the record")
+        return record  # type: ignore[return-value]
+
+    def _confluent_writer(self, schema_id: int) -> dict[str, Any]:
+        if schema_id in self._registry_cache:
+            return self._registry_cache[schema_id]
+        if self._registry_lookup is None:
+            raise AvroDecodeError(
+                f"Confluent-framed record (schema id {schema_id}) but no schema registry "
+                "is configured (set SPENDSTREAM_SCHEMA_REGISTRY_URL)"
+            )
+        try:
+            writer = fastavro.parse_schema(self._registry_lookup(schema_id))
+        except Exception as exc:
+            raise AvroDecodeError(f"schema id {schema_id} not resolvable: {exc}") from exc
+        self._registry_cache[schema_id] = writer
+        return writer
+
+
+@cache
+def codec(name: str) -> AvroCodec:
+    """Shared single-object codec per record type."""
+    return AvroCodec(name)

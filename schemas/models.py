@@ -1,0 +1,399 @@
+"""Pydantic models mirroring the Avro contracts; they validate at the edges.
+
+The ``.avsc`` files are the language-neutral truth. These models add the rules Avro cannot
+say (non-negative counts, bounded strings, ISO currency codes, timestamps not from the
+future) and convert to and from the plain dicts fastavro reads and writes.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from .avro import NAMESPACE, codec
+from .money import money
+
+ShortStr = Annotated[str, Field(min_length=1, max_length=256)]
+OptStr = Annotated[str | None, Field(default=None, max_length=256)]
+Count = Annotated[int, Field(default=0, ge=0, le=10**15)]
+
+
+def _nonneg_money(value: Decimal) -> Decimal:
+    value = money(value)
+    if value < 0:
+        raise ValueError("must not be negative")
+    return value
+
+
+Money = Annotated[Decimal, AfterValidator(_nonneg_money)]
+
+
+def _currency(value: str) -> str:
+    if len(value) != 3 or not value.isalpha():
+        raise ValueError(f"'{value}' is not an ISO 4217 currency code (e.g. USD, EUR)")
+    return value.upper()
+
+
+Currency = Annotated[str, AfterValidator(_currency)]
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def to_micros(when: datetime) -> int:
+    """Exact microseconds since the epoch (no float on the way)."""
+    return (when - EPOCH) // timedelta(microseconds=1)
+
+
+def from_micros(micros: int) -> datetime:
+    return EPOCH + timedelta(microseconds=micros)
+
+
+def _aware(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        raise ValueError("timestamp needs a time zone (e.g. 2026-01-31T12:00:00Z)")
+    return value.astimezone(UTC)
+
+
+AwareDatetime = Annotated[datetime, AfterValidator(_aware)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+
+class Attributes(Strict):
+    org: OptStr = None
+    team: OptStr = None
+    project: OptStr = None
+    user: OptStr = None
+    department: OptStr = None
+    session: OptStr = None
+    feature: OptStr = None
+    tags: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("tags")
+    @classmethod
+    def _bounded_tags(cls, tags: dict[str, str]) -> dict[str, str]:
+        if len(tags) > 64:
+            raise ValueError(f"at most 64 tags, got {len(tags)}")
+        for key, val in tags.items():
+            if not key or len(key) > 128 or len(val) > 256:
+                raise ValueError(f"tag '{key[:40]}': key 1-128 chars, value up to 256 chars")
+        return tags
+
+    def get(self, field: str) -> str | None:
+        """Attribute or tag value by name (budgets match on either)."""
+        if field in Attributes.model_fields and field != "tags":
+            return getattr(self, field)  # type: ignore[no-any-return]
+        return self.tags.get(field)
+
+
+class LlmUsage(Strict):
+    kind: Literal["llm"] = "llm"
+    provider: ShortStr
+    model: ShortStr
+    operation: Literal["chat", "responses", "embedding", "image", "audio"] = "chat"
+    input_tokens: Count = 0
+    output_tokens: Count = 0
+    cache_read_tokens: Count = 0
+    cache_write_tokens: Count = 0
+    reasoning_tokens: Count = 0
+    input_audio_tokens: Count = 0
+    output_audio_tokens: Count = 0
+    images: Count = 0
+    image_size: OptStr = None
+    request_id: OptStr = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> LlmUsage:
+        if self.cache_read_tokens + self.cache_write_tokens > self.input_tokens:
+            raise ValueError(
+                "cache_read_tokens + cache_write_tokens exceed input_tokens; input_tokens is "
+                "the total prompt size including cached tokens"
+            )
+        if self.reasoning_tokens > self.output_tokens:
+            raise ValueError("reasoning_tokens exceed output_tokens (they are part of output)")
+        return self
+
+
+class ApifyRun(Strict):
+    kind: Literal["apify"] = "apify"
+    actor_id: ShortStr
+    run_id: ShortStr
+    status: ShortStr = "SUCCEEDED"
+    compute_units: Money = Decimal(0)
+    usage_total_usd: Money | None = None
+    usage_usd: dict[str, Money] = Field(default_factory=dict)
+    results: Count = 0
+    charged_event_counts: dict[str, Annotated[int, Field(ge=0)]] = Field(default_factory=dict)
+    plan: OptStr = None
+
+
+class WorkflowRun(Strict):
+    kind: Literal["workflow"] = "workflow"
+    platform: Literal["n8n", "zapier", "make", "power_automate"]
+    workflow_id: ShortStr
+    execution_id: ShortStr
+    status: ShortStr = "success"
+    tasks: Count = 0
+    operations: Count = 0
+    duration_ms: Count = 0
+    plan: OptStr = None
+
+
+class CustomCost(Strict):
+    kind: Literal["custom"] = "custom"
+    amount: Money
+    currency: Currency
+    category: ShortStr = "other"
+    description: Annotated[str | None, Field(default=None, max_length=1024)] = None
+
+
+Payload = Annotated[LlmUsage | ApifyRun | WorkflowRun | CustomCost, Field(discriminator="kind")]
+_PAYLOAD_NAMES = {
+    "llm": f"{NAMESPACE}.LlmUsage",
+    "apify": f"{NAMESPACE}.ApifyRun",
+    "workflow": f"{NAMESPACE}.WorkflowRun",
+    "custom": f"{NAMESPACE}.CustomCost",
+}
+_PAYLOAD_KINDS = {v: k for k, v in _PAYLOAD_NAMES.items()}
+Source = Literal["llm", "apify", "workflow", "custom"]
+
+#: How far in the future an event's time may lie; set from configuration by workers.
+MAX_FUTURE_SKEW = timedelta(minutes=5)
+
+
+class UsageEvent(Strict):
+    event_id: Annotated[str, Field(min_length=1, max_length=128)]
+    occurred_at: AwareDatetime
+    source: Source
+    attributes: Attributes = Field(default_factory=Attributes)
+    payload: Payload
+
+    @model_validator(mode="after")
+    def _source_matches_payload(self) -> UsageEvent:
+        if self.payload.kind != self.source:
+            raise ValueError(f"source '{self.source}' but payload is a {self.payload.kind} payload")
+        return self
+
+    def check_clock(self, now: datetime | None = None, skew: timedelta = MAX_FUTURE_SKEW) -> None:
+        """Reject events from the future (beyond the allowed clock skew)."""
+        now = now or datetime.now(UTC)
+        if self.occurred_at > now + skew:
+            raise ValueError(
+                f"occurred_at {self.occurred_at.isoformat()} is more than "
+                f"{int(skew.total_seconds())} s in the future; check the producer's clock"
+            )
+
+    # --- Avro conversion ------------------------------------------------------------------
+    def to_avro(self) -> dict[str, Any]:
+        payload = self.payload.model_dump(exclude={"kind"})
+        return {
+            "event_id": self.event_id,
+            "occurred_at": self.occurred_at,
+            "source": self.source,
+            "attributes": self.attributes.model_dump(),
+            "payload": (_PAYLOAD_NAMES[self.payload.kind], payload),
+        }
+
+    @classmethod
+    def from_avro(cls, record: dict[str, Any]) -> UsageEvent:
+        name, payload = record["payload"]
+        data = dict(record)
+        data["payload"] = {**payload, "kind": _PAYLOAD_KINDS[name]}
+        return cls.model_validate(data)
+
+    def encode(self) -> bytes:
+        return codec("UsageEvent").encode(self.to_avro())
+
+    @classmethod
+    def decode(cls, data: bytes) -> UsageEvent:
+        return cls.from_avro(codec("UsageEvent").decode(data))
+
+    @property
+    def provider(self) -> str | None:
+        return self.payload.provider if isinstance(self.payload, LlmUsage) else None
+
+    @property
+    def model(self) -> str | None:
+        return self.payload.model if isinstance(self.payload, LlmUsage) else None
+
+    def field(self, name: str) -> str | None:
+        """Value of a matchable field: source fields first, then attributes and tags."""
+        if name == "source":
+            return self.source
+        if name in ("provider", "model", "platform", "actor_id", "category", "operation"):
+            value = getattr(self.payload, name, None)
+            return value if isinstance(value, str) else None
+        return self.attributes.get(name)
+
+
+class SourcePosition(Strict):
+    topic: str
+    partition: int
+    offset: int
+
+
+class CostComponent(Strict):
+    name: str
+    quantity: Decimal
+    unit: str
+    amount: Decimal
+
+
+class PricedUsage(Strict):
+    event: UsageEvent
+    cost: Decimal
+    currency: Currency
+    priced: bool = True
+    components: list[CostComponent] = Field(default_factory=list)
+    price_source: str
+    price_version: str
+    origin: SourcePosition
+    priced_at: AwareDatetime
+
+    def to_avro(self) -> dict[str, Any]:
+        data = self.model_dump(exclude={"event"})
+        data["event"] = self.event.to_avro()
+        return data
+
+    @classmethod
+    def from_avro(cls, record: dict[str, Any]) -> PricedUsage:
+        data = dict(record)
+        data["event"] = UsageEvent.from_avro(record["event"])
+        return cls.model_validate(data)
+
+
+class CostAllocation(Strict):
+    allocation_id: str
+    event_id: str
+    budget_id: str
+    matched_via: str
+    period_key: str
+    period_start: AwareDatetime
+    period_end: AwareDatetime
+    occurred_at: AwareDatetime
+    amount: Decimal
+    currency: Currency
+    source: Source
+    provider: str | None = None
+    model: str | None = None
+    attributes: Attributes
+    origin: SourcePosition
+
+    def to_avro(self) -> dict[str, Any]:
+        return self.model_dump()
+
+    @classmethod
+    def from_avro(cls, record: dict[str, Any]) -> CostAllocation:
+        return cls.model_validate(record)
+
+
+ThresholdAction = Literal["notify", "throttle", "require-approval", "downgrade", "block"]
+
+
+class Threshold(Strict):
+    percent: Annotated[Decimal, Field(gt=0, le=1000)]
+    action: ThresholdAction = "notify"
+    downgrade_to: OptStr = None
+
+    @model_validator(mode="after")
+    def _downgrade_needs_model(self) -> Threshold:
+        if self.action == "downgrade" and not self.downgrade_to:
+            raise ValueError("action 'downgrade' needs downgrade_to (the cheaper model)")
+        return self
+
+
+class BudgetAlert(Strict):
+    alert_id: str
+    budget_id: str
+    budget_name: str
+    period_key: str
+    kind: Literal["threshold", "exceeded", "forecast", "anomaly"]
+    threshold_percent: Decimal | None = None
+    action: ThresholdAction = "notify"
+    downgrade_to: str | None = None
+    severity: Literal["info", "warning", "critical"] = "warning"
+    spent: Decimal
+    limit: Decimal
+    currency: Currency
+    message: str
+    triggered_by: str | None = None
+    triggered_at: AwareDatetime
+
+    def to_avro(self) -> dict[str, Any]:
+        return self.model_dump()
+
+    @classmethod
+    def from_avro(cls, record: dict[str, Any]) -> BudgetAlert:
+        return cls.model_validate(record)
+
+
+class BudgetStatus(Strict):
+    budget_id: str
+    budget_name: str
+    period_key: str
+    period_start: AwareDatetime
+    period_end: AwareDatetime
+    spent: Decimal
+    limit: Decimal
+    currency: Currency
+    event_count: int
+    state: Literal["normal", "warning", "critical", "exceeded"]
+    alerted_tiers: list[str] = Field(default_factory=list)
+    updated_at: AwareDatetime
+
+    @property
+    def remaining(self) -> Decimal:
+        return self.limit - self.spent
+
+    @property
+    def percent(self) -> Decimal:
+        return (
+            (self.spent * 100 / self.limit).quantize(Decimal("0.01")) if self.limit else Decimal(0)
+        )
+
+    def to_avro(self) -> dict[str, Any]:
+        return self.model_dump()
+
+    @classmethod
+    def from_avro(cls, record: dict[str, Any]) -> BudgetStatus:
+        return cls.model_validate(record)
+
+
+class DeadLetter(Strict):
+    reason: str
+    error_code: str
+    origin: SourcePosition
+    event_id: str | None = None
+    key: bytes | None = None
+    value: bytes | None = None
+    rejected_at: AwareDatetime
+
+    def to_avro(self) -> dict[str, Any]:
+        return self.model_dump()
+
+    @classmethod
+    def from_avro(cls, record: dict[str, Any]) -> DeadLetter:
+        return cls.model_validate(record)
+
+
+def explain(exc: ValidationError) -> str:
+    """One line per problem, with the field path: what a producer needs to fix its input."""
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
+        parts.append(f"{loc or 'event'}: {err['msg']}")
+    return "; ".join(parts)

@@ -1,0 +1,1 @@
+"""Delivery to stores: the ClickHouse sink, migrations, queries and reports."""

@@ -1,0 +1,149 @@
+"""Turn decoded Kafka records into ClickHouse rows (pure functions, one per table)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from spendstream.schemas.avro import codec
+from spendstream.schemas.budget import BudgetDefinition
+from spendstream.schemas.models import (
+    ApifyRun,
+    BudgetAlert,
+    CostAllocation,
+    CustomCost,
+    DeadLetter,
+    LlmUsage,
+    PricedUsage,
+    WorkflowRun,
+)
+
+Position = tuple[str, int, int]
+ATTRS = ("org", "team", "project", "user", "department", "session", "feature")
+
+PRICED_COLUMNS = [
+    "event_id", "occurred_at", "source", "provider", "model", "operation",
+    *ATTRS, "tags",
+    "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
+    "reasoning_tokens", "images",
+    "actor_id", "run_id", "platform", "workflow_id", "execution_id", "status",
+    "compute_units", "results", "tasks", "operations", "duration_ms", "category",
+    "cost", "currency", "priced", "components", "price_source", "price_version",
+    "origin_topic", "origin_partition", "origin_offset", "priced_at",
+    "_topic", "_partition", "_offset",
+]  # fmt: skip
+
+
+def priced_row(value: bytes, pos: Position) -> list[Any]:
+    p = PricedUsage.from_avro(codec("PricedUsage").decode(value))
+    e = p.event
+    pl = e.payload
+    llm = pl if isinstance(pl, LlmUsage) else None
+    apify = pl if isinstance(pl, ApifyRun) else None
+    wf = pl if isinstance(pl, WorkflowRun) else None
+    custom = pl if isinstance(pl, CustomCost) else None
+    attrs = e.attributes
+    return [
+        e.event_id, e.occurred_at, e.source,
+        llm.provider if llm else "", llm.model if llm else "", llm.operation if llm else "",
+        *[getattr(attrs, a) or "" for a in ATTRS], dict(attrs.tags),
+        llm.input_tokens if llm else 0, llm.output_tokens if llm else 0,
+        llm.cache_read_tokens if llm else 0, llm.cache_write_tokens if llm else 0,
+        llm.reasoning_tokens if llm else 0, llm.images if llm else 0,
+        apify.actor_id if apify else "", apify.run_id if apify else "",
+        wf.platform if wf else "", wf.workflow_id if wf else "", wf.execution_id if wf else "",
+        (apify.status if apify else wf.status if wf else ""),
+        apify.compute_units if apify else 0, apify.results if apify else 0,
+        wf.tasks if wf else 0, wf.operations if wf else 0, wf.duration_ms if wf else 0,
+        custom.category if custom else "",
+        p.cost, p.currency, int(p.priced),
+        [(c.name, c.quantity, c.unit, c.amount) for c in p.components],
+        p.price_source, p.price_version,
+        p.origin.topic, p.origin.partition, p.origin.offset, p.priced_at,
+        *pos,
+    ]  # fmt: skip
+
+
+ALLOCATION_COLUMNS = [
+    "allocation_id", "event_id", "budget_id", "matched_via", "period_key", "period_start",
+    "period_end", "occurred_at", "amount", "currency", "source", "provider", "model",
+    "org", "team", "project", "user", "department", "feature", "tags",
+    "origin_topic", "origin_partition", "origin_offset", "_topic", "_partition", "_offset",
+]  # fmt: skip
+
+
+def allocation_row(value: bytes, pos: Position) -> list[Any]:
+    a = CostAllocation.from_avro(codec("CostAllocation").decode(value))
+    at = a.attributes
+    return [
+        a.allocation_id, a.event_id, a.budget_id, a.matched_via, a.period_key, a.period_start,
+        a.period_end, a.occurred_at, a.amount, a.currency, a.source, a.provider or "",
+        a.model or "", at.org or "", at.team or "", at.project or "", at.user or "",
+        at.department or "", at.feature or "", dict(at.tags),
+        a.origin.topic, a.origin.partition, a.origin.offset, *pos,
+    ]  # fmt: skip
+
+
+ALERT_COLUMNS = [
+    "alert_id", "budget_id", "budget_name", "period_key", "kind", "threshold_percent",
+    "action", "downgrade_to", "severity", "spent", "limit", "currency", "message",
+    "triggered_by", "triggered_at", "_topic", "_partition", "_offset",
+]  # fmt: skip
+
+
+def alert_row(value: bytes, pos: Position) -> list[Any]:
+    a = BudgetAlert.from_avro(codec("BudgetAlert").decode(value))
+    return [
+        a.alert_id, a.budget_id, a.budget_name, a.period_key, a.kind, a.threshold_percent,
+        a.action, a.downgrade_to or "", a.severity, a.spent, a.limit, a.currency, a.message,
+        a.triggered_by or "", a.triggered_at, *pos,
+    ]  # fmt: skip
+
+
+BUDGET_COLUMNS = [
+    "budget_id", "name", "parent_id", "limit", "currency", "period", "timezone", "scope",
+    "thresholds", "deleted", "updated_at", "_topic", "_partition", "_offset",
+]  # fmt: skip
+
+
+def budget_row(value: bytes | None, pos: Position, key: bytes | None = None) -> list[Any]:
+    from datetime import UTC, datetime
+    from decimal import Decimal
+
+    if value is None:  # tombstone: keep history, mark deleted
+        budget_id = key.decode() if key else ""
+        return [budget_id, "", "", Decimal(0), "", "", "", "{}", "[]", 1,
+                datetime.now(UTC), *pos]  # fmt: skip
+    b = BudgetDefinition.from_avro(codec("BudgetDefinition").decode(value))
+    thresholds = [t.model_dump(mode="json") for t in b.thresholds]
+    return [
+        b.budget_id, b.name, b.parent_id or "", b.limit, b.currency, b.period, b.timezone,
+        json.dumps(b.scope, sort_keys=True), json.dumps(thresholds), 0, b.updated_at, *pos,
+    ]  # fmt: skip
+
+
+DLQ_COLUMNS = [
+    "origin_topic", "origin_partition", "origin_offset", "event_id", "error_code", "reason",
+    "raw_value", "rejected_at", "_topic", "_partition", "_offset",
+]  # fmt: skip
+
+
+def dlq_row(value: bytes, pos: Position) -> list[Any]:
+    d = DeadLetter.from_avro(codec("DeadLetter").decode(value))
+    raw = (d.value or b"").hex()
+    return [
+        d.origin.topic, d.origin.partition, d.origin.offset, d.event_id or "", d.error_code,
+        d.reason, raw, d.rejected_at, *pos,
+    ]  # fmt: skip
+
+
+#: table name -> (columns, row builder taking (value, position, key))
+RowBuilder = Callable[[Any, Position, Any], list[Any]]
+TABLES: dict[str, tuple[list[str], RowBuilder]] = {
+    "priced_usage": (PRICED_COLUMNS, lambda v, p, k: priced_row(v, p)),
+    "cost_allocations": (ALLOCATION_COLUMNS, lambda v, p, k: allocation_row(v, p)),
+    "budget_alerts": (ALERT_COLUMNS, lambda v, p, k: alert_row(v, p)),
+    "budgets": (BUDGET_COLUMNS, lambda v, p, k: budget_row(v, p, k)),
+    "dead_letters": (DLQ_COLUMNS, lambda v, p, k: dlq_row(v, p)),
+}

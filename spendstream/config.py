@@ -1,0 +1,271 @@
+"""Configuration from environment variables (prefix ``SPENDSTREAM_``).
+
+Every process (worker, sink, CLI, demo) reads the same settings, so one set of
+variables wires a whole deployment. Defaults run everything on this machine:
+a local Kafka broker on loopback and an embedded chDB under the data directory.
+"""
+
+from __future__ import annotations
+
+import os
+from decimal import Decimal
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlparse
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "SPENDSTREAM_"
+
+
+def _default_data_dir() -> Path:
+    xdg = os.environ.get("XDG_DATA_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".local" / "share"
+    return base / "spendstream"
+
+
+class Settings(BaseSettings):
+    """All runtime settings. Field name ``x_y`` is read from ``SPENDSTREAM_X_Y``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_file=None, extra="ignore", validate_default=True
+    )
+
+    # --- where state lives ---------------------------------------------------------------
+    data_dir: Path = Field(
+        default_factory=_default_data_dir,
+        description="Root for local state: Kafka jars and logs, worker tables, chDB data.",
+    )
+
+    # --- Kafka ---------------------------------------------------------------------------
+    kafka_bootstrap_servers: str = Field(
+        default="",
+        description="host:port list of an existing cluster. Empty = use the local broker.",
+    )
+    kafka_local_port: int = Field(
+        default=19092, ge=1024, le=65535, description="Port of the local broker."
+    )
+    kafka_local_controller_port: int = Field(
+        default=19093, ge=1024, le=65535, description="KRaft controller port of the local broker."
+    )
+    kafka_version: str = Field(
+        default="3.9.1", description="Apache Kafka version the local broker resolves via Maven."
+    )
+    kafka_heap: str = Field(default="768m", description="JVM heap of the local broker (-Xmx).")
+    topic_prefix: str = Field(default="", description="Prefix for every topic name.")
+    topic_partitions: int = Field(default=4, ge=1, le=1024, description="Partitions per topic.")
+    topic_replication: int = Field(default=1, ge=1, le=16, description="Replication factor.")
+    schema_registry_url: str = Field(
+        default="",
+        description="Confluent Schema Registry URL; empty = Avro single-object encoding.",
+    )
+
+    # --- workers -------------------------------------------------------------------------
+    app_id: str = Field(default="spendstream", description="Consumer group / faust app id.")
+    worker_web_port: int = Field(
+        default=6066, ge=1024, le=65535, description="Worker HTTP port (faust web)."
+    )
+    budgets_file: Path | None = Field(
+        default=None, description="YAML/JSON budgets published to the budgets topic at start."
+    )
+    batch_size: int = Field(default=500, ge=1, le=100_000, description="Worker micro-batch size.")
+    batch_linger_ms: int = Field(
+        default=50, ge=1, le=60_000, description="Worker micro-batch wait."
+    )
+    dedupe_window_s: int = Field(
+        default=86_400, ge=60, description="How long a seen event_id is remembered."
+    )
+    unknown_price: Literal["dlq", "flag"] = Field(
+        default="dlq", description="Unknown model/platform: reject to DLQ or pass unpriced."
+    )
+    max_clock_skew_s: int = Field(
+        default=300, ge=0, description="How far in the future occurred_at may be."
+    )
+    default_currency: str = Field(default="USD", min_length=3, max_length=3)
+
+    # --- ClickHouse / sink ----------------------------------------------------------------
+    clickhouse_dsn: str = Field(
+        default="",
+        description="chdb:///path or http(s)://user:pass@host:8123/db. Empty = chDB under data_dir.",
+    )
+    clickhouse_database: str = Field(default="spendstream", description="Database name.")
+    sink_batch_rows: int = Field(default=5000, ge=1, le=1_000_000, description="Rows per insert.")
+    sink_linger_ms: int = Field(default=500, ge=1, le=600_000, description="Max wait for a batch.")
+    sink_query_port: int = Field(
+        default=8124,
+        ge=0,
+        le=65535,
+        description="Loopback port where a sink holding chDB answers queries (0 = any free).",
+    )
+    sink_group: str = Field(default="spendstream-sink", description="Sink consumer group.")
+
+    # --- alerts --------------------------------------------------------------------------
+    default_thresholds: list[Decimal] = Field(
+        default_factory=lambda: [Decimal(50), Decimal(75), Decimal(90), Decimal(100)],
+        description="Default threshold tiers in percent.",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute_data_dir(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @field_validator("kafka_bootstrap_servers")
+    @classmethod
+    def _check_bootstrap(cls, value: str) -> str:
+        value = value.strip()
+        for server in filter(None, (s.strip() for s in value.split(","))):
+            host, _, port = server.rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"'{server}' is not host:port (e.g. 127.0.0.1:9092)")
+        return value
+
+    @field_validator("clickhouse_dsn")
+    @classmethod
+    def _check_dsn(cls, value: str) -> str:
+        value = value.strip()
+        if value and urlparse(value).scheme not in ("chdb", "http", "https"):
+            raise ValueError("must start with chdb://, http:// or https://")
+        return value
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _check_prefix(cls, value: str) -> str:
+        allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+        if not set(value) <= allowed:
+            raise ValueError("may only hold letters, digits, '.', '_' and '-'")
+        return value
+
+    @field_validator("default_currency")
+    @classmethod
+    def _upper_currency(cls, value: str) -> str:
+        if not value.isalpha():
+            raise ValueError("must be an ISO 4217 code such as USD")
+        return value.upper()
+
+    @model_validator(mode="after")
+    def _check_ports(self) -> Settings:
+        if self.kafka_local_port == self.kafka_local_controller_port:
+            raise ValueError("kafka_local_port and kafka_local_controller_port must differ")
+        if sorted(self.default_thresholds) != self.default_thresholds:
+            raise ValueError("default_thresholds must be ascending")
+        return self
+
+    # --- derived values --------------------------------------------------------------------
+    @property
+    def uses_local_kafka(self) -> bool:
+        return not self.kafka_bootstrap_servers
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return self.kafka_bootstrap_servers or f"127.0.0.1:{self.kafka_local_port}"
+
+    @property
+    def kafka_dir(self) -> Path:
+        return self.data_dir / "kafka"
+
+    @property
+    def worker_dir(self) -> Path:
+        return self.data_dir / "worker"
+
+    @property
+    def chdb_path(self) -> Path:
+        return self.data_dir / "chdb"
+
+    @property
+    def effective_clickhouse_dsn(self) -> str:
+        return self.clickhouse_dsn or f"chdb://{self.chdb_path}"
+
+    @property
+    def is_embedded_clickhouse(self) -> bool:
+        return self.effective_clickhouse_dsn.startswith("chdb://")
+
+    @cached_property
+    def topics(self) -> Topics:
+        return Topics(self.topic_prefix)
+
+
+class Topics:
+    """Topic names with the configured prefix applied."""
+
+    SOURCES = ("usage.llm", "usage.apify", "usage.workflow", "usage.custom")
+
+    def __init__(self, prefix: str = "") -> None:
+        self.prefix = prefix
+
+    def name(self, base: str) -> str:
+        return f"{self.prefix}{base}"
+
+    @property
+    def sources(self) -> list[str]:
+        return [self.name(t) for t in self.SOURCES]
+
+    @property
+    def llm(self) -> str:
+        return self.name("usage.llm")
+
+    @property
+    def priced(self) -> str:
+        return self.name("usage.priced")
+
+    @property
+    def dlq(self) -> str:
+        return self.name("usage.dlq")
+
+    @property
+    def budgets(self) -> str:
+        return self.name("budgets")
+
+    @property
+    def allocations(self) -> str:
+        return self.name("cost-allocations")
+
+    @property
+    def status(self) -> str:
+        return self.name("budget-status")
+
+    @property
+    def alerts(self) -> str:
+        return self.name("budget-alerts")
+
+    def source_family(self, topic: str) -> str:
+        """'usage.llm' (with prefix) -> 'llm'."""
+        base = topic[len(self.prefix) :] if topic.startswith(self.prefix) else topic
+        return base.split(".", 1)[1] if base.startswith("usage.") else base
+
+    def all_topics(self) -> dict[str, dict[str, str]]:
+        """Every topic with its Kafka config; compacted where the latest value is the truth."""
+        compacted = {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"}
+        configs: dict[str, dict[str, str]] = {t: {} for t in self.sources}
+        configs[self.priced] = {}
+        configs[self.dlq] = {}
+        configs[self.allocations] = {}
+        configs[self.alerts] = {}
+        configs[self.budgets] = dict(compacted)
+        configs[self.status] = dict(compacted)
+        return configs
+
+
+class ConfigError(Exception):
+    """Raised with a message a person can act on when settings are invalid."""
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Load and validate settings; turn pydantic's report into one readable message."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            field = ".".join(str(p) for p in err["loc"]) or "settings"
+            env = ENV_PREFIX + field.upper() if field != "settings" else ENV_PREFIX + "*"
+            lines.append(f"  {env}: {err['msg']} (got {err.get('input')!r})")
+        raise ConfigError("invalid configuration:\n" + "\n".join(lines)) from None
+
+
+def settings_env_names() -> set[str]:
+    """Every environment variable name the settings understand."""
+    return {ENV_PREFIX + name.upper() for name in Settings.model_fields}

@@ -1,0 +1,364 @@
+"""``spendstream demo``: the whole pipeline on this machine, checked against its own input.
+
+Starts local Kafka (unless bootstrap servers are configured), a worker and the sink as
+real processes, publishes synthetic usage for a fresh demo organisation, then shows the
+budgets' status and alerts read back from Kafka and a spend summary from ClickHouse, and
+checks that every figure equals what was published, to the nano-unit.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from spendstream.config import Settings
+from spendstream.schemas.budget import BudgetDefinition, validate_hierarchy
+from spendstream.schemas.models import (
+    ApifyRun,
+    Attributes,
+    LlmUsage,
+    UsageEvent,
+    WorkflowRun,
+)
+from spendstream.schemas.money import plain
+from spendstream.streams.matching import BudgetRegistry
+from spendstream.streams.pricing import Pricer
+
+LLM_MODELS = [
+    ("openai", "gpt-4o"),
+    ("openai", "gpt-4o-mini"),
+    ("anthropic", "claude-sonnet-4-5"),
+    ("anthropic", "claude-haiku-4-5"),
+    ("google", "gemini-2.5-flash"),
+]
+TEAMS = ["ml", "web", "data"]
+
+
+class DemoError(RuntimeError):
+    pass
+
+
+@dataclass
+class Plan:
+    """Synthetic input plus what it must produce (the oracle)."""
+
+    org: str
+    events: list[UsageEvent]
+    budgets: list[BudgetDefinition]
+    total: Decimal = Decimal(0)
+    per_budget: dict[str, Decimal] = field(default_factory=dict)
+    allocations: int = 0
+    expected_alerts: dict[str, list[str]] = field(default_factory=dict)
+
+
+def synthetic_events(org: str, count: int, now: datetime, seed: int = 7) -> list[UsageEvent]:
+    rng = random.Random(seed)
+    month_start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    earliest = max(month_start, now - timedelta(hours=1))
+    span = max(int((now - earliest).total_seconds()) - 1, 1)
+    events = []
+    for i in range(count):
+        when = earliest + timedelta(seconds=rng.randrange(span), microseconds=rng.randrange(10**6))
+        team = rng.choice(TEAMS)
+        attrs = Attributes(org=org, team=team, project=f"proj-{rng.randrange(4)}",
+                           user=f"user-{rng.randrange(12)}")  # fmt: skip
+        roll = rng.random()
+        payload: Any
+        if roll < 0.8:
+            provider, model = rng.choice(LLM_MODELS)
+            inp = rng.randrange(200, 20_000)
+            cached = rng.randrange(0, inp // 2) if rng.random() < 0.4 else 0
+            out = rng.randrange(50, 4_000)
+            payload = LlmUsage(provider=provider, model=model, input_tokens=inp,
+                               cache_read_tokens=cached, output_tokens=out)  # fmt: skip
+            source = "llm"
+        elif roll < 0.9:
+            payload = ApifyRun(actor_id="apify/website-content-crawler", run_id=f"run-{i}",
+                               compute_units=Decimal(rng.randrange(1, 400)) / 1000,
+                               results=rng.randrange(1, 200))  # fmt: skip
+            source = "apify"
+        else:
+            platform = rng.choice(["n8n", "zapier", "make"])
+            payload = WorkflowRun(platform=platform, workflow_id=f"wf-{rng.randrange(5)}",
+                                  execution_id=f"exec-{i}", tasks=rng.randrange(1, 20),
+                                  operations=rng.randrange(1, 60))  # fmt: skip
+            source = "workflow"
+        events.append(UsageEvent(event_id=f"{org}-{i:06d}", occurred_at=when, source=source,
+                                 attributes=attrs, payload=payload))  # fmt: skip
+    return events
+
+
+def make_plan(org: str, count: int, now: datetime, pricer: Pricer) -> Plan:
+    events = synthetic_events(org, count, now)
+    costs = {e.event_id: pricer.price(e).total for e in events}
+    total = sum(costs.values(), Decimal(0))
+    ml = sum((costs[e.event_id] for e in events if e.attributes.team == "ml"), Decimal(0))
+    openai = sum((costs[e.event_id] for e in events if e.provider == "openai"), Decimal(0))
+
+    def limit(x: Decimal) -> Decimal:
+        return max(x.quantize(Decimal("0.01")), Decimal("0.01"))
+
+    budgets = [
+        BudgetDefinition(budget_id=f"{org}-org", name=f"{org} (all spend)", limit=limit(total * Decimal("1.12")),
+                         scope={"org": [org]}),  # fmt: skip
+        BudgetDefinition(budget_id=f"{org}-team-ml", name="team ml", parent_id=f"{org}-org",
+                         limit=limit(ml * Decimal("0.8")), scope={"org": [org], "team": ["ml"]}),  # fmt: skip
+        BudgetDefinition(budget_id=f"{org}-openai", name="OpenAI models",
+                         limit=limit(openai * Decimal("1.6")),
+                         scope={"org": [org], "provider": ["openai"]}),  # fmt: skip
+    ]
+    validate_hierarchy({b.budget_id: b for b in budgets})
+    plan = Plan(org=org, events=events, budgets=budgets, total=total)
+    registry = BudgetRegistry(budgets)
+    spent: dict[str, Decimal] = defaultdict(Decimal)
+    for event in events:
+        for match in registry.match(event):
+            spent[match.budget.budget_id] += costs[event.event_id]
+            plan.allocations += 1
+    plan.per_budget = dict(spent)
+    for b in budgets:
+        pct = spent[b.budget_id] * 100 / b.limit
+        tiers = [f"threshold:{plain(t.percent)}" for t in b.thresholds if pct >= t.percent]
+        if spent[b.budget_id] > b.limit:
+            tiers.append("exceeded")
+        plan.expected_alerts[b.budget_id] = tiers
+    return plan
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Services:
+    """Worker and sink as child processes, with logs under the data directory."""
+
+    def __init__(self, settings: Settings, console: Console) -> None:
+        self.settings = settings
+        self.console = console
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.logs_dir = settings.data_dir / "logs"
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        self.env = {
+            **os.environ,
+            "SPENDSTREAM_DATA_DIR": str(settings.data_dir),
+            "SPENDSTREAM_WORKER_WEB_PORT": str(_free_port()),
+            "SPENDSTREAM_SINK_QUERY_PORT": "0",
+            "SPENDSTREAM_LOG_LEVEL": "INFO",
+        }
+        if settings.kafka_bootstrap_servers:
+            self.env["SPENDSTREAM_KAFKA_BOOTSTRAP_SERVERS"] = settings.kafka_bootstrap_servers
+
+    def log_path(self, name: str) -> Path:
+        return self.logs_dir / f"demo-{name}.log"
+
+    def start(self, name: str, *args: str) -> None:
+        log = self.log_path(name).open("wb")
+        self.procs[name] = subprocess.Popen(
+            [sys.executable, "-m", "spendstream.cli", *args],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def check_alive(self) -> None:
+        for name, proc in self.procs.items():
+            if proc.poll() is not None:
+                tail = self.log_path(name).read_text(errors="replace").splitlines()[-15:]
+                raise DemoError(
+                    f"the {name} exited with code {proc.returncode}; last lines of "
+                    f"{self.log_path(name)}:\n  " + "\n  ".join(tail)
+                )
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        for proc in self.procs.values():
+            try:
+                proc.wait(max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def _wait(what: str, check: Any, timeout: float, services: Services, interval: float = 0.5) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        services.check_alive()
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise DemoError(f"timed out after {timeout:.0f}s waiting for {what}; see the logs "
+                            f"in {services.logs_dir}")  # fmt: skip
+        time.sleep(interval)
+
+
+def run_demo(settings: Settings, *, events: int, timeout: float, console: Console) -> None:
+    from spendstream.localkafka import LocalKafka
+    from spendstream.producer import UsagePublisher, publish_budgets
+    from spendstream.readback import read_alerts, read_statuses
+    from spendstream.sinks.warehouse import SinkWarehouse, running_sink_url
+    from spendstream.topics import ensure_topics, wait_for_broker
+
+    now = datetime.now(UTC)
+    org = f"demo-{now:%Y%m%d%H%M%S}-{uuid.uuid4().hex[:4]}"
+    pricer = Pricer()
+    plan = make_plan(org, events, now, pricer)
+    console.rule(f"spendstream demo · organisation [bold]{org}[/bold]")
+
+    kafka = LocalKafka(settings) if settings.uses_local_kafka else None
+    started_kafka = False
+    if kafka is not None:
+        if not kafka.status().get("running"):
+            with console.status("starting local Kafka (the first run downloads its jars)..."):
+                console.print(kafka.start())
+            started_kafka = True
+        else:
+            console.print(f"using the running local Kafka at {settings.bootstrap_servers}")
+    wait_for_broker(settings.bootstrap_servers, 60)
+    ensure_topics(settings)
+    if settings.is_embedded_clickhouse and running_sink_url(settings):
+        raise DemoError(
+            f"a sink already holds {settings.chdb_path}; stop it first, or run the demo with "
+            "another SPENDSTREAM_DATA_DIR"
+        )
+
+    services = Services(settings, console)
+    try:
+        publish_budgets(settings, plan.budgets)
+        console.print(f"budgets: {', '.join(b.budget_id for b in plan.budgets)}")
+        services.start("worker", "worker")
+        services.start("sink", "sink")
+        with console.status("starting worker and sink..."):
+            url = _wait("the sink's query port", lambda: running_sink_url(settings), 90, services)
+        warehouse = SinkWarehouse(url) if url else None
+
+        with Progress(console=console) as progress:
+            task = progress.add_task("publishing usage events", total=len(plan.events))
+            with UsagePublisher(settings) as publisher:
+                for event in plan.events:
+                    publisher.publish(event)
+                    progress.advance(task)
+                report = publisher.flush()
+            if report.failed:
+                raise DemoError(f"{report.failed} events were not delivered: {report.errors[:3]}")
+
+            done = progress.add_task("priced and stored in ClickHouse", total=len(plan.events))
+
+            def stored() -> bool:
+                assert warehouse is not None
+                n = warehouse.query("SELECT count() FROM priced_usage FINAL WHERE org = {o:String}",
+                                    {"o": org}).scalar()  # fmt: skip
+                a = warehouse.query("SELECT count() FROM cost_allocations FINAL WHERE org = "
+                                    "{o:String}", {"o": org}).scalar()  # fmt: skip
+                progress.update(done, completed=int(n))
+                return int(n) == len(plan.events) and int(a) == plan.allocations
+
+            _wait("events to reach ClickHouse", stored, timeout, services)
+
+        def statuses_done() -> list[Any] | None:
+            ours = {s.budget_id: s for s in read_statuses(settings) if s.budget_id.startswith(org)}
+            if all(ours.get(b) and ours[b].spent == v for b, v in plan.per_budget.items()):
+                return list(ours.values())
+            return None
+
+        statuses = _wait("budget status to settle", statuses_done, 60, services)
+        expected_alert_count = sum(len(v) for v in plan.expected_alerts.values())
+
+        def alerts_done() -> list[Any] | None:
+            ours = [a for a in read_alerts(settings) if a.budget_id.startswith(org)]
+            return ours if len(ours) >= expected_alert_count else None
+
+        alerts = _wait("alerts", alerts_done, 60, services) if expected_alert_count else []
+        _print_results(console, plan, statuses, alerts, warehouse)
+    finally:
+        with console.status("stopping worker and sink..."):
+            services.stop()
+        if started_kafka and kafka is not None:
+            console.print(kafka.stop())
+
+
+def _print_results(
+    console: Console, plan: Plan, statuses: list[Any], alerts: list[Any], warehouse: Any
+) -> None:
+    from spendstream.cli import status_table
+
+    console.rule("budget status (from the budget-status topic)")
+    console.print(status_table(statuses))
+
+    console.rule("alerts (read back from the budget-alerts topic)")
+    table = Table("budget", "kind", "tier", "action", "spent", "message")
+    for a in sorted(alerts, key=lambda a: (a.budget_id, a.triggered_at)):
+        tier = f"{plain(a.threshold_percent)}%" if a.threshold_percent else ""
+        table.add_row(a.budget_id, a.kind, tier, a.action, str(a.spent), a.message)
+    console.print(table)
+
+    console.rule("spend summary (from ClickHouse)")
+    summary = warehouse.query(
+        "SELECT source, if(provider = '', '-', provider) AS provider, count() AS events, "
+        "sum(cost) AS cost FROM priced_usage FINAL WHERE org = {o:String} "
+        "GROUP BY source, provider ORDER BY cost DESC",
+        {"o": plan.org},
+    )
+    table = Table(*summary.columns)
+    for row in summary.rows:
+        table.add_row(*(str(v) for v in row))
+    console.print(table)
+    ch_total = warehouse.query(
+        "SELECT sum(cost) FROM priced_usage FINAL WHERE org = {o:String}", {"o": plan.org}
+    ).scalar()
+    ch_budget = dict(
+        warehouse.query(
+            "SELECT budget_id, sum(amount) FROM cost_allocations FINAL WHERE org = {o:String} "
+            "GROUP BY budget_id",
+            {"o": plan.org},
+        ).rows
+    )
+
+    problems = []
+    if Decimal(ch_total) != plan.total:
+        problems.append(f"ClickHouse total {ch_total} != published total {plan.total}")
+    by_status = {s.budget_id: s.spent for s in statuses}
+    for budget_id, expected in plan.per_budget.items():
+        if by_status.get(budget_id) != expected or Decimal(ch_budget.get(budget_id, 0)) != expected:
+            problems.append(f"budget {budget_id}: stream {by_status.get(budget_id)}, "
+                            f"ClickHouse {ch_budget.get(budget_id)}, expected {expected}")  # fmt: skip
+    for budget_id, tiers in plan.expected_alerts.items():
+        got = sorted(a.alert_id.removeprefix(f"{budget_id}:") for a in alerts
+                     if a.budget_id == budget_id)  # fmt: skip
+        want = sorted(f"{_period_key(statuses, budget_id)}:{t}" for t in tiers)
+        if got != want:
+            problems.append(f"budget {budget_id}: alerts {got}, expected {want}")
+    console.rule("checks")
+    console.print(f"published {len(plan.events)} events costing {plan.total} USD")
+    if problems:
+        raise DemoError("demo results do not add up:\n  " + "\n  ".join(problems))
+    console.print(f"[green]✓[/green] ClickHouse total {ch_total} USD equals the published total")
+    console.print(f"[green]✓[/green] {len(plan.per_budget)} budgets: stream state, ClickHouse "
+                  "and input agree to the nano-unit")  # fmt: skip
+    console.print(f"[green]✓[/green] {len(alerts)} alerts: exactly one per crossed tier")
+
+
+def _period_key(statuses: list[Any], budget_id: str) -> str:
+    return next(s.period_key for s in statuses if s.budget_id == budget_id)

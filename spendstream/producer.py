@@ -1,0 +1,170 @@
+"""Producer SDK: publish usage events (and budgets) to Kafka, Avro-encoded, keyed by id.
+
+Idempotence on and acks=all, so a retried send never lands twice; the murmur2 partitioner
+matches the Java and aiokafka clients, so an event_id always lands on the same partition
+whoever publishes it (the workers' dedupe relies on that). Delivery failures are surfaced,
+and the publisher flushes on close and at interpreter exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+
+from spendstream.config import Settings, load_settings
+from spendstream.schemas.budget import BudgetDefinition
+from spendstream.schemas.models import UsageEvent
+
+
+class PublishError(RuntimeError):
+    pass
+
+
+@dataclass
+class DeliveryReport:
+    sent: int = 0
+    failed: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def producer_config(settings: Settings, **extra: Any) -> dict[str, Any]:
+    conf: dict[str, Any] = {
+        "bootstrap.servers": settings.bootstrap_servers,
+        "enable.idempotence": True,
+        "acks": "all",
+        "partitioner": "murmur2_random",
+        "linger.ms": 5,
+        "compression.type": "lz4",
+        "message.timeout.ms": 120_000,
+    }
+    conf.update(extra)
+    return conf
+
+
+class UsagePublisher:
+    """Publish usage events. Use as a context manager, or call close()."""
+
+    def __init__(self, settings: Settings | None = None, **producer_conf: Any) -> None:
+        self.settings = settings or load_settings()
+        self.topics = self.settings.topics
+        self._producer = Producer(producer_config(self.settings, **producer_conf))
+        self._lock = threading.Lock()
+        self.report = DeliveryReport()
+        self._closed = False
+        atexit.register(self.close)
+
+    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        with self._lock:
+            if err is None:
+                self.report.sent += 1
+            else:
+                self.report.failed += 1
+                if len(self.report.errors) < 100:
+                    key = msg.key().decode(errors="replace") if msg.key() else "?"
+                    self.report.errors.append(f"{key}: {err.str()}")
+
+    def topic_for(self, event: UsageEvent) -> str:
+        return self.topics.name(f"usage.{event.source}")
+
+    def publish(self, event: UsageEvent, topic: str | None = None) -> None:
+        """Queue one event (non-blocking apart from back-pressure on a full queue)."""
+        self._produce(topic or self.topic_for(event), event.event_id.encode(), event.encode())
+
+    def publish_raw(self, topic: str, key: bytes | None, value: bytes | None) -> None:
+        self._produce(topic, key, value)
+
+    def _produce(self, topic: str, key: bytes | None, value: bytes | None) -> None:
+        while True:
+            try:
+                self._producer.produce(topic, value=value, key=key, on_delivery=self._on_delivery)
+                break
+            except BufferError:
+                self._producer.poll(0.1)  # queue full: wait for deliveries (back-pressure)
+            except KafkaException as exc:
+                raise PublishError(f"cannot publish to {topic}: {exc}") from exc
+        self._producer.poll(0)
+
+    def publish_many(self, events: Iterable[UsageEvent]) -> DeliveryReport:
+        for event in events:
+            self.publish(event)
+        self.flush()
+        return self.report
+
+    async def publish_async(self, event: UsageEvent, topic: str | None = None) -> None:
+        """Publish from asyncio code and wait for the broker's acknowledgement."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+
+        def on_delivery(err: KafkaError | None, msg: Message) -> None:
+            self._on_delivery(err, msg)
+            if err is None:
+                loop.call_soon_threadsafe(done.set_result, None)
+            else:
+                exc = PublishError(f"delivery failed for {event.event_id}: {err.str()}")
+                loop.call_soon_threadsafe(done.set_exception, exc)
+
+        self._producer.produce(
+            topic or self.topic_for(event),
+            value=event.encode(),
+            key=event.event_id.encode(),
+            on_delivery=on_delivery,
+        )
+        while not done.done():
+            self._producer.poll(0)
+            await asyncio.sleep(0.005)
+        await done
+
+    def flush(self, timeout: float = 60) -> DeliveryReport:
+        remaining = self._producer.flush(timeout)
+        if remaining:
+            raise PublishError(
+                f"{remaining} messages not delivered within {timeout:.0f}s; is Kafka reachable "
+                f"at {self.settings.bootstrap_servers}?"
+            )
+        return self.report
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._producer.flush(30)
+
+    def __enter__(self) -> UsagePublisher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def publish_budgets(
+    settings: Settings, budgets: Iterable[BudgetDefinition], delete: Iterable[str] = ()
+) -> int:
+    """Write definitions (and tombstones for deletions) to the compacted budgets topic."""
+    producer = Producer(producer_config(settings))
+    failures: list[str] = []
+
+    def on_delivery(err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            failures.append(err.str())
+
+    count = 0
+    topic = settings.topics.budgets
+    for budget in budgets:
+        producer.produce(
+            topic, key=budget.budget_id.encode(), value=budget.encode(), on_delivery=on_delivery
+        )
+        count += 1
+    for budget_id in delete:
+        producer.produce(topic, key=budget_id.encode(), value=None, on_delivery=on_delivery)
+        count += 1
+    remaining = producer.flush(60)
+    if remaining or failures:
+        raise PublishError(
+            f"budgets not stored ({remaining} undelivered): {'; '.join(failures[:3])}"
+        )
+    return count

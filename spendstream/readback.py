@@ -1,0 +1,76 @@
+"""Read whole topics back (budget status, alerts) for the CLI, the demo and tests."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+
+from spendstream.config import Settings
+from spendstream.schemas.avro import codec
+from spendstream.schemas.models import BudgetAlert, BudgetStatus
+
+T = TypeVar("T")
+
+
+def read_topic(
+    settings: Settings, topic: str, decode: Callable[[bytes], T], timeout: float = 30
+) -> list[tuple[bytes | None, T]]:
+    """Every record of ``topic`` from the beginning to the current end, decoded."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.bootstrap_servers,
+            "group.id": "spendstream-readback",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+        }
+    )
+    try:
+        meta = consumer.list_topics(topic, timeout=timeout)
+        if topic not in meta.topics or meta.topics[topic].error is not None:
+            return []
+        parts = list(meta.topics[topic].partitions)
+        pending = set()
+        for p in parts:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
+            if high > low:
+                pending.add(p)
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+        out: list[tuple[bytes | None, T]] = []
+        while pending:
+            msg = consumer.poll(timeout)
+            if msg is None:
+                break
+            if msg.error():
+                if msg.error().code() == KafkaError._PARTITION_EOF:
+                    pending.discard(msg.partition())
+                continue
+            if msg.value() is not None:
+                out.append((msg.key(), decode(msg.value())))
+        return out
+    finally:
+        consumer.close()
+
+
+def read_statuses(settings: Settings) -> list[BudgetStatus]:
+    """Latest status per budget and period (the topic is compacted; last record wins)."""
+    latest: dict[bytes | None, BudgetStatus] = {}
+    for key, status in read_topic(
+        settings,
+        settings.topics.status,
+        lambda v: BudgetStatus.from_avro(codec("BudgetStatus").decode(v)),
+    ):
+        latest[key] = status
+    return list(latest.values())
+
+
+def read_alerts(settings: Settings) -> list[BudgetAlert]:
+    return [
+        alert
+        for _, alert in read_topic(
+            settings,
+            settings.topics.alerts,
+            lambda v: BudgetAlert.from_avro(codec("BudgetAlert").decode(v)),
+        )
+    ]

@@ -1,0 +1,233 @@
+"""The faust worker: thin wiring of the pure stages to Kafka topics and tables.
+
+Two agents:
+  price:     usage.* (raw bytes)  -> usage.priced, cost-allocations, usage.dlq
+  aggregate: cost-allocations     -> spend table, budget-alerts, budget-status
+
+Raw bytes are consumed and decoded inside the agent, so a bad record reaches the DLQ
+before its offset is committed. Micro-batches (``stream.take``) write each table key at
+most once per batch. Processing is idempotent (see aggregation.py and the dedupe note
+below), so at-least-once delivery gives an exactly-once effect. A batch that fails for
+any reason other than bad input ends the process before faust can ack it (crash-only):
+on restart the batch is replayed and the idempotent state absorbs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+import weakref
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import faust
+
+from spendstream.config import Settings
+from spendstream.schemas.avro import codec
+from spendstream.schemas.models import BudgetAlert, CostAllocation, DeadLetter, SourcePosition
+
+from .aggregation import PeriodState, due_alerts, state_key, status_of
+from .budget_feed import BudgetFeed
+from .matching import BudgetRegistry
+from .pricing import Catalog, Pricer
+from .processor import UsageProcessor
+
+log = logging.getLogger("spendstream.worker")
+
+
+def _enc(name: str, model: Any) -> bytes:
+    return codec(name).encode(model.to_avro())
+
+
+class Metrics(Counter[str]):
+    """Counters served on the worker's /metrics endpoint."""
+
+
+def create_app(settings: Settings) -> faust.App:
+    topics = settings.topics
+    datadir = settings.worker_dir / f"w{settings.worker_web_port}"
+    datadir.mkdir(parents=True, exist_ok=True)
+    app = faust.App(
+        f"{settings.topic_prefix}{settings.app_id}",
+        broker=f"kafka://{settings.bootstrap_servers}",
+        store="memory://",
+        autodiscover=False,
+        datadir=str(datadir),
+        topic_partitions=settings.topic_partitions,
+        topic_replication_factor=settings.topic_replication,
+        topic_allow_declare=True,
+        processing_guarantee="at_least_once",
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        broker_commit_every=1000,
+        broker_commit_interval=1.0,
+        web_enabled=True,
+        web_bind="127.0.0.1",
+        web_port=settings.worker_web_port,
+        web_in_thread=False,
+        stream_wait_empty=True,
+        table_standby_replicas=0,
+        logging_config=None,
+    )
+    registry = BudgetRegistry()
+    feed = BudgetFeed(settings, registry)
+    pricer = Pricer(Catalog.load())
+    processor = UsageProcessor(
+        pricer,
+        registry,
+        max_skew=timedelta(seconds=settings.max_clock_skew_s),
+        unknown_price=settings.unknown_price,
+    )
+    metrics = Metrics()
+
+    raw = {"key_serializer": "raw", "value_serializer": "raw"}
+    sources = app.topic(*topics.sources, **raw)
+    priced_topic = app.topic(topics.priced, **raw)
+    alloc_topic = app.topic(topics.allocations, **raw)
+    dlq_topic = app.topic(topics.dlq, **raw)
+    alerts_topic = app.topic(topics.alerts, **raw)
+    status_topic = app.topic(topics.status, **raw)
+
+    # event_id -> "topic:partition:offset" of its first sighting. A replay of the same
+    # record (same position) is processed again; only a different position is a
+    # duplicate. Marking an id never hides a record whose outputs were not yet written.
+    seen = app.Table("seen-events", default=None, key_type=str, value_type=str)
+    spend = app.Table("budget-spend", default=None, key_type=str, value_type=dict)
+
+    @app.task
+    async def start_budget_feed() -> None:
+        if not feed.is_alive():
+            feed.start()
+        while not feed.ready.is_set():
+            await asyncio.sleep(0.05)
+        if feed.error:
+            log.error("budget feed: %s", feed.error)
+        log.info("budget feed ready: %d budgets", len(registry))
+
+    async def wait_for_budgets() -> None:
+        while not feed.ready.is_set():
+            await asyncio.sleep(0.05)
+
+    async def run_batch(coro: Any) -> None:
+        """Finish a batch even if cancelled; crash (not ack) if it fails."""
+        task = asyncio.ensure_future(coro)
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            await task
+            raise
+        except Exception:
+            log.critical("batch failed; exiting so it is replayed, not acked", exc_info=True)
+            logging.shutdown()
+            os._exit(70)
+
+    @app.agent(sources)
+    async def price(stream: faust.StreamT) -> None:
+        await wait_for_budgets()
+        async for events in stream.take_events(
+            settings.batch_size, settings.batch_linger_ms / 1000
+        ):
+            await run_batch(price_batch(events))
+
+    async def price_batch(events: list[faust.EventT]) -> None:
+        now = datetime.now(UTC)
+        now_tag = str(int(time.time()))
+        for event in events:
+            msg = event.message
+            pos = SourcePosition(topic=msg.topic, partition=msg.partition, offset=msg.offset)
+            decoded = processor.decode(msg.key, msg.value, pos, now)
+            if isinstance(decoded, DeadLetter):
+                metrics["dlq"] += 1
+                await dlq_topic.send(key=msg.key, value=_enc("DeadLetter", decoded))
+                continue
+            usage = decoded
+            here = f"{pos.topic}:{pos.partition}:{pos.offset}"
+            first = seen.get(usage.event_id)
+            if first is not None and first.split("|", 1)[0] != here:
+                metrics["duplicates"] += 1
+                continue
+            outcome = processor.process(usage, pos, now, raw=msg.value)
+            if outcome.dead is not None:
+                metrics["dlq"] += 1
+                await dlq_topic.send(key=msg.key, value=_enc("DeadLetter", outcome.dead))
+                continue
+            assert outcome.priced is not None
+            await priced_topic.send(
+                key=usage.event_id.encode(), value=_enc("PricedUsage", outcome.priced)
+            )
+            for alloc in outcome.allocations:
+                await alloc_topic.send(
+                    key=alloc.budget_id.encode(), value=_enc("CostAllocation", alloc)
+                )
+            metrics["priced"] += 1
+            metrics["allocations"] += len(outcome.allocations)
+            if first is None:
+                mark = f"{here}|{now_tag}"
+                with_event(event, lambda k=usage.event_id, v=mark: seen.__setitem__(k, v))
+
+    @app.agent(alloc_topic)
+    async def aggregate(stream: faust.StreamT) -> None:
+        await wait_for_budgets()
+        async for events in stream.take_events(
+            settings.batch_size, settings.batch_linger_ms / 1000
+        ):
+            await run_batch(aggregate_batch(events))
+
+    async def aggregate_batch(events: list[faust.EventT]) -> None:
+        now = datetime.now(UTC)
+        states: dict[str, PeriodState] = {}
+        last_event: dict[str, faust.EventT] = {}
+        alerts: list[BudgetAlert] = []
+        for event in events:
+            alloc = CostAllocation.from_avro(codec("CostAllocation").decode(event.message.value))
+            budget = registry.get(alloc.budget_id)
+            key = state_key(alloc.budget_id, alloc.period_key)
+            state = states.get(key)
+            if state is None:
+                state = PeriodState.from_json(spend.get(key))
+                states[key] = state
+            if not state.apply(alloc):
+                metrics["replayed_allocations"] += 1
+                continue
+            last_event[key] = event
+            if budget is not None:
+                alerts.extend(due_alerts(budget, alloc.period_key, state, now, alloc.event_id))
+        # Alerts are delivered before the state that records them is written: a crash in
+        # between re-sends an alert with the same alert_id rather than losing it.
+        pending = [
+            await alerts_topic.send(key=a.budget_id.encode(), value=_enc("BudgetAlert", a))
+            for a in alerts
+        ]
+        for fut in pending:
+            await fut
+        metrics["alerts"] += len(alerts)
+        for key, state in states.items():
+            if key not in last_event:
+                continue
+            with_event(last_event[key], lambda k=key, s=state: spend.__setitem__(k, s.to_json()))
+            budget_id, period_key = key.split("|", 1)
+            budget = registry.get(budget_id)
+            if budget is not None:
+                status = status_of(budget, period_key, state, now)
+                await status_topic.send(key=key.encode(), value=_enc("BudgetStatus", status))
+
+    def with_event(event: faust.EventT, action: Any) -> None:
+        """Run a table write in the context of ``event`` so it lands on its partition."""
+        from faust.streams import _current_event
+
+        token = _current_event.set(weakref.ref(event))
+        try:
+            action()
+        finally:
+            _current_event.reset(token)
+
+    @app.page("/metrics")
+    async def metrics_page(web: Any, request: Any) -> Any:
+        return web.json({**metrics, "budgets": len(registry)})
+
+    app.spendstream_registry = registry  # type: ignore[attr-defined]
+    app.spendstream_metrics = metrics  # type: ignore[attr-defined]
+    return app

@@ -1,0 +1,300 @@
+"""Exact pricing of usage events.
+
+LLM calls: our override catalog first (negotiated prices, models the library lacks,
+per-image prices), then genai-prices' bundled data (never fetched at run time).
+Apify runs and workflow executions: the versioned catalog file. Every result names
+its price source and version. Each cost line is rounded once to nano-units and the
+total is the sum of the rounded lines, so a breakdown always adds up exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+from importlib import metadata, resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from spendstream.schemas.models import (
+    ApifyRun,
+    CostComponent,
+    CustomCost,
+    LlmUsage,
+    UsageEvent,
+    WorkflowRun,
+)
+from spendstream.schemas.money import money
+
+MTOK = Decimal(1_000_000)
+
+
+class PricingError(ValueError):
+    """The event cannot be priced; ``code`` is machine-readable, the message is for people."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Cost:
+    total: Decimal
+    currency: str
+    components: list[CostComponent]
+    source: str
+    version: str
+    priced: bool = True
+
+
+@dataclass
+class Catalog:
+    """Our price catalog (YAML): LLM overrides, Apify and workflow prices, by version."""
+
+    version: str
+    currency: str = "USD"
+    llm: dict[tuple[str, str], dict[str, Decimal]] = field(default_factory=dict)
+    apify_plans: dict[str, dict[str, Decimal]] = field(default_factory=dict)
+    apify_actors: dict[str, dict[str, Any]] = field(default_factory=dict)
+    workflow: dict[str, dict[str, dict[str, Decimal]]] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: Path | None = None) -> Catalog:
+        if path is None:
+            text = (resources.files("spendstream") / "data" / "prices.yaml").read_text()
+            origin = "bundled prices.yaml"
+        else:
+            try:
+                text = path.read_text()
+            except OSError as exc:
+                raise PricingError("catalog", f"cannot read price catalog {path}: {exc}") from None
+            origin = str(path)
+        try:
+            raw = yaml.safe_load(text) or {}
+            return cls._parse(raw)
+        except (yaml.YAMLError, KeyError, TypeError, ValueError, ArithmeticError) as exc:
+            raise PricingError("catalog", f"invalid price catalog {origin}: {exc}") from None
+
+    @classmethod
+    def _parse(cls, raw: dict[str, Any]) -> Catalog:
+        def dec(mapping: dict[str, Any]) -> dict[str, Decimal]:
+            out = {}
+            for key, value in mapping.items():
+                if isinstance(value, float):
+                    raise ValueError(f"price '{key}' must be quoted as a string, not a float")
+                out[key] = Decimal(str(value))
+            return out
+
+        llm = {}
+        for entry in raw.get("llm", []):
+            prices = {k: v for k, v in entry.items() if k not in ("provider", "model")}
+            llm[(entry["provider"].lower(), entry["model"].lower())] = dec(prices)
+        apify = raw.get("apify", {})
+        workflow = {
+            platform: {plan: dec(prices) for plan, prices in plans.items()}
+            for platform, plans in raw.get("workflow", {}).items()
+        }
+        return cls(
+            version=str(raw["version"]),
+            currency=raw.get("currency", "USD"),
+            llm=llm,
+            apify_plans={plan: dec(p) for plan, p in apify.get("plans", {}).items()},
+            apify_actors=apify.get("actors", {}),
+            workflow=workflow,
+        )
+
+
+def _line(name: str, quantity: Decimal | int, unit: str, amount: Decimal) -> CostComponent:
+    return CostComponent(name=name, quantity=money(quantity), unit=unit, amount=money(amount))
+
+
+def _cost(lines: list[CostComponent], currency: str, source: str, version: str) -> Cost:
+    lines = [c for c in lines if c.quantity or c.amount]
+    total = sum((c.amount for c in lines), Decimal(0))
+    return Cost(money(total), currency, lines, source, version)
+
+
+class Pricer:
+    """Prices any usage event; raises PricingError for what it cannot price."""
+
+    def __init__(self, catalog: Catalog | None = None) -> None:
+        self.catalog = catalog or Catalog.load()
+        self.genai_version = f"genai-prices {metadata.version('genai-prices')}"
+
+    def price(self, event: UsageEvent) -> Cost:
+        payload = event.payload
+        if isinstance(payload, LlmUsage):
+            return self.price_llm(payload)
+        if isinstance(payload, ApifyRun):
+            return self.price_apify(payload)
+        if isinstance(payload, WorkflowRun):
+            return self.price_workflow(payload)
+        if isinstance(payload, CustomCost):
+            line = _line(payload.category, 1, "amount", payload.amount)
+            return _cost([line], payload.currency, "direct", "as reported")
+        raise PricingError("unknown_source", f"no pricing for payload {type(payload).__name__}")
+
+    # --- LLM ------------------------------------------------------------------------------
+    def price_llm(self, usage: LlmUsage) -> Cost:
+        override = self.catalog.llm.get((usage.provider.lower(), usage.model.lower()))
+        if override is not None:
+            return self._price_override(usage, override)
+        return self._price_genai(usage)
+
+    def _price_override(self, usage: LlmUsage, prices: dict[str, Decimal]) -> Cost:
+        uncached = usage.input_tokens - usage.cache_read_tokens - usage.cache_write_tokens
+        cache_read = prices.get("cache_read_mtok", prices.get("input_mtok", Decimal(0)))
+        cache_write = prices.get("cache_write_mtok", prices.get("input_mtok", Decimal(0)))
+        lines = [
+            _line("input", uncached, "tokens", uncached * prices.get("input_mtok", 0) / MTOK),
+            _line(
+                "cache_read",
+                usage.cache_read_tokens,
+                "tokens",
+                usage.cache_read_tokens * cache_read / MTOK,
+            ),
+            _line(
+                "cache_write",
+                usage.cache_write_tokens,
+                "tokens",
+                usage.cache_write_tokens * cache_write / MTOK,
+            ),
+            _line(
+                "output",
+                usage.output_tokens,
+                "tokens",
+                usage.output_tokens * prices.get("output_mtok", 0) / MTOK,
+            ),
+            _line("images", usage.images, "images", usage.images * prices.get("per_image", 0)),
+            _line(
+                "request",
+                1 if "per_request" in prices else 0,
+                "requests",
+                prices.get("per_request", Decimal(0)),
+            ),
+        ]
+        if usage.images and "per_image" not in prices:
+            raise PricingError(
+                "unknown_price", f"no per-image price for {usage.provider}/{usage.model}"
+            )
+        return _cost(lines, self.catalog.currency, "catalog", f"catalog {self.catalog.version}")
+
+    def _price_genai(self, usage: LlmUsage) -> Cost:
+        from genai_prices import Usage, calc_price
+
+        if usage.images:
+            raise PricingError(
+                "unknown_price",
+                f"genai-prices has no per-image price for {usage.provider}/{usage.model}; "
+                "add one to the price catalog",
+            )
+        gusage = Usage(
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            cache_read_tokens=usage.cache_read_tokens or None,
+            cache_write_tokens=usage.cache_write_tokens or None,
+            input_audio_tokens=usage.input_audio_tokens or None,
+            output_audio_tokens=usage.output_audio_tokens or None,
+        )
+        try:
+            calc = calc_price(gusage, model_ref=usage.model, provider_id=usage.provider)
+        except LookupError as exc:
+            raise PricingError(
+                "unknown_model",
+                f"unknown model '{usage.model}' for provider '{usage.provider}' "
+                f"({exc}); add it to the price catalog",
+            ) from None
+        except ValueError as exc:
+            raise PricingError("invalid_usage", f"usage cannot be priced: {exc}") from None
+        raw = _genai_lines(calc.model_price, gusage)
+        if raw is None or sum((amount for *_, amount in raw), Decimal(0)) != calc.total_price:
+            raw = [
+                ("input", Decimal(usage.input_tokens), "tokens", calc.input_price),
+                ("output", Decimal(usage.output_tokens), "tokens", calc.output_price),
+                ("other", Decimal(0), "-", calc.total_price - calc.input_price - calc.output_price),
+            ]
+        lines = [_line(*row) for row in raw]
+        return _cost(lines, "USD", f"genai-prices:{calc.provider.id}", self.genai_version)
+
+    # --- Apify ----------------------------------------------------------------------------
+    def price_apify(self, run: ApifyRun) -> Cost:
+        version = f"catalog {self.catalog.version}"
+        if run.usage_total_usd is not None:
+            # Apify's own bill for the run is authoritative; keep its breakdown when given.
+            lines = [_line(k, 1, "usd", v) for k, v in sorted(run.usage_usd.items())]
+            if sum((c.amount for c in lines), Decimal(0)) != run.usage_total_usd:
+                lines = [_line("usage_total", 1, "usd", run.usage_total_usd)]
+            return _cost(lines, "USD", "apify:usageTotalUsd", "as reported")
+        plan = run.plan or "default"
+        plan_prices = self.catalog.apify_plans.get(plan)
+        if plan_prices is None:
+            raise PricingError("unknown_price", f"no Apify price for plan '{plan}' in the catalog")
+        lines = [
+            _line(
+                "compute_units",
+                run.compute_units,
+                "CU",
+                run.compute_units * plan_prices.get("compute_unit", Decimal(0)),
+            )
+        ]
+        actor = self.catalog.apify_actors.get(run.actor_id, {})
+        if "per_result" in actor:
+            per = Decimal(str(actor["per_result"]))
+            lines.append(_line("results", run.results, "results", run.results * per))
+        for event_name, count in sorted(run.charged_event_counts.items()):
+            per_event = actor.get("events", {}).get(event_name)
+            if per_event is None:
+                raise PricingError(
+                    "unknown_price",
+                    f"no price for charged event '{event_name}' of actor '{run.actor_id}'",
+                )
+            lines.append(
+                _line(f"event:{event_name}", count, "events", count * Decimal(str(per_event)))
+            )
+        return _cost(lines, "USD", "catalog:apify", version)
+
+    # --- workflow engines ---------------------------------------------------------------
+    def price_workflow(self, run: WorkflowRun) -> Cost:
+        plans = self.catalog.workflow.get(run.platform)
+        plan = run.plan or "default"
+        prices = (plans or {}).get(plan)
+        if prices is None:
+            raise PricingError(
+                "unknown_price", f"no {run.platform} price for plan '{plan}' in the catalog"
+            )
+        lines = [
+            _line("execution", 1, "executions", prices.get("per_execution", Decimal(0))),
+            _line("tasks", run.tasks, "tasks", run.tasks * prices.get("per_task", Decimal(0))),
+            _line(
+                "operations",
+                run.operations,
+                "operations",
+                run.operations * prices.get("per_operation", Decimal(0)),
+            ),
+        ]
+        return _cost(lines, "USD", f"catalog:{run.platform}", f"catalog {self.catalog.version}")
+
+
+def _genai_lines(model_price: Any, gusage: Any) -> list[tuple[str, Decimal, str, Decimal]] | None:
+    """Per-unit lines from genai-prices' unit decomposition (None if its internals moved)."""
+    try:
+        from genai_prices import types as gt
+        from genai_prices.units import _get_registry
+
+        registry = _get_registry()
+        resolved = gt._collect_resolved_model_prices(model_price, registry)
+        usage = gt.Usage.from_raw(gusage)
+        counts = gt._compute_registry_priced_counts(resolved, usage)
+        tiered = any(isinstance(p, gt.TieredPrices) for _, p in resolved)
+        total_input = usage.input_tokens if tiered else 0
+        rows = []
+        for unit, price in resolved:
+            count = counts.get(unit.usage_key, 0)
+            amount = gt.calc_unit_price(price, count, total_input, unit.per)
+            rows.append(
+                (unit.usage_key.removesuffix("_tokens"), Decimal(count), unit.usage_key, amount)
+            )
+        return rows
+    except Exception:  # private API of a pinned library; fall back to public totals
+        return None

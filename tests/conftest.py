@@ -1,0 +1,43 @@
+"""Shared fixtures: event builders for unit tests."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from spendstream.schemas.models import Attributes, LlmUsage, UsageEvent
+
+
+def llm_event(
+    event_id: str = "e-1",
+    *,
+    provider: str = "openai",
+    model: str = "gpt-4o",
+    when: datetime | None = None,
+    input_tokens: int = 1000,
+    output_tokens: int = 500,
+    cache_read_tokens: int = 0,
+    cache_write_tokens: int = 0,
+    **attrs: Any,
+) -> UsageEvent:
+    return UsageEvent(
+        event_id=event_id,
+        occurred_at=when or datetime(2026, 11, 15, 12, 0, tzinfo=UTC),
+        source="llm",
+        attributes=Attributes(**attrs),
+        payload=LlmUsage(
+            provider=provider,
+            model=model,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            cache_read_tokens=cache_read_tokens,
+            cache_write_tokens=cache_write_tokens,
+        ),
+    )
+
+
+@pytest.fixture
+def make_llm_event():
+    return llm_event

@@ -1,0 +1,71 @@
+"""The price stage turns every bad input into a dead letter with an actionable reason."""
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from spendstream.schemas.budget import BudgetDefinition
+from spendstream.schemas.models import DeadLetter, SourcePosition, UsageEvent
+from spendstream.streams.matching import BudgetRegistry
+from spendstream.streams.pricing import Pricer
+from spendstream.streams.processor import UsageProcessor
+from tests.conftest import llm_event
+
+NOW = datetime(2026, 11, 15, 13, 0, tzinfo=UTC)
+POS = SourcePosition(topic="usage.llm", partition=2, offset=41)
+
+
+@pytest.fixture(scope="module")
+def processor() -> UsageProcessor:
+    registry = BudgetRegistry([
+        BudgetDefinition(budget_id="org", name="org", limit="100", scope={"org": "acme"}),
+        BudgetDefinition(budget_id="eur", name="eur", limit="100", currency="EUR",
+                         scope={"org": "acme"}),
+    ])  # fmt: skip
+    return UsageProcessor(Pricer(), registry)
+
+
+def test_good_event_is_priced_and_allocated(processor):
+    event = processor.decode(b"k", llm_event(org="acme").encode(), POS, NOW)
+    assert isinstance(event, UsageEvent)
+    out = processor.process(event, POS, NOW)
+    assert out.dead is None and out.priced is not None
+    assert [a.budget_id for a in out.allocations] == ["org"]
+    alloc = out.allocations[0]
+    assert alloc.amount == out.priced.cost and alloc.period_key == "2026-11"
+    assert alloc.origin == POS and alloc.allocation_id == "e-1/org"
+    assert out.skipped_budgets == ["eur"]  # no silent currency conversion
+
+
+@pytest.mark.parametrize(
+    ("value", "code"),
+    [
+        (None, "empty"),
+        (b"\x00garbage", "decode"),
+        (b"\xc3\x01" + b"\x01" * 8, "decode"),
+    ],
+)
+def test_undecodable_input_goes_to_dlq(processor, value, code):
+    dead = processor.decode(b"k", value, POS, NOW)
+    assert isinstance(dead, DeadLetter)
+    assert dead.error_code == code and dead.origin == POS and dead.reason
+
+
+def test_future_event_and_wrong_topic_are_rejected(processor):
+    future = llm_event(when=NOW + timedelta(hours=1)).encode()
+    dead = processor.decode(None, future, POS, NOW)
+    assert isinstance(dead, DeadLetter) and dead.error_code == "future"
+    wrong = processor.decode(None, llm_event().encode(),
+                             SourcePosition(topic="usage.apify", partition=0, offset=0), NOW)  # fmt: skip
+    assert isinstance(wrong, DeadLetter) and wrong.error_code == "wrong_topic"
+
+
+def test_unknown_model_goes_to_dlq_or_is_flagged():
+    event = llm_event(model="made-up-model")
+    dlq = UsageProcessor(Pricer(), BudgetRegistry()).process(event, POS, NOW)
+    assert dlq.dead is not None and dlq.dead.error_code == "unknown_model"
+    flagged = UsageProcessor(Pricer(), BudgetRegistry(), unknown_price="flag").process(
+        event, POS, NOW
+    )
+    assert flagged.dead is None and flagged.priced is not None
+    assert flagged.priced.priced is False and flagged.allocations == []
