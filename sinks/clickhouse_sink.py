@@ -193,7 +193,9 @@ class ClickHouseSink:
         dead = DeadLetter(
             reason=f"sink could not decode {msg.topic()} record: {exc}",
             error_code="sink_decode",
-            origin=SourcePosition(topic=msg.topic(), partition=msg.partition(), offset=msg.offset()),
+            origin=SourcePosition(
+                topic=msg.topic(), partition=msg.partition(), offset=msg.offset()
+            ),
             key=msg.key(),
             value=msg.value(),
             rejected_at=datetime.now(UTC),

@@ -184,7 +184,9 @@ class SinkWarehouse:
             detail = json.loads(exc.read() or b"{}").get("error", str(exc))
             raise WarehouseError(detail) from None
         except (urllib.error.URLError, OSError) as exc:
-            raise WarehouseError(f"the sink's query port {self.url} did not answer: {exc}") from None
+            raise WarehouseError(
+                f"the sink's query port {self.url} did not answer: {exc}"
+            ) from None
         rows = [tuple(_decode_value(v) for v in row) for row in data["rows"]]
         return QueryResult(data["columns"], rows)
 

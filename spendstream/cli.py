@@ -50,20 +50,26 @@ def _settings() -> Settings:
 
 def _run(action: Callable[[], T]) -> T:
     """Run a command body, turning every known failure into a message and exit code 1."""
+    from spendstream.demo import DemoError
     from spendstream.localkafka import LocalKafkaError
+    from spendstream.processes import ServiceFailed
     from spendstream.producer import PublishError
     from spendstream.schemas.budget import BudgetError
     from spendstream.sinks.warehouse import WarehouseError
+    from spendstream.topics import TopicsError
 
     try:
         return action()
     except (
         ConfigError,
         CliError,
+        DemoError,
+        ServiceFailed,
         LocalKafkaError,
         PublishError,
         BudgetError,
         WarehouseError,
+        TopicsError,
     ) as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(1) from None
@@ -170,7 +176,9 @@ def worker() -> None:
 
         faust_app = create_app(settings)
         sys.argv = [sys.argv[0]]
-        Worker(faust_app, loglevel=settings.log_level.lower(), quiet=True).execute_from_commandline()
+        Worker(
+            faust_app, loglevel=settings.log_level.lower(), quiet=True
+        ).execute_from_commandline()
 
     _run(body)
 
@@ -327,6 +335,7 @@ def sql(
 
 def print_result(columns: list[str], rows: list[tuple[Any, ...]], fmt: str) -> None:
     if fmt == "json":
+
         def conv(v: Any) -> Any:
             return str(v) if isinstance(v, Decimal) else v.isoformat() if hasattr(
                 v, "isoformat") else v  # fmt: skip

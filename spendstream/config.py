@@ -7,6 +7,7 @@ a local Kafka broker on loopback and an embedded chDB under the data directory.
 
 from __future__ import annotations
 
+import json
 import os
 from decimal import Decimal
 from functools import cached_property
@@ -24,6 +25,12 @@ def _default_data_dir() -> Path:
     xdg = os.environ.get("XDG_DATA_HOME")
     base = Path(xdg) if xdg else Path.home() / ".local" / "share"
     return base / "spendstream"
+
+
+def _default_cache_dir() -> Path:
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".cache"
+    return base / "spendstream" / "kafka-jars"
 
 
 class Settings(BaseSettings):
@@ -52,6 +59,10 @@ class Settings(BaseSettings):
     )
     kafka_version: str = Field(
         default="3.9.1", description="Apache Kafka version the local broker resolves via Maven."
+    )
+    kafka_jars_dir: Path = Field(
+        default_factory=_default_cache_dir,
+        description="Cache of the Kafka jars Maven resolves, shared by every data directory.",
     )
     kafka_heap: str = Field(default="768m", description="JVM heap of the local broker (-Xmx).")
     topic_prefix: str = Field(default="", description="Prefix for every topic name.")
@@ -182,6 +193,16 @@ class Settings(BaseSettings):
     @property
     def is_embedded_clickhouse(self) -> bool:
         return self.effective_clickhouse_dsn.startswith("chdb://")
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as environment variables, to hand to child processes."""
+        env = {}
+        for name, value in self.model_dump(mode="json").items():
+            if value is None:
+                continue
+            text = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+            env[ENV_PREFIX + name.upper()] = text
+        return env
 
     @cached_property
     def topics(self) -> Topics:

@@ -8,19 +8,13 @@ checks that every figure equals what was published, to the nano-unit.
 
 from __future__ import annotations
 
-import os
 import random
-import signal
 import socket
-import subprocess
-import sys
-import time
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -115,13 +109,25 @@ def make_plan(org: str, count: int, now: datetime, pricer: Pricer) -> Plan:
         return max(x.quantize(Decimal("0.01")), Decimal("0.01"))
 
     budgets = [
-        BudgetDefinition(budget_id=f"{org}-org", name=f"{org} (all spend)", limit=limit(total * Decimal("1.12")),
-                         scope={"org": [org]}),  # fmt: skip
-        BudgetDefinition(budget_id=f"{org}-team-ml", name="team ml", parent_id=f"{org}-org",
-                         limit=limit(ml * Decimal("0.8")), scope={"org": [org], "team": ["ml"]}),  # fmt: skip
-        BudgetDefinition(budget_id=f"{org}-openai", name="OpenAI models",
-                         limit=limit(openai * Decimal("1.6")),
-                         scope={"org": [org], "provider": ["openai"]}),  # fmt: skip
+        BudgetDefinition(
+            budget_id=f"{org}-org",
+            name=f"{org} (all spend)",
+            limit=limit(total * Decimal("1.12")),
+            scope={"org": [org]},
+        ),  # fmt: skip
+        BudgetDefinition(
+            budget_id=f"{org}-team-ml",
+            name="team ml",
+            parent_id=f"{org}-org",
+            limit=limit(ml * Decimal("0.8")),
+            scope={"org": [org], "team": ["ml"]},
+        ),  # fmt: skip
+        BudgetDefinition(
+            budget_id=f"{org}-openai",
+            name="OpenAI models",
+            limit=limit(openai * Decimal("1.6")),
+            scope={"org": [org], "provider": ["openai"]},
+        ),  # fmt: skip
     ]
     validate_hierarchy({b.budget_id: b for b in budgets})
     plan = Plan(org=org, events=events, budgets=budgets, total=total)
@@ -147,75 +153,9 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class Services:
-    """Worker and sink as child processes, with logs under the data directory."""
-
-    def __init__(self, settings: Settings, console: Console) -> None:
-        self.settings = settings
-        self.console = console
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.logs_dir = settings.data_dir / "logs"
-        self.logs_dir.mkdir(parents=True, exist_ok=True)
-        self.env = {
-            **os.environ,
-            "SPENDSTREAM_DATA_DIR": str(settings.data_dir),
-            "SPENDSTREAM_WORKER_WEB_PORT": str(_free_port()),
-            "SPENDSTREAM_SINK_QUERY_PORT": "0",
-            "SPENDSTREAM_LOG_LEVEL": "INFO",
-        }
-        if settings.kafka_bootstrap_servers:
-            self.env["SPENDSTREAM_KAFKA_BOOTSTRAP_SERVERS"] = settings.kafka_bootstrap_servers
-
-    def log_path(self, name: str) -> Path:
-        return self.logs_dir / f"demo-{name}.log"
-
-    def start(self, name: str, *args: str) -> None:
-        log = self.log_path(name).open("wb")
-        self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "spendstream.cli", *args],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def check_alive(self) -> None:
-        for name, proc in self.procs.items():
-            if proc.poll() is not None:
-                tail = self.log_path(name).read_text(errors="replace").splitlines()[-15:]
-                raise DemoError(
-                    f"the {name} exited with code {proc.returncode}; last lines of "
-                    f"{self.log_path(name)}:\n  " + "\n  ".join(tail)
-                )
-
-    def stop(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 30
-        for proc in self.procs.values():
-            try:
-                proc.wait(max(deadline - time.monotonic(), 0.1))
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-
-
-def _wait(what: str, check: Any, timeout: float, services: Services, interval: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        services.check_alive()
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise DemoError(f"timed out after {timeout:.0f}s waiting for {what}; see the logs "
-                            f"in {services.logs_dir}")  # fmt: skip
-        time.sleep(interval)
-
-
 def run_demo(settings: Settings, *, events: int, timeout: float, console: Console) -> None:
     from spendstream.localkafka import LocalKafka
+    from spendstream.processes import ProcessGroup, wait_for
     from spendstream.producer import UsagePublisher, publish_budgets
     from spendstream.readback import read_alerts, read_statuses
     from spendstream.sinks.warehouse import SinkWarehouse, running_sink_url
@@ -244,14 +184,20 @@ def run_demo(settings: Settings, *, events: int, timeout: float, console: Consol
             "another SPENDSTREAM_DATA_DIR"
         )
 
-    services = Services(settings, console)
+    services = ProcessGroup(
+        settings,
+        SPENDSTREAM_WORKER_WEB_PORT=str(_free_port()),
+        SPENDSTREAM_SINK_QUERY_PORT="0",
+    )
     try:
         publish_budgets(settings, plan.budgets)
         console.print(f"budgets: {', '.join(b.budget_id for b in plan.budgets)}")
         services.start("worker", "worker")
         services.start("sink", "sink")
         with console.status("starting worker and sink..."):
-            url = _wait("the sink's query port", lambda: running_sink_url(settings), 90, services)
+            url = wait_for(
+                "the sink's query port", lambda: running_sink_url(settings), 90, services
+            )
         warehouse = SinkWarehouse(url) if url else None
 
         with Progress(console=console) as progress:
@@ -275,7 +221,7 @@ def run_demo(settings: Settings, *, events: int, timeout: float, console: Consol
                 progress.update(done, completed=int(n))
                 return int(n) == len(plan.events) and int(a) == plan.allocations
 
-            _wait("events to reach ClickHouse", stored, timeout, services)
+            wait_for("events to reach ClickHouse", stored, timeout, services)
 
         def statuses_done() -> list[Any] | None:
             ours = {s.budget_id: s for s in read_statuses(settings) if s.budget_id.startswith(org)}
@@ -283,14 +229,14 @@ def run_demo(settings: Settings, *, events: int, timeout: float, console: Consol
                 return list(ours.values())
             return None
 
-        statuses = _wait("budget status to settle", statuses_done, 60, services)
+        statuses = wait_for("budget status to settle", statuses_done, 60, services)
         expected_alert_count = sum(len(v) for v in plan.expected_alerts.values())
 
         def alerts_done() -> list[Any] | None:
             ours = [a for a in read_alerts(settings) if a.budget_id.startswith(org)]
             return ours if len(ours) >= expected_alert_count else None
 
-        alerts = _wait("alerts", alerts_done, 60, services) if expected_alert_count else []
+        alerts = wait_for("alerts", alerts_done, 60, services) if expected_alert_count else []
         _print_results(console, plan, statuses, alerts, warehouse)
     finally:
         with console.status("stopping worker and sink..."):

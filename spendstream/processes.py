@@ -1,0 +1,95 @@
+"""Run spendstream services (worker, sink) as child processes: the demo and tests use it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from spendstream.config import Settings
+
+
+class ServiceFailed(RuntimeError):
+    pass
+
+
+class ProcessGroup:
+    """Named child processes running ``spendstream <command>`` with the given settings."""
+
+    def __init__(self, settings: Settings, logs_dir: Path | None = None, **env: str) -> None:
+        self.settings = settings
+        self.logs_dir = logs_dir or settings.data_dir / "logs"
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        self.env = {**os.environ, **settings.to_env(), **env}
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def log_path(self, name: str) -> Path:
+        return self.logs_dir / f"{name}.log"
+
+    def start(self, name: str, *args: str, **env: str) -> subprocess.Popen[bytes]:
+        with self.log_path(name).open("ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "spendstream.cli", *args],
+                env={**self.env, **env},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.procs[name] = proc
+        return proc
+
+    def tail(self, name: str, lines: int = 15) -> str:
+        try:
+            text = self.log_path(name).read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return "\n  ".join(text[-lines:])
+
+    def check_alive(self) -> None:
+        for name, proc in self.procs.items():
+            if proc.poll() is not None:
+                raise ServiceFailed(
+                    f"the {name} exited with code {proc.returncode}; last lines of "
+                    f"{self.log_path(name)}:\n  {self.tail(name)}"
+                )
+
+    def kill(self, name: str) -> None:
+        """SIGKILL, as a crash would."""
+        proc = self.procs.pop(name)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    def stop(self, name: str | None = None, timeout: float = 30) -> None:
+        names = [name] if name else list(self.procs)
+        for n in names:
+            proc = self.procs[n]
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for n in names:
+            proc = self.procs.pop(n)
+            try:
+                proc.wait(max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def wait_for(
+    what: str, check, timeout: float, group: ProcessGroup | None = None, interval: float = 0.3
+):  # type: ignore[no-untyped-def]
+    """Poll ``check`` until it returns something truthy; fail clearly on timeout or crash."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if group is not None:
+            group.check_alive()
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            where = f"; logs in {group.logs_dir}" if group else ""
+            raise ServiceFailed(f"timed out after {timeout:.0f}s waiting for {what}{where}")
+        time.sleep(interval)

@@ -1,0 +1,178 @@
+"""End to end on the real broker and chDB: producer SDK -> worker -> sink -> ClickHouse."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+
+from spendstream.config import Settings
+from spendstream.processes import ProcessGroup, wait_for
+from spendstream.producer import UsagePublisher, publish_budgets
+from spendstream.readback import read_alerts, read_statuses, read_topic
+from spendstream.schemas.avro import codec
+from spendstream.schemas.budget import BudgetDefinition
+from spendstream.schemas.models import Attributes, DeadLetter, LlmUsage, UsageEvent
+from spendstream.sinks.warehouse import SinkWarehouse, running_sink_url
+from spendstream.topics import ensure_topics
+
+pytestmark = pytest.mark.integration
+
+# gpt-4o-mini (genai-prices): $0.15/M input, $0.075/M cached input, $0.60/M output.
+MINI_IN, MINI_CACHED, MINI_OUT = Decimal("0.15"), Decimal("0.075"), Decimal("0.60")
+M = Decimal(1_000_000)
+
+
+def known_events(n: int, org: str) -> tuple[list[UsageEvent], Decimal]:
+    """n events with token counts chosen per index; returns events and the exact sum."""
+    base = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=10)
+    if base.day == 1 and base.hour == 0 and base.minute < 15:  # keep one monthly period
+        base = base.replace(minute=15)
+    events, total = [], Decimal(0)
+    for i in range(n):
+        inp, cached, out = 1000 + 7 * i, (i % 5) * 100, 200 + 3 * i
+        total += ((inp - cached) * MINI_IN + cached * MINI_CACHED + out * MINI_OUT) / M
+        events.append(
+            UsageEvent(
+                event_id=f"{org}-{i}",
+                occurred_at=base + timedelta(milliseconds=i),
+                source="llm",
+                attributes=Attributes(org=org, team="ml" if i % 2 else "web"),
+                payload=LlmUsage(
+                    provider="openai",
+                    model="gpt-4o-mini",
+                    input_tokens=inp,
+                    cache_read_tokens=cached,
+                    output_tokens=out,
+                ),  # fmt: skip
+            )
+        )
+    return events, total
+
+
+def start_pipeline(settings: Settings, services: ProcessGroup) -> SinkWarehouse:
+    ensure_topics(settings)
+    services.start("worker", "worker")
+    services.start("sink", "sink")
+    url = wait_for("sink query port", lambda: running_sink_url(settings), 90, services)
+    return SinkWarehouse(url)
+
+
+def test_thousand_events_exact_totals_and_one_alert_per_tier(settings, services):
+    org = "acme"
+    events, total = known_events(1000, org)
+    # The token counts are chosen so every cost is exact at nano-units (no rounding).
+    assert total == total.quantize(Decimal("0.000000001"))
+    ml_total = Decimal(0)
+    for i, e in enumerate(events):
+        if i % 2:
+            p = e.payload
+            ml_total += ((p.input_tokens - p.cache_read_tokens) * MINI_IN
+                         + p.cache_read_tokens * MINI_CACHED + p.output_tokens * MINI_OUT) / M  # fmt: skip
+    # Limits chosen so the org budget crosses 50/75/90 but not 100, the ml child all tiers.
+    org_limit = (total / Decimal("0.95")).quantize(Decimal("0.01"))
+    ml_limit = (ml_total / Decimal("1.2")).quantize(Decimal("0.01"))
+    budgets = [
+        BudgetDefinition(budget_id="org", name="Acme", limit=org_limit, scope={"org": org}),
+        BudgetDefinition(
+            budget_id="ml",
+            name="ML",
+            parent_id="org",
+            limit=ml_limit,
+            scope={"org": org, "team": "ml"},
+        ),  # fmt: skip
+    ]
+    ensure_topics(settings)
+    publish_budgets(settings, budgets)
+    warehouse = start_pipeline(settings, services)
+
+    with UsagePublisher(settings) as publisher:
+        report = publisher.publish_many(events)
+    assert (report.sent, report.failed) == (1000, 0)
+
+    def all_stored() -> bool:
+        n = warehouse.query("SELECT count() FROM priced_usage FINAL").scalar()
+        a = warehouse.query("SELECT count() FROM cost_allocations FINAL").scalar()
+        return n == 1000 and a == 1500
+
+    wait_for("1000 events in ClickHouse", all_stored, 180, services)
+
+    # ClickHouse: the exact Decimal sum, no duplicates.
+    ch_total, ids, uniq = warehouse.query(
+        "SELECT sum(cost), count(), uniqExact(event_id) FROM priced_usage"
+    ).rows[0]
+    assert ch_total == total
+    assert ids == uniq == 1000
+    per_budget = dict(warehouse.query(
+        "SELECT budget_id, sum(amount) FROM cost_allocations FINAL GROUP BY budget_id").rows)  # fmt: skip
+    assert per_budget == {"org": total, "ml": ml_total}
+
+    # Stream state (budget-status topic) agrees to the last unit.
+    def settled():
+        statuses = {s.budget_id: s for s in read_statuses(settings)}
+        if statuses.get("org") and statuses["org"].spent == total and \
+                statuses.get("ml") and statuses["ml"].spent == ml_total:  # fmt: skip
+            return statuses
+        return None
+
+    statuses = wait_for("budget status", settled, 60, services)
+    assert statuses["org"].event_count == 1000 and statuses["ml"].event_count == 500
+    assert statuses["ml"].state == "exceeded" and statuses["org"].state == "critical"
+
+    # Exactly one alert per crossed tier.
+    expected = {
+        "org": ["threshold:50", "threshold:75", "threshold:90"],
+        "ml": ["threshold:50", "threshold:75", "threshold:90", "threshold:100", "exceeded"],
+    }
+
+    def alerts_in():
+        got = read_alerts(settings)
+        return got if len(got) >= 8 else None
+
+    alerts = wait_for("alerts", alerts_in, 60, services)
+    by_budget: dict[str, list[str]] = defaultdict(list)
+    for a in alerts:
+        by_budget[a.budget_id].append(a.alert_id.split(":", 2)[2])
+    assert {k: sorted(v) for k, v in by_budget.items()} == {
+        k: sorted(v) for k, v in expected.items()
+    }
+    assert Counter(a.alert_id for a in alerts).most_common(1)[0][1] == 1
+    wait_for("alerts in ClickHouse",
+             lambda: warehouse.query("SELECT count() FROM budget_alerts FINAL").scalar() == 8,
+             60, services)  # fmt: skip
+
+
+def test_bad_input_goes_to_dlq_with_reason_and_duplicates_count_once(settings, services):
+    ensure_topics(settings)
+    publish_budgets(settings, [BudgetDefinition(budget_id="all", name="all", limit="1000",
+                                                scope={"source": "llm"})])  # fmt: skip
+    warehouse = start_pipeline(settings, services)
+    events, total = known_events(20, "dup")
+    with UsagePublisher(settings) as publisher:
+        for e in events:
+            publisher.publish(e)
+        for e in events[:5]:  # same event ids again
+            publisher.publish(e)
+        publisher.publish_raw(settings.topics.llm, b"bad-1", b"\xc3\x01garbage")
+        publisher.publish_raw(settings.topics.llm, b"bad-2", b"not avro at all")
+        unknown = events[0].model_copy(update={
+            "event_id": "unknown-model",
+            "payload": LlmUsage(provider="openai", model="gpt-99-imaginary", input_tokens=1)})  # fmt: skip
+        publisher.publish(unknown)
+        publisher.flush()
+
+    wait_for("DLQ rows", lambda: warehouse.query(
+        "SELECT count() FROM dead_letters FINAL").scalar() == 3, 120, services)  # fmt: skip
+    wait_for("priced rows", lambda: warehouse.query(
+        "SELECT count() FROM priced_usage FINAL").scalar() == 20, 60, services)  # fmt: skip
+    assert warehouse.query("SELECT sum(cost) FROM priced_usage FINAL").scalar() == total
+    assert warehouse.query("SELECT sum(amount) FROM cost_allocations FINAL").scalar() == total
+    reasons = dict(warehouse.query(
+        "SELECT error_code, count() FROM dead_letters FINAL GROUP BY error_code").rows)  # fmt: skip
+    assert reasons == {"decode": 2, "unknown_model": 1}
+    dead = [d for _, d in read_topic(settings, settings.topics.dlq,
+                                     lambda v: DeadLetter.from_avro(codec("DeadLetter").decode(v)))]  # fmt: skip
+    assert all(d.reason and d.origin.topic == settings.topics.llm for d in dead)
+    assert any("gpt-99-imaginary" in d.reason for d in dead)
