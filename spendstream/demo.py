@@ -162,7 +162,7 @@ def run_demo(settings: Settings, *, events: int, timeout: float, console: Consol
     from spendstream.topics import ensure_topics, wait_for_broker
 
     now = datetime.now(UTC)
-    org = f"demo-{now:%Y%m%d%H%M%S}-{uuid.uuid4().hex[:4]}"
+    org = f"demo-{uuid.uuid4().hex[:6]}"
     pricer = Pricer()
     plan = make_plan(org, events, now, pricer)
     console.rule(f"spendstream demo · organisation [bold]{org}[/bold]")
@@ -176,7 +176,7 @@ def run_demo(settings: Settings, *, events: int, timeout: float, console: Consol
             started_kafka = True
         else:
             console.print(f"using the running local Kafka at {settings.bootstrap_servers}")
-    wait_for_broker(settings.bootstrap_servers, 60)
+    wait_for_broker(settings.bootstrap_servers, 15)
     ensure_topics(settings)
     if settings.is_embedded_clickhouse and running_sink_url(settings):
         raise DemoError(
@@ -254,10 +254,11 @@ def _print_results(
     console.print(status_table(statuses))
 
     console.rule("alerts (read back from the budget-alerts topic)")
-    table = Table("budget", "kind", "tier", "action", "spent", "message")
+    table = Table("budget", "period", "kind", "tier", "action", "severity", "spent", "limit")
     for a in sorted(alerts, key=lambda a: (a.budget_id, a.triggered_at)):
         tier = f"{plain(a.threshold_percent)}%" if a.threshold_percent else ""
-        table.add_row(a.budget_id, a.kind, tier, a.action, str(a.spent), a.message)
+        table.add_row(a.budget_id, a.period_key, a.kind, tier, a.action, a.severity,
+                      str(a.spent), plain(a.limit))  # fmt: skip
     console.print(table)
 
     console.rule("spend summary (from ClickHouse)")

@@ -80,6 +80,8 @@ class UsagePublisher:
         self._produce(topic, key, value)
 
     def _produce(self, topic: str, key: bytes | None, value: bytes | None) -> None:
+        if self._closed:
+            raise PublishError("the publisher is closed")
         while True:
             try:
                 self._producer.produce(topic, value=value, key=key, on_delivery=self._on_delivery)
@@ -130,9 +132,15 @@ class UsagePublisher:
         return self.report
 
     def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._producer.flush(30)
+        """Flush what is queued and release the connection (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        atexit.unregister(self.close)
+        remaining = self._producer.flush(30)
+        del self._producer  # free librdkafka's handle now, not at interpreter exit
+        if remaining:
+            raise PublishError(f"{remaining} messages were not delivered before close")
 
     def __enter__(self) -> UsagePublisher:
         return self
