@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-from decimal import Decimal
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
@@ -68,15 +67,14 @@ class Settings(BaseSettings):
     topic_prefix: str = Field(default="", description="Prefix for every topic name.")
     topic_partitions: int = Field(default=4, ge=1, le=1024, description="Partitions per topic.")
     topic_replication: int = Field(default=1, ge=1, le=16, description="Replication factor.")
-    schema_registry_url: str = Field(
-        default="",
-        description="Confluent Schema Registry URL; empty = Avro single-object encoding.",
-    )
 
     # --- workers -------------------------------------------------------------------------
     app_id: str = Field(default="spendstream", description="Consumer group / faust app id.")
     worker_web_port: int = Field(
         default=6066, ge=1024, le=65535, description="Worker HTTP port (faust web)."
+    )
+    worker_web_bind: str = Field(
+        default="127.0.0.1", description="Address the worker HTTP API binds (0.0.0.0 in Docker)."
     )
     budgets_file: Path | None = Field(
         default=None, description="YAML/JSON budgets published to the budgets topic at start."
@@ -86,7 +84,9 @@ class Settings(BaseSettings):
         default=50, ge=1, le=60_000, description="Worker micro-batch wait."
     )
     dedupe_window_s: int = Field(
-        default=86_400, ge=60, description="How long a seen event_id is remembered."
+        default=86_400,
+        ge=60,
+        description="A duplicate event_id is dropped if seen within this window (up to 2x).",
     )
     unknown_price: Literal["dlq", "flag"] = Field(
         default="dlq", description="Unknown model/platform: reject to DLQ or pass unpriced."
@@ -94,7 +94,6 @@ class Settings(BaseSettings):
     max_clock_skew_s: int = Field(
         default=300, ge=0, description="How far in the future occurred_at may be."
     )
-    default_currency: str = Field(default="USD", min_length=3, max_length=3)
 
     # --- ClickHouse / sink ----------------------------------------------------------------
     clickhouse_dsn: str = Field(
@@ -112,12 +111,9 @@ class Settings(BaseSettings):
     )
     sink_group: str = Field(default="spendstream-sink", description="Sink consumer group.")
 
-    # --- alerts --------------------------------------------------------------------------
-    default_thresholds: list[Decimal] = Field(
-        default_factory=lambda: [Decimal(50), Decimal(75), Decimal(90), Decimal(100)],
-        description="Default threshold tiers in percent.",
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Log level of workers, sink and CLI."
     )
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("data_dir")
     @classmethod
@@ -150,19 +146,10 @@ class Settings(BaseSettings):
             raise ValueError("may only hold letters, digits, '.', '_' and '-'")
         return value
 
-    @field_validator("default_currency")
-    @classmethod
-    def _upper_currency(cls, value: str) -> str:
-        if not value.isalpha():
-            raise ValueError("must be an ISO 4217 code such as USD")
-        return value.upper()
-
     @model_validator(mode="after")
     def _check_ports(self) -> Settings:
         if self.kafka_local_port == self.kafka_local_controller_port:
             raise ValueError("kafka_local_port and kafka_local_controller_port must differ")
-        if sorted(self.default_thresholds) != self.default_thresholds:
-            raise ValueError("default_thresholds must be ascending")
         return self
 
     # --- derived values --------------------------------------------------------------------

@@ -65,7 +65,7 @@ def create_app(settings: Settings) -> faust.App:
         broker_commit_every=1000,
         broker_commit_interval=1.0,
         web_enabled=True,
-        web_bind="127.0.0.1",
+        web_bind=settings.worker_web_bind,
         web_port=settings.worker_web_port,
         web_in_thread=False,
         stream_wait_empty=True,
@@ -91,10 +91,16 @@ def create_app(settings: Settings) -> faust.App:
     alerts_topic = app.topic(topics.alerts, **raw)
     status_topic = app.topic(topics.status, **raw)
 
-    # event_id -> "topic:partition:offset" of its first sighting. A replay of the same
-    # record (same position) is processed again; only a different position is a
-    # duplicate. Marking an id never hides a record whose outputs were not yet written.
-    seen = app.Table("seen-events", default=None, key_type=str, value_type=str)
+    # event_id -> "topic:partition:offset|unix time" of its first sighting, remembered for
+    # one to two dedupe windows (tumbling windows, expired by faust). A replay of the same
+    # record (same position) is processed again; only a different position is a duplicate,
+    # so marking an id never hides a record whose outputs were not written yet.
+    window = float(settings.dedupe_window_s)
+    seen = (
+        app.Table("seen-events", default=str, key_type=str, value_type=str)
+        .tumbling(window, expires=2 * window)
+        .relative_to_now()
+    )
     spend = app.Table("budget-spend", default=None, key_type=str, value_type=dict)
 
     @app.task
@@ -145,8 +151,8 @@ def create_app(settings: Settings) -> faust.App:
                 continue
             usage = decoded
             here = f"{pos.topic}:{pos.partition}:{pos.offset}"
-            first = seen.get(usage.event_id)
-            if first is not None and first.split("|", 1)[0] != here:
+            first = with_event(event, lambda k=usage.event_id: first_sighting(k))
+            if first and first.split("|", 1)[0] != here:
                 metrics["duplicates"] += 1
                 continue
             outcome = processor.process(usage, pos, now, raw=msg.value)
@@ -164,7 +170,7 @@ def create_app(settings: Settings) -> faust.App:
                 )
             metrics["priced"] += 1
             metrics["allocations"] += len(outcome.allocations)
-            if first is None:
+            if not first:
                 mark = f"{here}|{now_tag}"
                 with_event(event, lambda k=usage.event_id, v=mark: seen.__setitem__(k, v))
 
@@ -214,13 +220,17 @@ def create_app(settings: Settings) -> faust.App:
                 status = status_of(budget, period_key, state, now)
                 await status_topic.send(key=key.encode(), value=_enc("BudgetStatus", status))
 
-    def with_event(event: faust.EventT, action: Any) -> None:
-        """Run a table write in the context of ``event`` so it lands on its partition."""
+    def first_sighting(event_id: str) -> str:
+        windows = seen[event_id]
+        return windows.now() or windows.delta(window)  # type: ignore[no-any-return]
+
+    def with_event(event: faust.EventT, action: Any) -> Any:
+        """Run a table access in the context of ``event`` so it uses that event's partition."""
         from faust.streams import _current_event
 
         token = _current_event.set(weakref.ref(event))
         try:
-            action()
+            return action()
         finally:
             _current_event.reset(token)
 
