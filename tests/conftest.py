@@ -41,3 +41,9 @@ def llm_event(
 @pytest.fixture
 def make_llm_event():
     return llm_event
+
+
+@pytest.fixture(scope="session")
+def chdb_dir(tmp_path_factory: pytest.TempPathFactory):
+    """chDB admits one data directory per process: the whole session shares this one."""
+    return tmp_path_factory.mktemp("chdb")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter, defaultdict
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -176,3 +177,30 @@ def test_bad_input_goes_to_dlq_with_reason_and_duplicates_count_once(settings, s
                                      lambda v: DeadLetter.from_avro(codec("DeadLetter").decode(v)))]  # fmt: skip
     assert all(d.reason and d.origin.topic == settings.topics.llm for d in dead)
     assert any("gpt-99-imaginary" in d.reason for d in dead)
+
+
+def test_sql_cli_works_while_the_sink_holds_chdb(settings, services):
+    """chDB admits one process per directory: the CLI goes through the running sink."""
+    import subprocess
+    import sys
+
+    warehouse = start_pipeline(settings, services)
+    events, total = known_events(3, "cli")
+    with UsagePublisher(settings) as publisher:
+        publisher.publish_many(events)
+    wait_for("rows", lambda: warehouse.query(
+        "SELECT count() FROM priced_usage FINAL").scalar() == 3, 60, services)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "spendstream.cli", "sql",
+         "SELECT count() AS n, sum(cost) AS total FROM priced_usage FINAL", "--format", "json"],
+        env=services.env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert rows[0]["n"] == 3 and Decimal(rows[0]["total"]) == total
+    refused = subprocess.run(
+        [sys.executable, "-m", "spendstream.cli", "sql", "DROP TABLE priced_usage"],
+        env=services.env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert refused.returncode == 1 and "readonly" in refused.stderr.lower()
+    assert warehouse.query("SELECT count() FROM priced_usage").scalar() == 3
