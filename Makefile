@@ -29,7 +29,7 @@ unit: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy spendstream
+	$(BIN)/mypy spendstream schemas streams sinks
 
 fmt: $(STAMP)
 	$(BIN)/ruff format .

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import fastavro
 import fastavro.schema
@@ -52,7 +52,9 @@ def _history(name: str) -> list[dict[str, Any]]:
     hist = schema_dir() / "history"
     if hist.is_dir():
         for path in sorted(hist.glob(f"{NAMESPACE}.{name}.v*.avsc")):
-            found.append(fastavro.schema.load_schema(str(path), _write_hint=False))
+            found.append(
+                cast(dict[str, Any], fastavro.schema.load_schema(str(path), _write_hint=False))
+            )
     return found
 
 
@@ -75,7 +77,7 @@ class AvroCodec:
         self.header = SINGLE_OBJECT_MAGIC + fingerprint(self.schema)
         self._writers: dict[bytes, dict[str, Any]] = {fingerprint(self.schema): self.schema}
         for old in _history(name):
-            parsed = fastavro.parse_schema(old)
+            parsed = cast(dict[str, Any], fastavro.parse_schema(old))
             self._writers.setdefault(fingerprint(parsed), parsed)
         self._confluent_id = confluent_schema_id
         self._registry_lookup = registry_lookup
@@ -135,7 +137,7 @@ class AvroCodec:
                 "is configured (set SPENDSTREAM_SCHEMA_REGISTRY_URL)"
             )
         try:
-            writer = fastavro.parse_schema(self._registry_lookup(schema_id))
+            writer = cast(dict[str, Any], fastavro.parse_schema(self._registry_lookup(schema_id)))
         except Exception as exc:
             raise AvroDecodeError(f"schema id {schema_id} not resolvable: {exc}") from exc
         self._registry_cache[schema_id] = writer

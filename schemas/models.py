@@ -96,7 +96,7 @@ class Attributes(Strict):
     def get(self, field: str) -> str | None:
         """Attribute or tag value by name (budgets match on either)."""
         if field in Attributes.model_fields and field != "tags":
-            return getattr(self, field)  # type: ignore[no-any-return]
+            return getattr(self, field)
         return self.tags.get(field)
 
 

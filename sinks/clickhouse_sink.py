@@ -123,9 +123,10 @@ class ClickHouseSink:
                     num_messages=min(self.settings.sink_batch_rows, 10_000), timeout=0.2
                 )
                 for msg in messages:
-                    if msg.error():
-                        if msg.error().code() != KafkaError._PARTITION_EOF:
-                            log.warning("kafka: %s", msg.error())
+                    err = msg.error()
+                    if err is not None:
+                        if err.code() != KafkaError._PARTITION_EOF:
+                            log.warning("kafka: %s", err)
                         continue
                     self._add(msg)
                     last_data = time.monotonic()

@@ -7,9 +7,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from spendstream.config import Settings
+
+T = TypeVar("T")
 
 
 class ServiceFailed(RuntimeError):
@@ -79,8 +83,12 @@ class ProcessGroup:
 
 
 def wait_for(
-    what: str, check, timeout: float, group: ProcessGroup | None = None, interval: float = 0.3
-):  # type: ignore[no-untyped-def]
+    what: str,
+    check: Callable[[], T | None],
+    timeout: float,
+    group: ProcessGroup | None = None,
+    interval: float = 0.3,
+) -> T:
     """Poll ``check`` until it returns something truthy; fail clearly on timeout or crash."""
     deadline = time.monotonic() + timeout
     while True:

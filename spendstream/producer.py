@@ -66,7 +66,8 @@ class UsagePublisher:
             else:
                 self.report.failed += 1
                 if len(self.report.errors) < 100:
-                    key = msg.key().decode(errors="replace") if msg.key() else "?"
+                    raw_key = msg.key()
+                    key = raw_key.decode(errors="replace") if raw_key else "?"
                     self.report.errors.append(f"{key}: {err.str()}")
 
     def topic_for(self, event: UsageEvent) -> str:

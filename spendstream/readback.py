@@ -42,12 +42,14 @@ def read_topic(
             msg = consumer.poll(timeout)
             if msg is None:
                 break
-            if msg.error():
-                if msg.error().code() == KafkaError._PARTITION_EOF:
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
                     pending.discard(msg.partition())
                 continue
-            if msg.value() is not None:
-                out.append((msg.key(), decode(msg.value())))
+            value = msg.value()
+            if value is not None:
+                out.append((msg.key(), decode(value)))
         return out
     finally:
         consumer.close()

@@ -173,7 +173,7 @@ def status_of(
         limit=budget.limit,
         currency=budget.currency,
         event_count=state.count,
-        state=state_name(spent, budget.limit),  # type: ignore[arg-type]
+        state=state_name(spent, budget.limit),
         alerted_tiers=list(state.alerted),
         updated_at=now,
     )

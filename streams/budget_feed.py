@@ -64,13 +64,14 @@ class BudgetFeed(threading.Thread):
                 msg = consumer.poll(0.2)
                 if msg is None:
                     continue
-                if msg.error():
-                    if msg.error().code() == KafkaError._PARTITION_EOF:
+                err = msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
                         pending.discard(msg.partition())
                         if not pending:
                             self.ready.set()
                     else:
-                        log.warning("budget feed: %s", msg.error())
+                        log.warning("budget feed: %s", err)
                     continue
                 self._apply(msg.key(), msg.value())
         finally:
