@@ -45,6 +45,9 @@ def _settings() -> Settings:
         level=getattr(logging, settings.log_level),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if settings.log_level != "DEBUG":
+        # librdkafka reports transient, retried conditions as warnings; show errors only
+        logging.getLogger("spendstream.kafka").setLevel(logging.ERROR)
     return settings
 
 
@@ -267,11 +270,12 @@ def budgets_status(
     _run(body)
 
 
-def status_table(statuses: list[Any]) -> Table:
-    table = Table("budget", "period", "spent", "limit", "remaining", "%", "state", "events")
+def status_table(statuses: list[Any], *, names: bool = False) -> Table:
+    """Budget status; ``names`` shows budget names instead of ids (narrow terminals)."""
+    table = Table("budget", "period", "spent", "limit", "%", "state", "events")
     for s in sorted(statuses, key=lambda s: (s.budget_id, s.period_key)):
-        table.add_row(s.budget_id, s.period_key, f"{s.spent}", f"{plain(s.limit)}",
-                      f"{s.remaining}", f"{s.percent}", s.state, str(s.event_count))  # fmt: skip
+        table.add_row(s.budget_name if names else s.budget_id, s.period_key, plain(s.spent),
+                      plain(s.limit), f"{s.percent}", s.state, str(s.event_count))  # fmt: skip
     return table
 
 

@@ -111,7 +111,7 @@ def make_plan(org: str, count: int, now: datetime, pricer: Pricer) -> Plan:
     budgets = [
         BudgetDefinition(
             budget_id=f"{org}-org",
-            name=f"{org} (all spend)",
+            name="all spend",
             limit=limit(total * Decimal("1.12")),
             scope={"org": [org]},
         ),  # fmt: skip
@@ -251,14 +251,13 @@ def _print_results(
     from spendstream.cli import status_table
 
     console.rule("budget status (from the budget-status topic)")
-    console.print(status_table(statuses))
+    console.print(status_table(statuses, names=True))
 
     console.rule("alerts (read back from the budget-alerts topic)")
-    table = Table("budget", "period", "kind", "tier", "action", "severity", "spent", "limit")
+    table = Table("budget", "alert", "action", "severity", "spent then", "limit")
     for a in sorted(alerts, key=lambda a: (a.budget_id, a.triggered_at)):
-        tier = f"{plain(a.threshold_percent)}%" if a.threshold_percent else ""
-        table.add_row(a.budget_id, a.period_key, a.kind, tier, a.action, a.severity,
-                      str(a.spent), plain(a.limit))  # fmt: skip
+        what = f"{plain(a.threshold_percent)}%" if a.threshold_percent else a.kind
+        table.add_row(a.budget_name, what, a.action, a.severity, plain(a.spent), plain(a.limit))
     console.print(table)
 
     console.rule("spend summary (from ClickHouse)")

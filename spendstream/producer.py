@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import logging
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -42,6 +43,8 @@ def producer_config(settings: Settings, **extra: Any) -> dict[str, Any]:
         "linger.ms": 5,
         "compression.type": "lz4",
         "message.timeout.ms": 120_000,
+        # librdkafka's own log lines go through Python logging (quiet unless DEBUG)
+        "logger": logging.getLogger("spendstream.kafka"),
     }
     conf.update(extra)
     return conf
