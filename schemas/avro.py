@@ -148,3 +148,35 @@ class AvroCodec:
 def codec(name: str) -> AvroCodec:
     """Shared single-object codec per record type."""
     return AvroCodec(name)
+
+
+class IncompatibleSchema(ValueError):
+    """A reader schema that cannot read records written with an older schema."""
+
+
+def check_backward_compatible(
+    writer: dict[str, Any], reader: dict[str, Any], samples: int = 200
+) -> None:
+    """Prove ``reader`` reads what ``writer`` wrote: random records through Avro resolution.
+
+    fastavro generates records from the writer schema, encodes them with it and decodes
+    them with the reader schema; any resolution failure (a new field without a default, a
+    type that cannot be promoted, a removed union branch) raises IncompatibleSchema.
+    """
+    from fastavro.utils import generate_many
+
+    parsed_writer = fastavro.parse_schema(writer)
+    parsed_reader = fastavro.parse_schema(reader)
+    for record in generate_many(parsed_writer, samples):
+        buf = io.BytesIO()
+        fastavro.schemaless_writer(buf, parsed_writer, record)
+        buf.seek(0)
+        try:
+            fastavro.schemaless_reader(buf, parsed_writer, parsed_reader)
+        except Exception as exc:
+            raise IncompatibleSchema(f"{reader.get('name')}: {exc}") from exc
+
+
+def history_versions(name: str) -> list[dict[str, Any]]:
+    """Every archived writer schema of ``name`` (oldest first)."""
+    return _history(name)

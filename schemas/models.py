@@ -181,6 +181,7 @@ class UsageEvent(Strict):
     source: Source
     attributes: Attributes = Field(default_factory=Attributes)
     payload: Payload
+    producer: OptStr = None
 
     @model_validator(mode="after")
     def _source_matches_payload(self) -> UsageEvent:
@@ -206,6 +207,7 @@ class UsageEvent(Strict):
             "source": self.source,
             "attributes": self.attributes.model_dump(),
             "payload": (_PAYLOAD_NAMES[self.payload.kind], payload),
+            "producer": self.producer,
         }
 
     @classmethod

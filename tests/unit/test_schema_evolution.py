@@ -1,0 +1,92 @@
+"""Schemas evolve backward-compatibly: records written with old versions still decode."""
+
+from __future__ import annotations
+
+import copy
+import io
+
+import fastavro
+import pytest
+
+from spendstream.schemas.avro import (
+    SINGLE_OBJECT_MAGIC,
+    IncompatibleSchema,
+    check_backward_compatible,
+    codec,
+    fingerprint,
+    history_versions,
+    load,
+)
+from spendstream.schemas.models import UsageEvent
+from tests.conftest import llm_event
+
+SCHEMAS = [
+    "UsageEvent", "PricedUsage", "CostAllocation", "BudgetDefinition", "BudgetAlert",
+    "BudgetStatus", "DeadLetter",
+]  # fmt: skip
+
+
+def v1_bytes(event: UsageEvent) -> bytes:
+    """Encode as a v1 producer would have: v1 schema, v1 fingerprint, no producer field."""
+    (v1,) = history_versions("UsageEvent")
+    parsed = fastavro.parse_schema(v1)
+    record = event.to_avro()
+    record.pop("producer")
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, parsed, record)
+    return SINGLE_OBJECT_MAGIC + fingerprint(parsed) + buf.getvalue()
+
+
+def test_records_written_with_v1_still_decode():
+    event = llm_event(org="acme", team="ml")
+    data = v1_bytes(event)
+    assert data[2:10] != codec("UsageEvent").header[2:]  # really the old fingerprint
+    decoded = UsageEvent.decode(data)
+    assert decoded == event and decoded.producer is None
+
+
+def test_v2_round_trip_keeps_the_new_field():
+    event = llm_event().model_copy(update={"producer": "billing-tracker/1.4"})
+    assert UsageEvent.decode(event.encode()).producer == "billing-tracker/1.4"
+
+
+@pytest.mark.parametrize("name", ["UsageEvent"])
+def test_every_archived_version_is_readable_by_the_current_schema(name):
+    versions = history_versions(name)
+    assert versions, "history must keep the previous versions"
+    for old in versions:
+        check_backward_compatible(old, load(name))
+
+
+@pytest.mark.parametrize("name", SCHEMAS)
+def test_current_schemas_are_self_compatible(name):
+    check_backward_compatible(load(name), load(name), samples=50)
+
+
+def _expanded_current() -> dict:
+    (v1,) = history_versions("UsageEvent")
+    return copy.deepcopy(v1)
+
+
+def test_a_new_field_without_default_is_caught():
+    reader = _expanded_current()
+    reader["fields"].append({"name": "cost_center", "type": "string"})
+    with pytest.raises(IncompatibleSchema, match="cost_center"):
+        check_backward_compatible(history_versions("UsageEvent")[0], reader)
+
+
+def test_a_type_change_is_caught():
+    reader = _expanded_current()
+    for field in reader["fields"]:
+        if field["name"] == "event_id":
+            field["type"] = "long"
+    with pytest.raises(IncompatibleSchema):
+        check_backward_compatible(history_versions("UsageEvent")[0], reader)
+
+
+def test_unknown_future_writer_is_rejected_with_reason():
+    reader = codec("UsageEvent")
+    data = SINGLE_OBJECT_MAGIC + b"\x99" * 8 + b"\x00"
+    with pytest.raises(ValueError, match="unknown schema fingerprint"):
+        reader.decode(data)
+    assert len(reader.known_fingerprints) == 2  # v1 and v2
