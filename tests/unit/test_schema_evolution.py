@@ -50,7 +50,7 @@ def test_v2_round_trip_keeps_the_new_field():
     assert UsageEvent.decode(event.encode()).producer == "billing-tracker/1.4"
 
 
-@pytest.mark.parametrize("name", ["UsageEvent"])
+@pytest.mark.parametrize("name", ["UsageEvent", "PricedUsage"])
 def test_every_archived_version_is_readable_by_the_current_schema(name):
     versions = history_versions(name)
     assert versions, "history must keep the previous versions"
