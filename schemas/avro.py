@@ -144,10 +144,45 @@ class AvroCodec:
         return writer
 
 
+_registry: Any = None  # RegistryClient when SPENDSTREAM_SCHEMA_REGISTRY_URL is set
+
+
+def configure_registry(url: str | None) -> None:
+    """Use Confluent framing (and resolve Confluent ids) through the registry at ``url``."""
+    global _registry
+    from .registry import RegistryClient
+
+    _registry = RegistryClient(url) if url else None
+    codec.cache_clear()
+    framed_codec.cache_clear()
+
+
 @cache
 def codec(name: str) -> AvroCodec:
-    """Shared single-object codec per record type."""
-    return AvroCodec(name)
+    """Shared reader (and single-object writer) per record type; accepts both framings."""
+    return AvroCodec(name, registry_lookup=_registry.schema if _registry else None)
+
+
+@cache
+def framed_codec(name: str, topic: str) -> AvroCodec:
+    """Writer for ``topic``: Confluent framing when a registry is configured, else single-object."""
+    if _registry is None:
+        return codec(name)
+    schema_id = _registry.register(f"{topic}-value", schema_json(load(name)))
+    return AvroCodec(name, confluent_schema_id=schema_id, registry_lookup=_registry.schema)
+
+
+def schema_json(schema: Any) -> Any:
+    """A parsed schema as plain, fully expanded Avro JSON (for registries and archives)."""
+
+    def clean(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: clean(v) for k, v in node.items() if not k.startswith("__")}
+        if isinstance(node, list):
+            return [clean(v) for v in node]
+        return node
+
+    return clean(fastavro.schema.expand_schema(schema))
 
 
 class IncompatibleSchema(ValueError):

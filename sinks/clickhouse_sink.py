@@ -27,7 +27,7 @@ from clickhouse_connect.driver.client import Client
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from spendstream.config import Settings
-from spendstream.schemas.avro import codec
+from spendstream.schemas.avro import configure_registry, framed_codec
 from spendstream.schemas.models import DeadLetter, SourcePosition
 
 from .rows import TABLES
@@ -69,6 +69,7 @@ class ClickHouseSink:
     ) -> None:
         self.settings = settings
         self.topics = settings.topics
+        configure_registry(settings.schema_registry_url or None)
         self.topic_table = {
             self.topics.priced: "priced_usage",
             self.topics.allocations: "cost_allocations",
@@ -202,7 +203,7 @@ class ClickHouseSink:
             rejected_at=datetime.now(UTC),
         )
         self.dlq.produce(self.topics.dlq, key=msg.key(),
-                         value=codec("DeadLetter").encode(dead.to_avro()))  # fmt: skip
+                         value=framed_codec("DeadLetter", self.topics.dlq).encode(dead.to_avro()))  # fmt: skip
         self.dlq.flush(30)
 
     def _flush_due(self) -> None:

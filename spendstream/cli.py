@@ -41,6 +41,9 @@ class CliError(Exception):
 
 def _settings() -> Settings:
     settings = load_settings()
+    from spendstream.schemas.avro import configure_registry
+
+    configure_registry(settings.schema_registry_url or None)
     logging.basicConfig(
         level=getattr(logging, settings.log_level),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

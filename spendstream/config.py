@@ -68,6 +68,11 @@ class Settings(BaseSettings):
     topic_partitions: int = Field(default=4, ge=1, le=1024, description="Partitions per topic.")
     topic_replication: int = Field(default=1, ge=1, le=16, description="Replication factor.")
 
+    schema_registry_url: str = Field(
+        default="",
+        description="Confluent Schema Registry URL; empty = Avro single-object encoding.",
+    )
+
     # --- workers -------------------------------------------------------------------------
     app_id: str = Field(default="spendstream", description="Consumer group / faust app id.")
     worker_web_port: int = Field(

@@ -19,6 +19,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from spendstream.config import Settings, load_settings
+from spendstream.schemas.avro import configure_registry, framed_codec
 from spendstream.schemas.budget import BudgetDefinition
 from spendstream.schemas.models import UsageEvent
 
@@ -56,6 +57,7 @@ class UsagePublisher:
     def __init__(self, settings: Settings | None = None, **producer_conf: Any) -> None:
         self.settings = settings or load_settings()
         self.topics = self.settings.topics
+        configure_registry(self.settings.schema_registry_url or None)
         self._producer = Producer(producer_config(self.settings, **producer_conf))
         self._lock = threading.Lock()
         self.report = DeliveryReport()
@@ -78,7 +80,9 @@ class UsagePublisher:
 
     def publish(self, event: UsageEvent, topic: str | None = None) -> None:
         """Queue one event (non-blocking apart from back-pressure on a full queue)."""
-        self._produce(topic or self.topic_for(event), event.event_id.encode(), event.encode())
+        topic = topic or self.topic_for(event)
+        value = framed_codec("UsageEvent", topic).encode(event.to_avro())
+        self._produce(topic, event.event_id.encode(), value)
 
     def publish_raw(self, topic: str, key: bytes | None, value: bytes | None) -> None:
         self._produce(topic, key, value)
@@ -115,9 +119,10 @@ class UsagePublisher:
                 exc = PublishError(f"delivery failed for {event.event_id}: {err.str()}")
                 loop.call_soon_threadsafe(done.set_exception, exc)
 
+        topic = topic or self.topic_for(event)
         self._producer.produce(
-            topic or self.topic_for(event),
-            value=event.encode(),
+            topic,
+            value=framed_codec("UsageEvent", topic).encode(event.to_avro()),
             key=event.event_id.encode(),
             on_delivery=on_delivery,
         )
@@ -157,6 +162,7 @@ def publish_budgets(
     settings: Settings, budgets: Iterable[BudgetDefinition], delete: Iterable[str] = ()
 ) -> int:
     """Write definitions (and tombstones for deletions) to the compacted budgets topic."""
+    configure_registry(settings.schema_registry_url or None)
     producer = Producer(producer_config(settings))
     failures: list[str] = []
 
@@ -168,7 +174,10 @@ def publish_budgets(
     topic = settings.topics.budgets
     for budget in budgets:
         producer.produce(
-            topic, key=budget.budget_id.encode(), value=budget.encode(), on_delivery=on_delivery
+            topic,
+            key=budget.budget_id.encode(),
+            value=framed_codec("BudgetDefinition", topic).encode(budget.to_avro()),
+            on_delivery=on_delivery,
         )
         count += 1
     for budget_id in delete:

@@ -26,7 +26,7 @@ from typing import Any, cast
 import faust
 
 from spendstream.config import Settings
-from spendstream.schemas.avro import codec
+from spendstream.schemas.avro import codec, configure_registry, framed_codec
 from spendstream.schemas.models import BudgetAlert, CostAllocation, DeadLetter, SourcePosition
 
 from .aggregation import PeriodState, due_alerts, state_key, status_of
@@ -38,8 +38,8 @@ from .processor import UsageProcessor
 log = logging.getLogger("spendstream.worker")
 
 
-def _enc(name: str, model: Any) -> bytes:
-    return codec(name).encode(model.to_avro())
+def _enc(name: str, model: Any, topic: str) -> bytes:
+    return framed_codec(name, topic).encode(model.to_avro())
 
 
 class Metrics(Counter[str]):
@@ -48,6 +48,7 @@ class Metrics(Counter[str]):
 
 def create_app(settings: Settings) -> faust.App:
     topics = settings.topics
+    configure_registry(settings.schema_registry_url or None)
     datadir = settings.worker_dir / f"w{settings.worker_web_port}"
     datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
@@ -151,7 +152,7 @@ def create_app(settings: Settings) -> faust.App:
             decoded = processor.decode(msg.key, msg.value, pos, now)
             if isinstance(decoded, DeadLetter):
                 metrics["dlq"] += 1
-                await dlq_topic.send(key=msg.key, value=_enc("DeadLetter", decoded))
+                await dlq_topic.send(key=msg.key, value=_enc("DeadLetter", decoded, topics.dlq))
                 continue
             usage = decoded
             here = f"{pos.topic}:{pos.partition}:{pos.offset}"
@@ -162,15 +163,19 @@ def create_app(settings: Settings) -> faust.App:
             outcome = processor.process(usage, pos, now, raw=msg.value)
             if outcome.dead is not None:
                 metrics["dlq"] += 1
-                await dlq_topic.send(key=msg.key, value=_enc("DeadLetter", outcome.dead))
+                await dlq_topic.send(
+                    key=msg.key, value=_enc("DeadLetter", outcome.dead, topics.dlq)
+                )
                 continue
             assert outcome.priced is not None
             await priced_topic.send(
-                key=usage.event_id.encode(), value=_enc("PricedUsage", outcome.priced)
+                key=usage.event_id.encode(),
+                value=_enc("PricedUsage", outcome.priced, topics.priced),
             )
             for alloc in outcome.allocations:
                 await alloc_topic.send(
-                    key=alloc.budget_id.encode(), value=_enc("CostAllocation", alloc)
+                    key=alloc.budget_id.encode(),
+                    value=_enc("CostAllocation", alloc, topics.allocations),
                 )
             metrics["priced"] += 1
             metrics["allocations"] += len(outcome.allocations)
@@ -206,7 +211,9 @@ def create_app(settings: Settings) -> faust.App:
         # Alerts are delivered before the state that records them is written: a crash in
         # between re-sends an alert with the same alert_id rather than losing it.
         pending = [
-            await alerts_topic.send(key=a.budget_id.encode(), value=_enc("BudgetAlert", a))
+            await alerts_topic.send(
+                key=a.budget_id.encode(), value=_enc("BudgetAlert", a, topics.alerts)
+            )
             for a in alerts
         ]
         for fut in pending:
@@ -220,7 +227,9 @@ def create_app(settings: Settings) -> faust.App:
             budget = registry.get(budget_id)
             if budget is not None:
                 status = status_of(budget, period_key, state, now)
-                await status_topic.send(key=key.encode(), value=_enc("BudgetStatus", status))
+                await status_topic.send(
+                    key=key.encode(), value=_enc("BudgetStatus", status, topics.status)
+                )
 
     def first_sighting(event_id: str) -> str:
         windows = seen[event_id]

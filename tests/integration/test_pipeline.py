@@ -204,3 +204,31 @@ def test_sql_cli_works_while_the_sink_holds_chdb(settings, services):
     )  # fmt: skip
     assert refused.returncode == 1 and "readonly" in refused.stderr.lower()
     assert warehouse.query("SELECT count() FROM priced_usage").scalar() == 3
+
+
+def test_confluent_framed_pipeline_with_a_schema_registry(settings, services):
+    from tests.registry_stub import RegistryStub
+
+    stub = RegistryStub()
+    try:
+        framed = settings.model_copy(update={"schema_registry_url": stub.url})
+        group = ProcessGroup(framed)
+        try:
+            ensure_topics(framed)
+            publish_budgets(framed, [BudgetDefinition(budget_id="all", name="all", limit="10")])
+            warehouse = start_pipeline(framed, group)
+            events, total = known_events(30, "framed")
+            with UsagePublisher(framed) as publisher:
+                publisher.publish_many(events)
+            wait_for("framed rows", lambda: warehouse.query(
+                "SELECT count() FROM cost_allocations FINAL").scalar() == 30, 90, group)  # fmt: skip
+            assert warehouse.query("SELECT sum(cost) FROM priced_usage FINAL").scalar() == total
+            assert warehouse.query("SELECT count() FROM dead_letters").scalar() == 0
+            # every topic the pipeline writes registered its subject
+            assert {f"{framed.topics.llm}-value", f"{framed.topics.priced}-value",
+                    f"{framed.topics.allocations}-value", f"{framed.topics.budgets}-value"} <= set(
+                        stub.subjects)  # fmt: skip
+        finally:
+            group.stop()
+    finally:
+        stub.close()
