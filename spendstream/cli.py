@@ -62,6 +62,7 @@ def _run(action: Callable[[], T]) -> T:
     from spendstream.producer import PublishError
     from spendstream.schemas.budget import BudgetError
     from spendstream.sinks.warehouse import WarehouseError
+    from spendstream.streams.pricing import PricingError
     from spendstream.topics import TopicsError
 
     try:
@@ -76,6 +77,7 @@ def _run(action: Callable[[], T]) -> T:
         BudgetError,
         WarehouseError,
         TopicsError,
+        PricingError,
     ) as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(1) from None

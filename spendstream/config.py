@@ -93,6 +93,11 @@ class Settings(BaseSettings):
         ge=60,
         description="A duplicate event_id is dropped if seen within this window (up to 2x).",
     )
+    price_catalog: Path | None = Field(
+        default=None,
+        description="Your price catalog (YAML), layered over the bundled one: negotiated "
+        "rates, models genai-prices lacks, Apify and workflow plans.",
+    )
     unknown_price: Literal["dlq", "flag"] = Field(
         default="dlq", description="Unknown model/platform: reject to DLQ or pass unpriced."
     )

@@ -75,7 +75,7 @@ def create_app(settings: Settings) -> faust.App:
     )
     registry = BudgetRegistry()
     feed = BudgetFeed(settings, registry)
-    pricer = Pricer(Catalog.load())
+    pricer = Pricer(Catalog.for_settings(settings.price_catalog))
     processor = UsageProcessor(
         pricer,
         registry,

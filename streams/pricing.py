@@ -77,6 +77,32 @@ class Catalog:
             raise PricingError("catalog", f"invalid price catalog {origin}: {exc}") from None
 
     @classmethod
+    def for_settings(cls, override: Path | None) -> Catalog:
+        """The bundled catalog, with the user's catalog file (if any) layered on top."""
+        bundled = cls.load()
+        return bundled.merged(cls.load(override)) if override else bundled
+
+    def merged(self, top: Catalog) -> Catalog:
+        """Entries of ``top`` win; the version names both so priced events show the source."""
+        if top.currency != self.currency:
+            raise PricingError(
+                "catalog", f"override catalog is in {top.currency}, bundled in {self.currency}"
+            )
+        actors = dict(self.apify_actors)
+        actors.update(top.apify_actors)
+        workflow = {k: dict(v) for k, v in self.workflow.items()}
+        for platform, plans in top.workflow.items():
+            workflow.setdefault(platform, {}).update(plans)
+        return Catalog(
+            version=f"{self.version}+{top.version}",
+            currency=self.currency,
+            llm={**self.llm, **top.llm},
+            apify_plans={**self.apify_plans, **top.apify_plans},
+            apify_actors=actors,
+            workflow=workflow,
+        )
+
+    @classmethod
     def _parse(cls, raw: dict[str, Any]) -> Catalog:
         def dec(mapping: dict[str, Any]) -> dict[str, Decimal]:
             out = {}

@@ -88,3 +88,32 @@ def test_workflow_and_custom(pricer):
                         payload=CustomCost(amount=D("12.5"), currency="eur"))  # fmt: skip
     cost = pricer.price(custom)
     assert (cost.total, cost.currency) == (D("12.5"), "EUR")
+
+
+def test_user_catalog_layers_over_the_bundled_one(tmp_path):
+    mine = tmp_path / "prices.yaml"
+    mine.write_text(
+        'version: "acme-2026-q4"\n'
+        "llm:\n"
+        '  - {provider: openai, model: gpt-4o, input_mtok: "2.00", output_mtok: "8.00"}\n'
+        "workflow:\n"
+        '  zapier: {enterprise: {per_task: "0.0050"}}\n'
+    )
+    catalog = Catalog.for_settings(mine)
+    assert catalog.version.endswith("+acme-2026-q4")
+    pricer = Pricer(catalog)
+    cost = pricer.price(llm_event(input_tokens=1_000_000, output_tokens=1_000_000))
+    assert cost.total == D(10) and cost.version == f"catalog {catalog.version}"
+    # bundled entries that were not overridden remain
+    assert catalog.workflow["zapier"]["default"]["per_task"] == D("0.0199")
+    assert catalog.workflow["zapier"]["enterprise"]["per_task"] == D("0.0050")
+    assert ("openai", "dall-e-3") in catalog.llm
+
+
+def test_bad_catalog_file_is_reported(tmp_path):
+    bad = tmp_path / "p.yaml"
+    bad.write_text("version: x\nllm:\n  - {provider: a}\n")
+    with pytest.raises(PricingError, match="invalid price catalog"):
+        Catalog.for_settings(bad)
+    with pytest.raises(PricingError, match="cannot read"):
+        Catalog.for_settings(tmp_path / "missing.yaml")
