@@ -119,9 +119,7 @@ class AvroCodec:
             )
         try:
             stream = io.BytesIO(body)
-            record = fastavro.schemaless_reader(
-                stream, writer, self.schema, return_record_name=True
-            )
+            record = fastavro.schemaless_reader(stream, writer, self.schema)
         except Exception as exc:  # fastavro raises many types on corrupt input
             raise AvroDecodeError(f"corrupt or truncated Avro body: {exc}") from exc
         if stream.tell() != len(body):

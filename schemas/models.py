@@ -168,7 +168,19 @@ _PAYLOAD_NAMES = {
     "workflow": f"{NAMESPACE}.WorkflowRun",
     "custom": f"{NAMESPACE}.CustomCost",
 }
-_PAYLOAD_KINDS = {v: k for k, v in _PAYLOAD_NAMES.items()}
+#: A field only that payload record has: tells the union branch apart without asking
+#: fastavro for record names (which costs ~15% of decode time).
+_PAYLOAD_MARKERS = (("model", "llm"), ("actor_id", "apify"), ("platform", "workflow"),
+                    ("amount", "custom"))  # fmt: skip
+
+
+def payload_kind(payload: dict[str, Any]) -> str:
+    for marker, kind in _PAYLOAD_MARKERS:
+        if marker in payload:
+            return kind
+    raise ValueError("payload matches no known usage record")
+
+
 Source = Literal["llm", "apify", "workflow", "custom"]
 
 #: How far in the future an event's time may lie; set from configuration by workers.
@@ -212,9 +224,9 @@ class UsageEvent(Strict):
 
     @classmethod
     def from_avro(cls, record: dict[str, Any]) -> UsageEvent:
-        name, payload = record["payload"]
+        payload = record["payload"]
         data = dict(record)
-        data["payload"] = {**payload, "kind": _PAYLOAD_KINDS[name]}
+        data["payload"] = {**payload, "kind": payload_kind(payload)}
         return cls.model_validate(data)
 
     def encode(self) -> bytes:
