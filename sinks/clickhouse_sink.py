@@ -240,7 +240,10 @@ class ClickHouseSink:
                 with self.lock:
                     self.client.insert(
                         table, rows, column_names=columns,
-                        settings={"insert_deduplication_token": token},
+                        settings={
+                            "insert_deduplication_token": token,
+                            "deduplicate_blocks_in_dependent_materialized_views": 1,
+                        },
                     )  # fmt: skip
                 break
             except Exception as exc:

@@ -100,8 +100,10 @@ def migrate(client: Client) -> list[str]:
     for version, sql in migrations():
         if version in done:
             continue
-        for statement in _statements(sql):
-            client.command(statement)
+        for index, statement in enumerate(_statements(sql)):
+            # a re-run after a failure must not repeat a backfill INSERT: token-dedupe it
+            token = f"migration-{version}-{index}"
+            client.command(statement, settings={"insert_deduplication_token": token})
         client.insert("schema_migrations", [[version]], column_names=["version"])
         applied.append(version)
     return applied

@@ -61,6 +61,7 @@ def _run(action: Callable[[], T]) -> T:
     from spendstream.processes import ServiceFailed
     from spendstream.producer import PublishError
     from spendstream.schemas.budget import BudgetError
+    from spendstream.sinks.reports import ReportError
     from spendstream.sinks.warehouse import WarehouseError
     from spendstream.streams.pricing import PricingError
     from spendstream.topics import TopicsError
@@ -78,6 +79,7 @@ def _run(action: Callable[[], T]) -> T:
         WarehouseError,
         TopicsError,
         PricingError,
+        ReportError,
     ) as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(1) from None
@@ -363,6 +365,69 @@ def print_result(columns: list[str], rows: list[tuple[Any, ...]], fmt: str) -> N
         console.print(table)
     else:
         raise CliError(f"unknown format '{fmt}': use table, csv or json")
+
+
+@app.command()
+def report(
+    kind: Annotated[str, typer.Argument(help="summary | trend | compare | projection | top")],
+    since: Annotated[
+        str | None, typer.Option(help="From this day (YYYY-MM-DD), inclusive.")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option(help="Up to this day (YYYY-MM-DD), exclusive.")
+    ] = None,
+    budget: Annotated[str | None, typer.Option(help="Only spend allocated to this budget.")] = None,
+    where: Annotated[
+        list[str] | None, typer.Option(help="Filter DIM=VALUE, e.g. team=ml (repeatable).")
+    ] = None,
+    by: Annotated[str, typer.Option(help="Dimension for compare/top.")] = "model",
+    granularity: Annotated[str, typer.Option(help="trend: day | week | month.")] = "day",
+    period: Annotated[str, typer.Option(help="compare: week | month.")] = "month",
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="top: how many rows.")] = 10,
+    fmt: Annotated[str, typer.Option("--format", help="table | csv | json | md")] = "table",
+) -> None:
+    """Reports on the data in ClickHouse (works while the sink runs)."""
+
+    def body() -> None:
+        from datetime import date
+
+        from spendstream.sinks import reports
+        from spendstream.sinks.warehouse import open_warehouse
+
+        if fmt not in reports.FORMATS:
+            raise CliError(f"unknown format '{fmt}': use one of {', '.join(reports.FORMATS)}")
+
+        def day(text: str | None, name: str) -> date | None:
+            try:
+                return date.fromisoformat(text) if text else None
+            except ValueError:
+                raise CliError(f"--{name} must be a date like 2026-11-01, got '{text}'") from None
+
+        filters = reports.Filters(since=day(since, "since"), until=day(until, "until"),
+                                  budget=budget)  # fmt: skip
+        for item in where or []:
+            dim, sep, value = item.partition("=")
+            if not sep or not value:
+                raise CliError(f"--where needs DIM=VALUE, got '{item}'")
+            reports.column_of(dim)
+            filters.where[dim] = value
+        builders = {
+            "summary": lambda w: reports.summary(w, filters),
+            "trend": lambda w: reports.trend(w, filters, granularity),
+            "compare": lambda w: reports.compare(w, filters, by=by, period=period),
+            "projection": lambda w: reports.projection(w, filters),
+            "top": lambda w: reports.top(w, filters, by=by, limit=limit),
+        }
+        if kind not in builders:
+            raise CliError(f"unknown report '{kind}': use one of {', '.join(builders)}")
+        warehouse = open_warehouse(_settings())
+        try:
+            result = builders[kind](warehouse)
+        finally:
+            warehouse.close()
+        sys.stdout.write(result.render(fmt))
+
+    _run(body)
 
 
 @app.command()
