@@ -369,7 +369,10 @@ def print_result(columns: list[str], rows: list[tuple[Any, ...]], fmt: str) -> N
 
 @app.command()
 def report(
-    kind: Annotated[str, typer.Argument(help="summary | trend | compare | projection | top")],
+    kind: Annotated[
+        str,
+        typer.Argument(help="summary | trend | compare | projection | top | recommendations"),
+    ],
     since: Annotated[
         str | None, typer.Option(help="From this day (YYYY-MM-DD), inclusive.")
     ] = None,
@@ -392,8 +395,11 @@ def report(
         from datetime import date
 
         from spendstream.sinks import reports
+        from spendstream.sinks.recommendations import recommendations_report
         from spendstream.sinks.warehouse import open_warehouse
+        from spendstream.streams.pricing import Catalog, Pricer
 
+        settings = _settings()
         if fmt not in reports.FORMATS:
             raise CliError(f"unknown format '{fmt}': use one of {', '.join(reports.FORMATS)}")
 
@@ -417,10 +423,13 @@ def report(
             "compare": lambda w: reports.compare(w, filters, by=by, period=period),
             "projection": lambda w: reports.projection(w, filters),
             "top": lambda w: reports.top(w, filters, by=by, limit=limit),
+            "recommendations": lambda w: recommendations_report(
+                w, Pricer(Catalog.for_settings(settings.price_catalog))
+            ),
         }
         if kind not in builders:
             raise CliError(f"unknown report '{kind}': use one of {', '.join(builders)}")
-        warehouse = open_warehouse(_settings())
+        warehouse = open_warehouse(settings)
         try:
             result = builders[kind](warehouse)
         finally:

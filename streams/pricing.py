@@ -58,6 +58,7 @@ class Catalog:
     apify_plans: dict[str, dict[str, Decimal]] = field(default_factory=dict)
     apify_actors: dict[str, dict[str, Any]] = field(default_factory=dict)
     workflow: dict[str, dict[str, dict[str, Decimal]]] = field(default_factory=dict)
+    siblings: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: Path | None = None) -> Catalog:
@@ -100,6 +101,7 @@ class Catalog:
             apify_plans={**self.apify_plans, **top.apify_plans},
             apify_actors=actors,
             workflow=workflow,
+            siblings={**self.siblings, **top.siblings},
         )
 
     @classmethod
@@ -121,7 +123,16 @@ class Catalog:
             platform: {plan: dec(prices) for plan, prices in plans.items()}
             for platform, plans in raw.get("workflow", {}).items()
         }
+
+        def pair(text: str) -> tuple[str, str]:
+            provider, _, model = text.partition("/")
+            if not model:
+                raise ValueError(f"sibling '{text}' must be provider/model")
+            return provider.lower(), model.lower()
+
+        siblings = {pair(k): pair(v) for k, v in (raw.get("siblings") or {}).items()}
         return cls(
+            siblings=siblings,
             version=str(raw["version"]),
             currency=raw.get("currency", "USD"),
             llm=llm,
