@@ -60,10 +60,19 @@ def from_micros(micros: int) -> datetime:
     return EPOCH + timedelta(microseconds=micros)
 
 
+#: ClickHouse DateTime64 holds 1900..2299 and clamps what lies outside, so anything
+#: outside a sane range is refused here instead of being stored at the wrong time.
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(2200, 1, 1, tzinfo=UTC)
+
+
 def _aware(value: datetime) -> datetime:
     if value.tzinfo is None:
         raise ValueError("timestamp needs a time zone (e.g. 2026-01-31T12:00:00Z)")
-    return value.astimezone(UTC)
+    value = value.astimezone(UTC)
+    if not EARLIEST <= value < LATEST:
+        raise ValueError(f"timestamp {value.isoformat()} is outside 1970..2200")
+    return value
 
 
 AwareDatetime = Annotated[datetime, AfterValidator(_aware)]

@@ -14,6 +14,7 @@ memory stays bounded by one batch per partition.
 from __future__ import annotations
 
 import logging
+import re
 import signal
 import threading
 import time
@@ -44,6 +45,7 @@ class SinkStopped(Exception):
 class PartitionBuffer:
     table: str
     rows: list[list[Any]] = field(default_factory=list)
+    raws: list[tuple[bytes | None, bytes | None]] = field(default_factory=list)
     first_offset: int = -1
     last_offset: int = -1
     started: float = 0.0
@@ -56,6 +58,7 @@ class SinkStats:
     poison: int = 0
     insert_failures: int = 0
     batches: int = 0
+    max_buffered_rows: int = 0
 
 
 class ClickHouseSink:
@@ -66,7 +69,11 @@ class ClickHouseSink:
         *,
         client_factory: Callable[[], Client] | None = None,
         client_lock: threading.Lock | None = None,
+        retry_initial_s: float = 0.5,
+        retry_max_s: float = 30.0,
     ) -> None:
+        self.retry_initial_s = retry_initial_s
+        self.retry_max_s = retry_max_s
         self.settings = settings
         self.topics = settings.topics
         configure_registry(settings.schema_registry_url or None)
@@ -85,10 +92,14 @@ class ClickHouseSink:
         self.stats = SinkStats()
         self.buffers: dict[tuple[str, int], PartitionBuffer] = {}
         self.stored: dict[tuple[str, int], int] = {}
+        self._buffered = 0
+        self._paused = False
+        self._assigned_at: float | None = None
         self._stop = threading.Event()
         self.consumer = Consumer(
             {
                 "bootstrap.servers": settings.bootstrap_servers,
+                "logger": logging.getLogger("spendstream.kafka"),
                 "group.id": f"{settings.topic_prefix}{settings.sink_group}",
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",
@@ -99,6 +110,7 @@ class ClickHouseSink:
         self.dlq = Producer(
             {
                 "bootstrap.servers": settings.bootstrap_servers,
+                "logger": logging.getLogger("spendstream.kafka"),
                 "enable.idempotence": True,
                 "acks": "all",
             }
@@ -132,7 +144,11 @@ class ClickHouseSink:
                     self._add(msg)
                     last_data = time.monotonic()
                 self._flush_due()
-                if idle_exit_s is not None and time.monotonic() - last_data > idle_exit_s:
+                if (
+                    idle_exit_s is not None
+                    and self._assigned_at is not None  # idle only counts once we own partitions
+                    and time.monotonic() - max(last_data, self._assigned_at) > idle_exit_s
+                ):
                     break
             self._flush_all()
         except SinkStopped as exc:
@@ -144,6 +160,7 @@ class ClickHouseSink:
 
     # --- partition assignment ----------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._assigned_at = time.monotonic()
         for tp in partitions:
             table = self.topic_table[tp.topic]
             with self.lock:
@@ -183,28 +200,38 @@ class ClickHouseSink:
         buf.last_offset = offset
         if row is not None:
             buf.rows.append(row)
+            buf.raws.append((msg.key(), msg.value()))
+            self._buffered += 1
+            if self._buffered > self.stats.max_buffered_rows:
+                self.stats.max_buffered_rows = self._buffered
         if len(buf.rows) >= self.settings.sink_batch_rows:
             self._flush(tp, buf)
 
     def _poison(self, msg: Any, exc: Exception) -> None:
+        self._dead_letter(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(),
+                          f"sink could not decode {msg.topic()} record: {exc}", "sink_decode")  # fmt: skip
+
+    def _dead_letter(
+        self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
+        reason: str, code: str,
+    ) -> None:  # fmt: skip
         self.stats.poison += 1
-        if msg.topic() == self.topics.dlq:
-            log.error("undecodable DLQ record at %s:%s:%s dropped from ClickHouse: %s",
-                      msg.topic(), msg.partition(), msg.offset(), exc)  # fmt: skip
+        if topic == self.topics.dlq:
+            log.error("DLQ record at %s:%s:%s cannot be stored (%s); it stays in Kafka",
+                      topic, partition, offset, reason)  # fmt: skip
             return
         dead = DeadLetter(
-            reason=f"sink could not decode {msg.topic()} record: {exc}",
-            error_code="sink_decode",
-            origin=SourcePosition(
-                topic=msg.topic(), partition=msg.partition(), offset=msg.offset()
-            ),
-            key=msg.key(),
-            value=msg.value(),
+            reason=reason,
+            error_code=code,
+            origin=SourcePosition(topic=topic, partition=partition, offset=offset),
+            key=key,
+            value=value,
             rejected_at=datetime.now(UTC),
         )
-        self.dlq.produce(self.topics.dlq, key=msg.key(),
+        self.dlq.produce(self.topics.dlq, key=key,
                          value=framed_codec("DeadLetter", self.topics.dlq).encode(dead.to_avro()))  # fmt: skip
-        self.dlq.flush(30)
+        if self.dlq.flush(30):
+            raise RuntimeError("could not write to the DLQ topic; not committing")
 
     def _flush_due(self) -> None:
         linger = self.settings.sink_linger_ms / 1000
@@ -222,49 +249,102 @@ class ClickHouseSink:
         if buf.rows:
             columns = TABLES[buf.table][0]
             token = f"{tp[0]}:{tp[1]}:{buf.first_offset}-{buf.last_offset}"
-            self._insert_with_retry(buf.table, buf.rows, columns, token)
-            self.stats.rows[buf.table] += len(buf.rows)
+            rejected = self._insert_with_retry(buf.table, buf.rows, columns, token)
+            for index, reason in rejected:
+                key, value = buf.raws[index]
+                offset = buf.rows[index][-1]
+                self._dead_letter(tp[0], tp[1], offset, key, value, reason, "sink_insert")
+            self.stats.rows[buf.table] += len(buf.rows) - len(rejected)
             self.stats.batches += 1
         self._commit(tp, buf.last_offset + 1)
         self.stored[tp] = buf.last_offset
+        self._buffered -= len(buf.rows)
         buf.rows = []
+        buf.raws = []
         buf.first_offset = buf.last_offset = -1
+
+    def _insert(self, table: str, rows: list[list[Any]], columns: list[str], token: str) -> None:
+        with self.lock:
+            self.client.insert(
+                table, rows, column_names=columns,
+                settings={
+                    "insert_deduplication_token": token,
+                    "deduplicate_blocks_in_dependent_materialized_views": 1,
+                },
+            )  # fmt: skip
 
     def _insert_with_retry(
         self, table: str, rows: list[list[Any]], columns: list[str], token: str
-    ) -> None:
-        delay = 0.5
-        paused = False
+    ) -> list[tuple[int, str]]:
+        """Insert a batch; returns (row index, reason) of rows ClickHouse refuses for good.
+
+        Unreachable ClickHouse (or a transient server condition): pause consumption and
+        retry with backoff, forever. The same data error three times: split the batch to
+        find the rows at fault; they go to the DLQ only if the rest of the batch inserts
+        (if every row fails alike, the table is at fault, not the data: keep retrying).
+        """
+        delay = self.retry_initial_s
+        data_errors = 0
+        try:
+            while True:
+                try:
+                    self._insert(table, rows, columns, token)
+                    return []
+                except Exception as exc:
+                    self.stats.insert_failures += 1
+                    if _is_data_error(exc):
+                        data_errors += 1
+                        if data_errors >= 3 and len(rows) > 1:
+                            failed = self._insert_parts(table, rows, list(range(len(rows))),
+                                                        columns, token)  # fmt: skip
+                            if len(failed) < len(rows):
+                                return failed
+                    delay = self._backoff(table, exc, delay)
+        finally:
+            self._resume()
+
+    def _insert_parts(
+        self, table: str, rows: list[list[Any]], idx: list[int], columns: list[str], token: str
+    ) -> list[tuple[int, str]]:
+        delay = self.retry_initial_s
         while True:
             try:
-                with self.lock:
-                    self.client.insert(
-                        table, rows, column_names=columns,
-                        settings={
-                            "insert_deduplication_token": token,
-                            "deduplicate_blocks_in_dependent_materialized_views": 1,
-                        },
-                    )  # fmt: skip
-                break
+                self._insert(table, [rows[i] for i in idx], columns, token)
+                return []
             except Exception as exc:
-                self.stats.insert_failures += 1
-                log.warning("insert into %s failed (%s); retrying in %.1fs", table, exc, delay)
-                if not paused:
-                    assignment = self.consumer.assignment()
-                    if assignment:
-                        self.consumer.pause(assignment)
-                    paused = True
-                end = time.monotonic() + delay
-                while time.monotonic() < end:
-                    self.consumer.poll(0.1)  # keep group membership; paused => no records
-                delay = min(delay * 2, 30.0)
-                if self._stop.is_set():
-                    # Leave without committing: the batch is replayed by the next run.
-                    raise SinkStopped(f"stopped while {table} was unreachable") from exc
-        if paused:
+                if _is_data_error(exc):
+                    reason = _first_line(exc)
+                    break
+                delay = self._backoff(table, exc, delay)
+        if len(idx) == 1:
+            return [(idx[0], f"ClickHouse refused the row: {reason}")]
+        mid = len(idx) // 2
+        return self._insert_parts(table, rows, idx[:mid], columns, f"{token}.0") + \
+            self._insert_parts(table, rows, idx[mid:], columns, f"{token}.1")  # fmt: skip
+
+    def _backoff(self, table: str, exc: Exception, delay: float) -> float:
+        """Wait ``delay`` with consumption paused (group membership kept); next delay."""
+        log.warning("insert into %s failed (%s); retrying in %.1fs", table, _first_line(exc),
+                    delay)  # fmt: skip
+        if not self._paused:
+            assignment = self.consumer.assignment()
+            if assignment:
+                self.consumer.pause(assignment)
+            self._paused = True
+        end = time.monotonic() + delay
+        while time.monotonic() < end:
+            self.consumer.poll(0.1)  # paused: no records, but the group sees us alive
+        if self._stop.is_set():
+            # Leave without committing: the batch is replayed by the next run.
+            raise SinkStopped(f"stopped while {table} could not be written") from exc
+        return min(delay * 2, self.retry_max_s)
+
+    def _resume(self) -> None:
+        if self._paused:
             assignment = self.consumer.assignment()
             if assignment:
                 self.consumer.resume(assignment)
+            self._paused = False
 
     def _commit(self, tp: tuple[str, int], next_offset: int) -> None:
         try:
@@ -273,3 +353,26 @@ class ClickHouseSink:
             )
         except Exception as exc:  # the stored-offset watermark keeps this safe
             log.warning("offset commit for %s:%s failed: %s", tp[0], tp[1], exc)
+
+
+#: ClickHouse error codes that are conditions of the server, not of the data.
+TRANSIENT_CODES = {159, 202, 209, 210, 236, 241, 242, 252, 425, 999, 1000}
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
+
+
+def _is_data_error(exc: Exception) -> bool:
+    """True when the data is at fault (ClickHouse refused it, or it cannot be serialized),
+    False when ClickHouse is unreachable or overloaded."""
+    from clickhouse_connect.driver.exceptions import DataError, ProgrammingError
+
+    if isinstance(exc, (DataError, ProgrammingError, TypeError, ValueError, OverflowError)):
+        return True
+    text = str(exc)
+    match = re.search(r"Code: (\d+)", text)
+    if match is None or "DB::Exception" not in text:
+        return False
+    return int(match.group(1)) not in TRANSIENT_CODES

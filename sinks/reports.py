@@ -109,7 +109,7 @@ class Report:
             console.print(table)
             for note in self.notes:
                 console.print(note)
-            return console.file.getvalue()  # type: ignore[attr-defined, no-any-return]
+            return console.file.getvalue()  # type: ignore[attr-defined]
         raise ReportError(f"unknown format '{fmt}': use one of {', '.join(FORMATS)}")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -21,6 +22,7 @@ def read_topic(
     consumer = Consumer(
         {
             "bootstrap.servers": settings.bootstrap_servers,
+            "logger": logging.getLogger("spendstream.kafka"),
             "group.id": "spendstream-readback",
             "enable.auto.commit": False,
             "enable.partition.eof": True,

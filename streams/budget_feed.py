@@ -39,6 +39,7 @@ class BudgetFeed(threading.Thread):
         consumer = Consumer(
             {
                 "bootstrap.servers": self.settings.bootstrap_servers,
+                "logger": logging.getLogger("spendstream.kafka"),
                 "group.id": f"{self.settings.app_id}-budget-feed",  # never commits
                 "enable.auto.commit": False,
                 "enable.partition.eof": True,

@@ -1,0 +1,246 @@
+"""The ClickHouse sink on the real broker and chDB: idempotent, holds through outages."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient
+
+from spendstream.config import Settings
+from spendstream.readback import read_topic
+from spendstream.schemas.avro import codec
+from spendstream.schemas.models import (
+    DeadLetter,
+    LlmUsage,
+    PricedUsage,
+    SourcePosition,
+    UsageEvent,
+)
+from spendstream.sinks.clickhouse_sink import ClickHouseSink
+from spendstream.sinks.warehouse import connect
+from spendstream.topics import ensure_topics
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def sink_settings(settings: Settings, chdb_dir) -> Settings:
+    """The pipeline settings, with ClickHouse in this process's chDB and its own database."""
+    return settings.model_copy(update={
+        "clickhouse_dsn": f"chdb://{chdb_dir}",
+        "clickhouse_database": f"sink_{uuid.uuid4().hex[:8]}",
+        "sink_batch_rows": 100,
+        "sink_linger_ms": 100,
+    })  # fmt: skip
+
+
+def priced_records(n: int, start: int = 0) -> list[tuple[bytes, bytes, Decimal]]:
+    base = datetime.now(UTC) - timedelta(hours=1)
+    out = []
+    for i in range(start, start + n):
+        cost = Decimal(i % 97 + 1) / 1000
+        event = UsageEvent(event_id=f"ev-{i}", occurred_at=base + timedelta(seconds=i),
+                           source="llm", payload=LlmUsage(provider="openai", model="gpt-4o"))  # fmt: skip
+        priced = PricedUsage(event=event, cost=cost, currency="USD", price_source="t",
+                             price_version="t", origin=SourcePosition(topic="usage.llm",
+                             partition=0, offset=i), priced_at=base)  # fmt: skip
+        out.append((event.event_id.encode(), codec("PricedUsage").encode(priced.to_avro()), cost))
+    return out
+
+
+def produce(settings: Settings, topic: str, records) -> None:  # type: ignore[no-untyped-def]
+    producer = Producer({"bootstrap.servers": settings.bootstrap_servers,
+                         "enable.idempotence": True, "partitioner": "murmur2_random"})  # fmt: skip
+    for key, value, *_ in records:
+        producer.produce(topic, key=key, value=value)
+    assert producer.flush(30) == 0
+
+
+def counts(client, table: str = "priced_usage", column: str = "event_id"):  # type: ignore[no-untyped-def]
+    return tuple(client.query(f"SELECT count(), uniqExact({column}), sum(cost) FROM {table}")
+                 .result_rows[0])  # fmt: skip
+
+
+def run_sink(settings: Settings, client, **kwargs) -> ClickHouseSink:  # type: ignore[no-untyped-def]
+    sink = ClickHouseSink(settings, client, **kwargs)
+    sink.run(idle_exit_s=3)
+    return sink
+
+
+def test_replay_and_restart_mid_stream_leave_no_duplicates(sink_settings):
+    ensure_topics(sink_settings)
+    records = priced_records(1000)
+    total = sum(r[2] for r in records)
+    produce(sink_settings, sink_settings.topics.priced, records)
+    client = connect(sink_settings)
+
+    # 1) stop the sink mid-stream, after a few batches
+    sink = ClickHouseSink(sink_settings, client)
+    stopper = threading.Thread(target=lambda: (time.sleep(0.05), sink.stop()))
+    stopper.start()
+    sink.run()
+    stopper.join()
+    partial = counts(client)[0]
+    assert partial < 1000
+
+    # 2) restart: catches up, nothing twice
+    run_sink(sink_settings, client)
+    assert counts(client) == (1000, 1000, total)
+
+    # 3) replay everything: consumer group offsets back to 0 (as after a lost commit)
+    admin = AdminClient({"bootstrap.servers": sink_settings.bootstrap_servers})
+    group = f"{sink_settings.topic_prefix}{sink_settings.sink_group}"
+    admin.delete_consumer_groups([group])[group].result(10)
+    replay = run_sink(sink_settings, client)
+    assert replay.stats.skipped_replays == 1000
+    assert counts(client) == (1000, 1000, total)
+
+
+def test_insert_then_crash_before_commit_adds_nothing_on_restart(sink_settings):
+    """kill between insert and commit: the stored watermark makes the restart skip it."""
+    ensure_topics(sink_settings)
+    records = priced_records(300)
+    produce(sink_settings, sink_settings.topics.priced, records)
+    client = connect(sink_settings)
+
+    class CrashAfterInsert(ClickHouseSink):
+        def _commit(self, tp, next_offset):  # type: ignore[no-untyped-def]
+            raise SystemExit("crash after the insert, before the offset commit")
+
+    with pytest.raises(SystemExit):
+        CrashAfterInsert(sink_settings, client).run(idle_exit_s=3)
+    inserted = counts(client)[0]
+    assert inserted > 0  # a batch reached ClickHouse, its offsets were never committed
+    run_sink(sink_settings, client)
+    assert counts(client)[:2] == (300, 300)
+
+    # and a retried identical batch (same token) is dropped by ClickHouse itself
+    sink = ClickHouseSink(sink_settings, client)
+    row = client.query("SELECT * FROM priced_usage LIMIT 1").result_rows[0]
+    columns = client.query("SELECT * FROM priced_usage LIMIT 0").column_names
+    for _ in range(2):
+        sink._insert("priced_usage", [list(row)], list(columns), "same-token")
+    assert counts(client)[:2] == (301, 300)  # one extra row, not two
+    assert client.query("SELECT count() FROM priced_usage FINAL").result_rows[0][0] == 300
+
+
+def test_clickhouse_outage_holds_then_catches_up_with_bounded_memory(sink_settings):
+    ensure_topics(sink_settings)
+    records = priced_records(2000)
+    total = sum(r[2] for r in records)
+    real = connect(sink_settings)
+
+    class Flaky:
+        """The real client, except that inserts fail while 'down' is set."""
+
+        def __init__(self) -> None:
+            self.down = threading.Event()
+            self.failed = 0
+
+        def insert(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            if self.down.is_set():
+                self.failed += 1
+                raise ConnectionError("ClickHouse unreachable (injected)")
+            return real.insert(*args, **kwargs)
+
+        def __getattr__(self, name):  # type: ignore[no-untyped-def]
+            return getattr(real, name)
+
+    flaky = Flaky()
+    sink = ClickHouseSink(sink_settings, flaky, retry_initial_s=0.05, retry_max_s=0.5)  # type: ignore[arg-type]
+    flaky.down.set()
+    thread = threading.Thread(target=sink.run, kwargs={"idle_exit_s": 5})
+    thread.start()
+    produce(sink_settings, sink_settings.topics.priced, records)
+    time.sleep(4)  # the outage
+    assert real.query("SELECT count() FROM priced_usage").result_rows[0][0] == 0
+    assert flaky.failed >= 3
+    flaky.down.clear()
+    thread.join(120)
+    assert not thread.is_alive()
+    assert counts(real) == (2000, 2000, total)
+    partitions = sink_settings.topic_partitions
+    assert sink.stats.max_buffered_rows <= sink_settings.sink_batch_rows * partitions
+
+
+def test_row_clickhouse_refuses_is_isolated_and_dead_lettered(sink_settings):
+    """ClickHouse refusing one row fails its whole batch: the sink splits the batch, stores
+    every other row and sends that one to the DLQ with ClickHouse's reason."""
+    ensure_topics(sink_settings)
+    records = priced_records(41)
+    producer = Producer({"bootstrap.servers": sink_settings.bootstrap_servers})
+    for key, value, _ in records:
+        producer.produce(sink_settings.topics.priced, key=key, value=value, partition=0)
+    assert producer.flush(30) == 0
+    real = connect(sink_settings)
+
+    class RefusesOneRow:
+        """The real client; an insert holding event ev-20 fails as ClickHouse would."""
+
+        def insert(self, table, rows, **kwargs):  # type: ignore[no-untyped-def]
+            if any(row[0] == "ev-20" for row in rows):
+                raise RuntimeError("Code: 27. DB::Exception: Cannot parse input (injected)")
+            return real.insert(table, rows, **kwargs)
+
+        def __getattr__(self, name):  # type: ignore[no-untyped-def]
+            return getattr(real, name)
+
+    sink = ClickHouseSink(sink_settings, RefusesOneRow(), retry_initial_s=0.01)  # type: ignore[arg-type]
+    sink.run(idle_exit_s=3)
+    assert counts(real)[:2] == (40, 40)
+    assert real.query("SELECT count() FROM priced_usage WHERE event_id = 'ev-20'").result_rows == [
+        (0,)
+    ]
+    dead = [d for _, d in read_topic(sink_settings, sink_settings.topics.dlq,
+                                     lambda v: DeadLetter.from_avro(codec("DeadLetter").decode(v)))]  # fmt: skip
+    assert [d.error_code for d in dead] == ["sink_insert"]
+    assert dead[0].key == b"ev-20" and "Cannot parse input" in dead[0].reason
+    assert dead[0].origin.topic == sink_settings.topics.priced and dead[0].origin.offset == 20
+
+
+def test_every_row_failing_is_an_outage_not_poison(sink_settings):
+    """If every row fails alike the table is at fault: retry, never dead-letter good data."""
+    ensure_topics(sink_settings)
+    produce(sink_settings, sink_settings.topics.priced, priced_records(20))
+    real = connect(sink_settings)
+    broken = threading.Event()
+
+    class BrokenTable:
+        def insert(self, table, rows, **kwargs):  # type: ignore[no-untyped-def]
+            if broken.is_set():
+                raise RuntimeError("Code: 16. DB::Exception: No such column (injected)")
+            return real.insert(table, rows, **kwargs)
+
+        def __getattr__(self, name):  # type: ignore[no-untyped-def]
+            return getattr(real, name)
+
+    sink = ClickHouseSink(sink_settings, BrokenTable(), retry_initial_s=0.01, retry_max_s=0.05)  # type: ignore[arg-type]
+    broken.set()  # after the sink's migrations ran
+    thread = threading.Thread(target=sink.run, kwargs={"idle_exit_s": 3})
+    thread.start()
+    time.sleep(4)
+    assert sink.stats.poison == 0 and sink.stats.insert_failures > 3
+    broken.clear()  # the operator fixed the table
+    thread.join(60)
+    assert counts(real)[:2] == (20, 20)
+
+
+def test_poison_records_go_to_the_dlq_and_the_sink_continues(sink_settings):
+    ensure_topics(sink_settings)
+    good = priced_records(10)
+    produce(sink_settings, sink_settings.topics.priced,
+            good[:5] + [(b"bad", b"\xc3\x01corrupt", None)] + good[5:])  # fmt: skip
+    client = connect(sink_settings)
+    sink = run_sink(sink_settings, client)
+    assert sink.stats.poison == 1
+    assert counts(client)[:2] == (10, 10)
+    dead = [d for _, d in read_topic(sink_settings, sink_settings.topics.dlq,
+                                     lambda v: DeadLetter.from_avro(codec("DeadLetter").decode(v)))]  # fmt: skip
+    assert len(dead) == 1 and dead[0].error_code == "sink_decode"
+    assert dead[0].origin.topic == sink_settings.topics.priced and dead[0].key == b"bad"
