@@ -1,0 +1,455 @@
+"""Turn real provider payloads into usage events: one call per API response or run.
+
+Each builder accepts the payload as the HTTP API returns it (a dict) or as an SDK object
+(anything with ``model_dump()``/``to_dict()``), and normalizes token accounting to our
+contract: ``input_tokens`` is the whole prompt including cache reads and writes, and
+``output_tokens`` includes reasoning/thinking tokens. Providers differ:
+
+* OpenAI (Chat Completions, Responses) and OpenAI-compatible APIs: ``prompt_tokens`` /
+  ``input_tokens`` already include cached tokens; reasoning is inside completion tokens.
+* Anthropic Messages: ``input_tokens`` EXCLUDES ``cache_read_input_tokens`` and
+  ``cache_creation_input_tokens``; we add them back.
+* Google Gemini: ``promptTokenCount`` includes ``cachedContentTokenCount``;
+  ``thoughtsTokenCount`` is billed as output but reported apart from candidates.
+Money that arrives as a JSON float (Apify's ``usageTotalUsd``) goes through ``str`` into
+Decimal, never through float arithmetic.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from pydantic import ValidationError
+
+from spendstream.schemas.models import (
+    ApifyRun,
+    Attributes,
+    LlmUsage,
+    UsageEvent,
+    WorkflowRun,
+    explain,
+)
+
+
+class BuilderError(ValueError):
+    """The payload is not what the builder expects; the message names the field."""
+
+
+def as_dict(payload: Any) -> dict[str, Any]:
+    if isinstance(payload, Mapping):
+        return dict(payload)
+    for method in ("model_dump", "to_dict", "dict"):
+        if hasattr(payload, method):
+            return dict(getattr(payload, method)())
+    raise BuilderError(f"expected a dict or an SDK response object, got {type(payload).__name__}")
+
+
+def _get(data: Mapping[str, Any] | None, path: str, default: Any = None) -> Any:
+    node: Any = data
+    for part in path.split("."):
+        if not isinstance(node, Mapping) or node.get(part) is None:
+            return default
+        node = node[part]
+    return node
+
+
+def _require(data: Mapping[str, Any], path: str, what: str) -> Any:
+    value = _get(data, path)
+    if value is None:
+        raise BuilderError(f"{what}: missing '{path}'")
+    return value
+
+
+def _int(data: Mapping[str, Any] | None, path: str, what: str) -> int:
+    value = _get(data, path, 0)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise BuilderError(f"{what}: '{path}' must be a non-negative integer, got {value!r}")
+    return value
+
+
+def _decimal(value: Any, field: str, what: str) -> Decimal:
+    if isinstance(value, Decimal):
+        return value
+    try:
+        return Decimal(str(value))
+    except (InvalidOperation, ValueError):
+        raise BuilderError(f"{what}: '{field}' is not a number: {value!r}") from None
+
+
+def _when(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return datetime.fromtimestamp(value, UTC)  # unix seconds (OpenAI 'created')
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise BuilderError(f"'{value}' is not an ISO timestamp") from None
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    raise BuilderError(f"unsupported timestamp {value!r}")
+
+
+def _event(
+    source: str,
+    payload: Any,
+    *,
+    event_id: str | None,
+    default_id: str | None,
+    occurred_at: datetime | None,
+    default_time: datetime | None,
+    attributes: Attributes | Mapping[str, Any] | None,
+) -> UsageEvent:
+    attrs = attributes if isinstance(attributes, Attributes) else Attributes(**(attributes or {}))
+    try:
+        return UsageEvent(
+            event_id=event_id or default_id or str(uuid.uuid4()),
+            occurred_at=occurred_at or default_time or datetime.now(UTC),
+            source=source,
+            attributes=attrs,
+            payload=payload,
+        )
+    except ValidationError as exc:
+        raise BuilderError(explain(exc)) from None
+
+
+def _llm(what: str, **fields: Any) -> LlmUsage:
+    try:
+        return LlmUsage(**fields)
+    except ValidationError as exc:
+        raise BuilderError(f"{what}: {explain(exc)}") from None
+
+
+# --- LLM APIs ------------------------------------------------------------------------------
+def from_openai_chat(
+    resp: Any,
+    *,
+    provider: str = "openai",
+    event_id: str | None = None,
+    occurred_at: datetime | None = None,
+    attributes: Attributes | Mapping[str, Any] | None = None,
+) -> UsageEvent:
+    """OpenAI Chat Completions (and OpenAI-compatible APIs: pass ``provider``)."""
+    what = f"{provider} chat completion"
+    data = as_dict(resp)
+    usage = _require(data, "usage", what)
+    payload = _llm(
+        what,
+        provider=provider,
+        model=_require(data, "model", what),
+        operation="chat",
+        input_tokens=_int(usage, "prompt_tokens", what),
+        cache_read_tokens=_int(usage, "prompt_tokens_details.cached_tokens", what),
+        input_audio_tokens=_int(usage, "prompt_tokens_details.audio_tokens", what),
+        output_tokens=_int(usage, "completion_tokens", what),
+        reasoning_tokens=_int(usage, "completion_tokens_details.reasoning_tokens", what),
+        output_audio_tokens=_int(usage, "completion_tokens_details.audio_tokens", what),
+        request_id=data.get("id"),
+    )
+    return _event("llm", payload, event_id=event_id,
+                  default_id=f"{provider}:{data['id']}" if data.get("id") else None,
+                  occurred_at=occurred_at, default_time=_when(data.get("created")),
+                  attributes=attributes)  # fmt: skip
+
+
+def from_openai_compatible(resp: Any, provider: str, **kwargs: Any) -> UsageEvent:
+    """Mistral, Groq, xAI, DeepSeek, … speak the Chat Completions usage format."""
+    return from_openai_chat(resp, provider=provider, **kwargs)
+
+
+def from_openai_responses(
+    resp: Any,
+    *,
+    event_id: str | None = None,
+    occurred_at: datetime | None = None,
+    attributes: Attributes | Mapping[str, Any] | None = None,
+) -> UsageEvent:
+    """OpenAI Responses API: input_tokens include cached; output_tokens include reasoning."""
+    what = "openai response"
+    data = as_dict(resp)
+    usage = _require(data, "usage", what)
+    payload = _llm(
+        what,
+        provider="openai",
+        model=_require(data, "model", what),
+        operation="responses",
+        input_tokens=_int(usage, "input_tokens", what),
+        cache_read_tokens=_int(usage, "input_tokens_details.cached_tokens", what),
+        output_tokens=_int(usage, "output_tokens", what),
+        reasoning_tokens=_int(usage, "output_tokens_details.reasoning_tokens", what),
+        request_id=data.get("id"),
+    )
+    return _event("llm", payload, event_id=event_id,
+                  default_id=f"openai:{data['id']}" if data.get("id") else None,
+                  occurred_at=occurred_at, default_time=_when(data.get("created_at")),
+                  attributes=attributes)  # fmt: skip
+
+
+def from_openai_embedding(
+    resp: Any,
+    *,
+    provider: str = "openai",
+    event_id: str | None = None,
+    occurred_at: datetime | None = None,
+    attributes: Attributes | Mapping[str, Any] | None = None,
+) -> UsageEvent:
+    what = f"{provider} embedding"
+    data = as_dict(resp)
+    usage = _require(data, "usage", what)
+    payload = _llm(what, provider=provider, model=_require(data, "model", what),
+                   operation="embedding", input_tokens=_int(usage, "prompt_tokens", what))  # fmt: skip
+    return _event("llm", payload, event_id=event_id, default_id=None, occurred_at=occurred_at,
+                  default_time=None, attributes=attributes)  # fmt: skip
+
+
+def from_openai_image(
+    resp: Any,
+    model: str,
+    *,
+    size: str | None = None,
+    count: int | None = None,
+    event_id: str | None = None,
+    occurred_at: datetime | None = None,
+    attributes: Attributes | Mapping[str, Any] | None = None,
+) -> UsageEvent:
+    """Image generation: priced per image (catalog), plus tokens when the API reports them."""
+    what = "openai image generation"
+    data = as_dict(resp)
+    images = count if count is not None else len(_get(data, "data", []) or [])
+    usage = data.get("usage") or {}
+    payload = _llm(what, provider="openai", model=model, operation="image", images=images,
+                   image_size=size, input_tokens=_int(usage, "input_tokens", what),
+                   output_tokens=_int(usage, "output_tokens", what))  # fmt: skip
+    return _event("llm", payload, event_id=event_id, default_id=None, occurred_at=occurred_at,
+                  default_time=_when(data.get("created")), attributes=attributes)  # fmt: skip
+
+
+def from_anthropic_message(
+    resp: Any,
+    *,
+    event_id: str | None = None,
+    occurred_at: datetime | None = None,
+    attributes: Attributes | Mapping[str, Any] | None = None,
+) -> UsageEvent:
+    """Anthropic Messages: its input_tokens exclude cache reads and writes; add them back."""
+    what = "anthropic message"
+    data = as_dict(resp)
+    usage = _require(data, "usage", what)
+    uncached = _int(usage, "input_tokens", what)
+    read = _int(usage, "cache_read_input_tokens", what)
+    written = _int(usage, "cache_creation_input_tokens", what)
+    payload = _llm(what, provider="anthropic", model=_require(data, "model", what),
+                   input_tokens=uncached + read + written, cache_read_tokens=read,
+                   cache_write_tokens=written, output_tokens=_int(usage, "output_tokens", what),
+                   request_id=data.get("id"))  # fmt: skip
+    return _event("llm", payload, event_id=event_id,
+                  default_id=f"anthropic:{data['id']}" if data.get("id") else None,
+                  occurred_at=occurred_at, default_time=None, attributes=attributes)  # fmt: skip
+
+
+def from_gemini(
+    resp: Any,
+    model: str | None = None,
+    *,
+    event_id: str | None = None,
+    occurred_at: datetime | None = None,
+    attributes: Attributes | Mapping[str, Any] | None = None,
+) -> UsageEvent:
+    """Gemini generateContent: thinking tokens are billed as output, reported apart."""
+    what = "gemini response"
+    data = as_dict(resp)
+    meta = _require(data, "usageMetadata", what)
+    thoughts = _int(meta, "thoughtsTokenCount", what)
+    payload = _llm(what, provider="google", model=model or _require(data, "modelVersion", what),
+                   input_tokens=_int(meta, "promptTokenCount", what),
+                   cache_read_tokens=_int(meta, "cachedContentTokenCount", what),
+                   output_tokens=_int(meta, "candidatesTokenCount", what) + thoughts,
+                   reasoning_tokens=thoughts, request_id=data.get("responseId"))  # fmt: skip
+    return _event("llm", payload, event_id=event_id,
+                  default_id=f"google:{data['responseId']}" if data.get("responseId") else None,
+                  occurred_at=occurred_at, default_time=None, attributes=attributes)  # fmt: skip
+
+
+# --- Apify -----------------------------------------------------------------------------------
+def from_apify_run(
+    run: Any,
+    *,
+    plan: str | None = None,
+    event_id: str | None = None,
+    occurred_at: datetime | None = None,
+    attributes: Attributes | Mapping[str, Any] | None = None,
+) -> UsageEvent:
+    """An Apify run object (``GET /v2/actor-runs/{id}``, bare or wrapped in ``data``)."""
+    what = "apify run"
+    data = as_dict(run)
+    if "data" in data and isinstance(data["data"], Mapping):
+        data = dict(data["data"])
+    run_id = _require(data, "id", what)
+    total = data.get("usageTotalUsd")
+    try:
+        payload = ApifyRun(
+            actor_id=_require(data, "actId", what),
+            run_id=run_id,
+            status=data.get("status") or "UNKNOWN",
+            compute_units=_decimal(_get(data, "stats.computeUnits", 0), "stats.computeUnits", what),
+            usage_total_usd=None if total is None else _decimal(total, "usageTotalUsd", what),
+            usage_usd={
+                k: _decimal(v, f"usageUsd.{k}", what)
+                for k, v in (data.get("usageUsd") or {}).items()
+            },  # fmt: skip
+            results=_int(data, "stats.resultCount", what) or _int(data, "itemCount", what),
+            charged_event_counts=dict(data.get("chargedEventCounts") or {}),
+            plan=plan,
+        )
+    except ValidationError as exc:
+        raise BuilderError(f"{what}: {explain(exc)}") from None
+    when = _when(data.get("finishedAt")) or _when(data.get("startedAt"))
+    return _event("apify", payload, event_id=event_id, default_id=f"apify:{run_id}",
+                  occurred_at=occurred_at, default_time=when, attributes=attributes)  # fmt: skip
+
+
+# --- workflow engines ------------------------------------------------------------------------
+def _workflow(
+    platform: str, what: str, fields: dict[str, Any], when: datetime | None, **kwargs: Any
+) -> UsageEvent:
+    try:
+        payload = WorkflowRun(platform=platform, **fields)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise BuilderError(f"{what}: {explain(exc)}") from None
+    return _event("workflow", payload, event_id=kwargs.get("event_id"),
+                  default_id=f"{platform}:{fields['execution_id']}",
+                  occurred_at=kwargs.get("occurred_at"), default_time=when,
+                  attributes=kwargs.get("attributes"))  # fmt: skip
+
+
+def _duration_ms(start: datetime | None, end: datetime | None) -> int:
+    if start is None or end is None or end < start:
+        return 0
+    return int((end - start).total_seconds() * 1000)
+
+
+def from_n8n_execution(execution: Any, *, plan: str | None = None, **kwargs: Any) -> UsageEvent:
+    """n8n ``GET /executions/{id}``: billed per workflow execution."""
+    what = "n8n execution"
+    data = as_dict(execution)
+    start, stop = _when(data.get("startedAt")), _when(data.get("stoppedAt"))
+    status = data.get("status") or ("success" if data.get("finished") else "error")
+    fields = {"workflow_id": str(_require(data, "workflowId", what)),
+              "execution_id": str(_require(data, "id", what)), "status": status,
+              "duration_ms": _duration_ms(start, stop), "plan": plan}  # fmt: skip
+    return _workflow("n8n", what, fields, stop or start, **kwargs)
+
+
+def from_zapier_task_usage(record: Any, *, plan: str | None = None, **kwargs: Any) -> UsageEvent:
+    """A Zapier task-history record: billed per task a Zap run used."""
+    what = "zapier zap run"
+    data = as_dict(record)
+    zap = data.get("zap_id") or _get(data, "zap.id")
+    run = data.get("id") or data.get("run_id")
+    if zap is None or run is None:
+        raise BuilderError(f"{what}: missing 'zap_id' or 'id'")
+    tasks = data.get("tasks_used", data.get("task_count", data.get("tasks", 0)))
+    fields = {"workflow_id": str(zap), "execution_id": str(run),
+              "status": str(data.get("status") or "success").lower(),
+              "tasks": _int({"t": tasks}, "t", what), "plan": plan}  # fmt: skip
+    when = _when(data.get("date") or data.get("created_at") or data.get("start_time"))
+    return _workflow("zapier", what, fields, when, **kwargs)
+
+
+def from_make_execution(execution: Any, *, plan: str | None = None, **kwargs: Any) -> UsageEvent:
+    """A Make scenario execution log entry: billed per operation."""
+    what = "make execution"
+    data = as_dict(execution)
+    scenario = data.get("scenarioId") or data.get("scenario_id")
+    run = data.get("executionId") or data.get("id")
+    if scenario is None or run is None:
+        raise BuilderError(f"{what}: missing 'scenarioId' or 'id'")
+    status = data.get("status")
+    status_text = {1: "success", 2: "warning", 3: "error"}.get(status, str(status or "success"))
+    fields = {"workflow_id": str(scenario), "execution_id": str(run), "status": status_text,
+              "operations": _int(data, "operations", what),
+              "duration_ms": _int(data, "duration", what), "plan": plan}  # fmt: skip
+    return _workflow("make", what, fields, _when(data.get("timestamp")), **kwargs)
+
+
+def from_power_automate_run(
+    run: Any, *, flow_id: str | None = None, plan: str | None = None, **kwargs: Any
+) -> UsageEvent:
+    """A Power Automate flow run (management API ``.../runs/{name}``)."""
+    what = "power automate run"
+    data = as_dict(run)
+    props = _require(data, "properties", what)
+    start, end = _when(props.get("startTime")), _when(props.get("endTime"))
+    flow = flow_id or _get(props, "workflow.name")
+    if flow is None:
+        raise BuilderError(f"{what}: missing 'properties.workflow.name' (or pass flow_id)")
+    actions = props.get("actions")
+    fields = {"workflow_id": str(flow), "execution_id": str(_require(data, "name", what)),
+              "status": str(props.get("status") or "Succeeded").lower(),
+              "operations": len(actions) if isinstance(actions, (list, dict)) else 0,
+              "duration_ms": _duration_ms(start, end), "plan": plan}  # fmt: skip
+    return _workflow("power_automate", what, fields, end or start, **kwargs)
+
+
+# --- auto-detection ---------------------------------------------------------------------------
+def build(payload: Any, source: str | None = None, **kwargs: Any) -> UsageEvent:
+    """Build from any supported payload; ``source`` forces a builder by name."""
+    data = as_dict(payload)
+    builders = {
+        "openai-chat": from_openai_chat, "openai-responses": from_openai_responses,
+        "openai-embedding": from_openai_embedding, "anthropic": from_anthropic_message,
+        "gemini": from_gemini, "apify": from_apify_run, "n8n": from_n8n_execution,
+        "zapier": from_zapier_task_usage, "make": from_make_execution,
+        "power-automate": from_power_automate_run,
+    }  # fmt: skip
+    if source:
+        if source == "event":
+            return UsageEvent.model_validate(data)
+        if source not in builders:
+            raise BuilderError(
+                f"unknown source '{source}'; use one of event, {', '.join(builders)}"
+            )
+        return builders[source](data, **kwargs)  # type: ignore[operator]
+    kind = detect(data)
+    if kind == "event":
+        return UsageEvent.model_validate(data)
+    return builders[kind](data, **kwargs)  # type: ignore[operator]
+
+
+def detect(data: Mapping[str, Any]) -> str:
+    """Name of the builder for a payload, from the fields only that API returns."""
+    inner = data.get("data") if isinstance(data.get("data"), Mapping) else data
+    usage = data.get("usage") if isinstance(data.get("usage"), Mapping) else {}
+    if "event_id" in data and "payload" in data:
+        return "event"
+    if "usageMetadata" in data:
+        return "gemini"
+    if data.get("object") == "chat.completion" or "prompt_tokens" in usage and "choices" in data:
+        return "openai-chat"
+    if data.get("object") == "response" or "output_tokens_details" in usage:
+        return "openai-responses"
+    if data.get("object") == "list" and "prompt_tokens" in usage:
+        return "openai-embedding"
+    if data.get("type") == "message" or "cache_creation_input_tokens" in usage:
+        return "anthropic"
+    if isinstance(inner, Mapping) and "actId" in inner:
+        return "apify"
+    if "workflowId" in data and ("stoppedAt" in data or "finished" in data):
+        return "n8n"
+    if "zap_id" in data or "zap" in data:
+        return "zapier"
+    if "scenarioId" in data or "scenario_id" in data:
+        return "make"
+    if isinstance(data.get("properties"), Mapping) and "startTime" in data["properties"]:
+        return "power-automate"
+    raise BuilderError(
+        "could not tell which API this payload comes from; pass --source (one of event, "
+        "openai-chat, openai-responses, openai-embedding, anthropic, gemini, apify, n8n, "
+        "zapier, make, power-automate)"
+    )
