@@ -56,6 +56,7 @@ def _settings() -> Settings:
 
 def _run(action: Callable[[], T]) -> T:
     """Run a command body, turning every known failure into a message and exit code 1."""
+    from spendstream.builders import BuilderError
     from spendstream.demo import DemoError
     from spendstream.localkafka import LocalKafkaError
     from spendstream.processes import ServiceFailed
@@ -71,6 +72,7 @@ def _run(action: Callable[[], T]) -> T:
     except (
         ConfigError,
         CliError,
+        BuilderError,
         DemoError,
         ServiceFailed,
         LocalKafkaError,
@@ -289,7 +291,9 @@ def status_table(statuses: list[Any], *, names: bool = False) -> Table:
 # --- publishing & analytics ----------------------------------------------------------------
 @app.command()
 def publish(
-    file: Annotated[Path, typer.Argument(help="JSON lines, one usage event per line.")],
+    file: Annotated[
+        Path, typer.Argument(help="JSON lines: usage events or raw provider payloads.")
+    ],
 ) -> None:
     """Publish usage events from a JSON-lines file, with progress and a summary."""
 
@@ -297,8 +301,9 @@ def publish(
         from pydantic import ValidationError
         from rich.progress import track
 
+        from spendstream.builders import BuilderError, build
         from spendstream.producer import UsagePublisher
-        from spendstream.schemas.models import UsageEvent, explain
+        from spendstream.schemas.models import explain
 
         settings = _settings()
         try:
@@ -311,15 +316,72 @@ def publish(
                 if not line.strip():
                     continue
                 try:
-                    publisher.publish(UsageEvent.model_validate_json(line))
+                    publisher.publish(build(json.loads(line)))
                 except ValidationError as exc:
                     rejected.append(f"line {number}: {explain(exc)}")
+                except (BuilderError, json.JSONDecodeError) as exc:
+                    rejected.append(f"line {number}: {exc}")
             report = publisher.flush()
         console.print(f"sent {report.sent}, failed {report.failed}, rejected {len(rejected)}")
         for reason in rejected[:20] + report.errors[:20]:
             console.print(f"  {reason}")
         if rejected or report.failed:
             raise typer.Exit(1)
+
+    _run(body)
+
+
+@app.command()
+def price(
+    file: Annotated[str, typer.Argument(help="A JSON payload file, or - for standard input.")],
+    source: Annotated[
+        str | None,
+        typer.Option(
+            help="Force the format: event, openai-chat, openai-responses, "
+            "openai-embedding, anthropic, gemini, apify, n8n, zapier, make, "
+            "power-automate."
+        ),  # fmt: skip
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
+) -> None:
+    """Price one raw provider payload: the normalized usage event and its cost breakdown."""
+
+    def body() -> None:
+        from spendstream.builders import build
+        from spendstream.streams.pricing import Catalog, Pricer
+
+        settings = _settings()
+        try:
+            text = sys.stdin.read() if file == "-" else Path(file).read_text()
+        except OSError as exc:
+            raise CliError(f"cannot read {file}: {exc.strerror}") from None
+        try:
+            payload = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise CliError(f"{file} is not JSON: {exc}") from None
+        event = build(payload, source)
+        cost = Pricer(Catalog.for_settings(settings.price_catalog)).price(event)
+        if as_json:
+            print(json.dumps({
+                "event": event.model_dump(mode="json"),
+                "total_cost": format(cost.total, "f"),
+                "currency": cost.currency,
+                "price_source": cost.source,
+                "price_version": cost.version,
+                "components": [
+                    {"name": c.name, "quantity": format(c.quantity.normalize(), "f"),
+                     "unit": c.unit, "amount": format(c.amount, "f")}
+                    for c in cost.components
+                ],
+            }, indent=2))  # fmt: skip
+            return
+        console.print_json(event.model_dump_json())
+        table = Table("line", "quantity", "unit", "amount", title="cost breakdown")
+        for c in cost.components:
+            table.add_row(c.name, plain(c.quantity), c.unit, format(c.amount, "f"))
+        table.add_row("[bold]total[/bold]", "", "", f"[bold]{cost.total} {cost.currency}[/bold]")
+        console.print(table)
+        console.print(f"priced by {cost.source} ({cost.version})")
 
     _run(body)
 

@@ -232,3 +232,26 @@ def test_confluent_framed_pipeline_with_a_schema_registry(settings, services):
             group.stop()
     finally:
         stub.close()
+
+
+def test_publish_cli_sends_events_and_payloads_and_summarizes_rejections(settings, tmp_path):
+    import subprocess
+    import sys
+
+    from spendstream.processes import ProcessGroup
+    from tests.unit.test_builders import ANTHROPIC, OPENAI_CHAT
+
+    ensure_topics(settings)
+    events, _ = known_events(3, "cli-pub")
+    lines = [e.model_dump_json() for e in events]
+    lines += [json.dumps(OPENAI_CHAT), json.dumps(ANTHROPIC), '{"event_id": "x"}', "not json"]
+    path = tmp_path / "usage.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    env = ProcessGroup(settings).env
+    result = subprocess.run([sys.executable, "-m", "spendstream.cli", "publish", str(path)],
+                            env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 1  # some lines were rejected
+    assert "sent 5, failed 0, rejected 2" in result.stdout
+    assert "line 6:" in result.stdout and "line 7:" in result.stdout
+    got = read_topic(settings, settings.topics.llm, lambda v: UsageEvent.decode(v))
+    assert len(got) == 5

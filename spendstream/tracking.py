@@ -1,0 +1,99 @@
+"""Track LLM calls where they happen: a context manager and a decorator.
+
+    with track_llm(publisher, attributes={"team": "ml"}) as call:
+        call.record(client.chat.completions.create(...))
+
+    @track_llm(publisher, attributes={"feature": "summaries"})
+    async def summarize(text): return await client.messages.create(...)
+
+The response is turned into a usage event by the matching builder (auto-detected, or
+``source=`` to force one) and published. Tracking never breaks the caller: a payload that
+cannot be read or a publish that fails is logged and counted, and the response is returned
+unchanged. A call that raises publishes nothing (nothing was billed that we can see).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol, TypeVar
+
+from spendstream.builders import BuilderError, build
+from spendstream.schemas.models import UsageEvent
+
+log = logging.getLogger("spendstream.tracking")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Publisher(Protocol):
+    def publish(self, event: UsageEvent) -> None: ...
+
+
+class track_llm:  # noqa: N801  (reads like a function at the call site)
+    def __init__(
+        self,
+        publisher: Publisher,
+        *,
+        attributes: Mapping[str, Any] | None = None,
+        source: str | None = None,
+        **builder_kwargs: Any,
+    ) -> None:
+        self.publisher = publisher
+        self.attributes = dict(attributes or {})
+        self.source = source
+        self.builder_kwargs = builder_kwargs
+        self.events: list[UsageEvent] = []
+        self.errors: list[str] = []
+
+    # --- context manager ------------------------------------------------------------------
+    def __enter__(self) -> track_llm:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    async def __aenter__(self) -> track_llm:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    def record(self, response: Any, **attributes: Any) -> UsageEvent | None:
+        """Publish the usage in ``response``; returns the event (None if it failed)."""
+        try:
+            event = build(response, self.source,
+                          attributes={**self.attributes, **attributes}, **self.builder_kwargs)  # fmt: skip
+        except (BuilderError, ValueError) as exc:
+            self.errors.append(str(exc))
+            log.warning("usage not tracked: %s", exc)
+            return None
+        try:
+            self.publisher.publish(event)
+        except Exception as exc:  # never fail the caller's LLM call over tracking
+            self.errors.append(str(exc))
+            log.warning("usage of %s not published: %s", event.event_id, exc)
+            return None
+        self.events.append(event)
+        return event
+
+    # --- decorator --------------------------------------------------------------------------
+    def __call__(self, func: F) -> F:
+        if inspect.iscoroutinefunction(func):
+
+            @functools.wraps(func)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                response = await func(*args, **kwargs)
+                self.record(response)
+                return response
+
+            return async_wrapper  # type: ignore[return-value]
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            response = func(*args, **kwargs)
+            self.record(response)
+            return response
+
+        return wrapper  # type: ignore[return-value]
