@@ -319,7 +319,7 @@ def _workflow(
     platform: str, what: str, fields: dict[str, Any], when: datetime | None, **kwargs: Any
 ) -> UsageEvent:
     try:
-        payload = WorkflowRun(platform=platform, **fields)  # type: ignore[arg-type]
+        payload = WorkflowRun(platform=platform, **fields)
     except ValidationError as exc:
         raise BuilderError(f"{what}: {explain(exc)}") from None
     return _event("workflow", payload, event_id=kwargs.get("event_id"),
@@ -371,7 +371,8 @@ def from_make_execution(execution: Any, *, plan: str | None = None, **kwargs: An
     if scenario is None or run is None:
         raise BuilderError(f"{what}: missing 'scenarioId' or 'id'")
     status = data.get("status")
-    status_text = {1: "success", 2: "warning", 3: "error"}.get(status, str(status or "success"))
+    codes = {1: "success", 2: "warning", 3: "error"}
+    status_text = codes[status] if status in codes else str(status or "success")
     fields = {"workflow_id": str(scenario), "execution_id": str(run), "status": status_text,
               "operations": _int(data, "operations", what),
               "duration_ms": _int(data, "duration", what), "plan": plan}  # fmt: skip
@@ -425,7 +426,8 @@ def build(payload: Any, source: str | None = None, **kwargs: Any) -> UsageEvent:
 def detect(data: Mapping[str, Any]) -> str:
     """Name of the builder for a payload, from the fields only that API returns."""
     inner = data.get("data") if isinstance(data.get("data"), Mapping) else data
-    usage = data.get("usage") if isinstance(data.get("usage"), Mapping) else {}
+    raw_usage = data.get("usage")
+    usage: Mapping[str, Any] = raw_usage if isinstance(raw_usage, Mapping) else {}
     if "event_id" in data and "payload" in data:
         return "event"
     if "usageMetadata" in data:
