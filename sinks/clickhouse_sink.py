@@ -59,6 +59,9 @@ class SinkStats:
     insert_failures: int = 0
     batches: int = 0
     max_buffered_rows: int = 0
+    #: monotonic time the first record arrived (benchmarks time from here, not from join)
+    first_record_at: float | None = None
+    last_commit_at: float = 0.0
 
 
 class ClickHouseSink:
@@ -181,6 +184,8 @@ class ClickHouseSink:
     def _add(self, msg: Any) -> None:
         tp = (msg.topic(), msg.partition())
         offset = msg.offset()
+        if self.stats.first_record_at is None:
+            self.stats.first_record_at = time.monotonic()
         if offset <= self.stored.get(tp, -1):
             self.stats.skipped_replays += 1
             return
@@ -353,6 +358,7 @@ class ClickHouseSink:
             )
         except Exception as exc:  # the stored-offset watermark keeps this safe
             log.warning("offset commit for %s:%s failed: %s", tp[0], tp[1], exc)
+        self.stats.last_commit_at = time.monotonic()
 
 
 #: ClickHouse error codes that are conditions of the server, not of the data.

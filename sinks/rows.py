@@ -8,16 +8,7 @@ from typing import Any
 
 from spendstream.schemas.avro import codec
 from spendstream.schemas.budget import BudgetDefinition
-from spendstream.schemas.models import (
-    ApifyRun,
-    BudgetAlert,
-    CostAllocation,
-    CustomCost,
-    DeadLetter,
-    LlmUsage,
-    PricedUsage,
-    WorkflowRun,
-)
+from spendstream.schemas.models import BudgetAlert, DeadLetter, payload_kind
 
 Position = tuple[str, int, int]
 ATTRS = ("org", "team", "project", "user", "department", "session", "feature")
@@ -36,31 +27,32 @@ PRICED_COLUMNS = [
 
 
 def priced_row(value: bytes, pos: Position) -> list[Any]:
-    p = PricedUsage.from_avro(codec("PricedUsage").decode(value))
-    e = p.event
-    pl = e.payload
-    llm = pl if isinstance(pl, LlmUsage) else None
-    apify = pl if isinstance(pl, ApifyRun) else None
-    wf = pl if isinstance(pl, WorkflowRun) else None
-    custom = pl if isinstance(pl, CustomCost) else None
-    attrs = e.attributes
+    """Row from a usage.priced record. These records come from our own workers and were
+    validated there; Avro decoding already enforces their types, so the hot path skips a
+    second pydantic validation and reads the decoded dict directly."""
+    p = codec("PricedUsage").decode(value)
+    e = p["event"]
+    pl = e["payload"]
+    kind = payload_kind(pl)
+    llm, apify, wf = kind == "llm", kind == "apify", kind == "workflow"
+    attrs = e["attributes"]
+    origin = p["origin"]
     return [
-        e.event_id, e.occurred_at, e.source,
-        llm.provider if llm else "", llm.model if llm else "", llm.operation if llm else "",
-        *[getattr(attrs, a) or "" for a in ATTRS], dict(attrs.tags),
-        llm.input_tokens if llm else 0, llm.output_tokens if llm else 0,
-        llm.cache_read_tokens if llm else 0, llm.cache_write_tokens if llm else 0,
-        llm.reasoning_tokens if llm else 0, llm.images if llm else 0,
-        apify.actor_id if apify else "", apify.run_id if apify else "",
-        wf.platform if wf else "", wf.workflow_id if wf else "", wf.execution_id if wf else "",
-        (apify.status if apify else wf.status if wf else ""),
-        apify.compute_units if apify else 0, apify.results if apify else 0,
-        wf.tasks if wf else 0, wf.operations if wf else 0, wf.duration_ms if wf else 0,
-        custom.category if custom else "",
-        p.cost, p.currency, int(p.priced),
-        [(c.name, c.quantity, c.unit, c.amount) for c in p.components],
-        p.price_source, p.price_version,
-        p.origin.topic, p.origin.partition, p.origin.offset, p.priced_at,
+        e["event_id"], e["occurred_at"], e["source"],
+        pl["provider"] if llm else "", pl["model"] if llm else "", pl["operation"] if llm else "",
+        *[attrs[a] or "" for a in ATTRS], attrs["tags"],
+        *([pl["input_tokens"], pl["output_tokens"], pl["cache_read_tokens"],
+           pl["cache_write_tokens"], pl["reasoning_tokens"], pl["images"]] if llm else [0] * 6),
+        pl["actor_id"] if apify else "", pl["run_id"] if apify else "",
+        pl["platform"] if wf else "", pl["workflow_id"] if wf else "",
+        pl["execution_id"] if wf else "", pl["status"] if apify or wf else "",
+        pl["compute_units"] if apify else 0, pl["results"] if apify else 0,
+        pl["tasks"] if wf else 0, pl["operations"] if wf else 0, pl["duration_ms"] if wf else 0,
+        pl["category"] if kind == "custom" else "",
+        p["cost"], p["currency"], int(p["priced"]),
+        [(c["name"], c["quantity"], c["unit"], c["amount"]) for c in p["components"]],
+        p["price_source"], p["price_version"],
+        origin["topic"], origin["partition"], origin["offset"], p["priced_at"],
         *pos,
     ]  # fmt: skip
 
@@ -74,14 +66,16 @@ ALLOCATION_COLUMNS = [
 
 
 def allocation_row(value: bytes, pos: Position) -> list[Any]:
-    a = CostAllocation.from_avro(codec("CostAllocation").decode(value))
-    at = a.attributes
+    """Row from a cost-allocations record (hot path; see priced_row)."""
+    a = codec("CostAllocation").decode(value)
+    at = a["attributes"]
+    origin = a["origin"]
     return [
-        a.allocation_id, a.event_id, a.budget_id, a.matched_via, a.period_key, a.period_start,
-        a.period_end, a.occurred_at, a.amount, a.currency, a.source, a.provider or "",
-        a.model or "", at.org or "", at.team or "", at.project or "", at.user or "",
-        at.department or "", at.feature or "", dict(at.tags),
-        a.origin.topic, a.origin.partition, a.origin.offset, *pos,
+        a["allocation_id"], a["event_id"], a["budget_id"], a["matched_via"], a["period_key"],
+        a["period_start"], a["period_end"], a["occurred_at"], a["amount"], a["currency"],
+        a["source"], a["provider"] or "", a["model"] or "", at["org"] or "", at["team"] or "",
+        at["project"] or "", at["user"] or "", at["department"] or "", at["feature"] or "",
+        at["tags"], origin["topic"], origin["partition"], origin["offset"], *pos,
     ]  # fmt: skip
 
 

@@ -1,0 +1,92 @@
+"""Sink throughput: rows per second from Kafka into ClickHouse (chDB), as JSON.
+
+    .venv/bin/python benchmarks/sink.py [--rows 200000] [--batch-rows 20000]
+
+Pre-loads the cost-allocations topic with ``--rows`` Avro records, then times the sink
+from its first poll until every row is in ClickHouse and its offsets are committed
+(decode, row building, columnar inserts with dedup tokens, commits). Starts its own local
+broker unless SPENDSTREAM_KAFKA_BOOTSTRAP_SERVERS is set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from confluent_kafka import Producer  # noqa: E402
+
+from benchmarks._local import bench_settings  # noqa: E402
+from spendstream.schemas.avro import codec  # noqa: E402
+from spendstream.schemas.models import Attributes, CostAllocation, SourcePosition  # noqa: E402
+from spendstream.sinks.clickhouse_sink import ClickHouseSink  # noqa: E402
+from spendstream.sinks.warehouse import connect  # noqa: E402
+from spendstream.topics import ensure_topics  # noqa: E402
+
+TARGET_ROWS_PER_S = 100_000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--batch-rows", type=int, default=20_000)
+    args = parser.parse_args()
+    with bench_settings(sink_batch_rows=args.batch_rows, sink_linger_ms=200) as settings:
+        ensure_topics(settings)
+        start = datetime.now(UTC) - timedelta(days=1)
+        c = codec("CostAllocation")
+        producer = Producer({"bootstrap.servers": settings.bootstrap_servers,
+                             "linger.ms": 50, "compression.type": "lz4"})  # fmt: skip
+        total = Decimal(0)
+        for i in range(args.rows):
+            amount = Decimal(i % 1000 + 1) / 10**6
+            total += amount
+            alloc = CostAllocation(
+                allocation_id=f"e{i}/b{i % 50}", event_id=f"e{i}", budget_id=f"b{i % 50}",
+                matched_via=f"b{i % 50}", period_key="2026-11", period_start=start,
+                period_end=start + timedelta(days=30), occurred_at=start + timedelta(seconds=i),
+                amount=amount, currency="USD", source="llm", provider="openai", model="gpt-4o",
+                attributes=Attributes(team=f"t{i % 7}"),
+                origin=SourcePosition(topic="usage.llm", partition=i % 4, offset=i),
+            )  # fmt: skip
+            while True:
+                try:
+                    producer.produce(settings.topics.allocations, key=alloc.budget_id.encode(),
+                                     value=c.encode(alloc.to_avro()))  # fmt: skip
+                    break
+                except BufferError:
+                    producer.poll(0.1)
+        producer.flush(120)
+
+        client = connect(settings)
+        sink = ClickHouseSink(settings, client)
+        sink.run(idle_exit_s=2)
+        # from the first record to the last commit (the sink records when it committed last)
+        assert sink.stats.first_record_at is not None, "the sink received no records"
+        elapsed = sink.stats.last_commit_at - sink.stats.first_record_at
+        rows, stored = client.query(
+            "SELECT count(), sum(amount) FROM cost_allocations"
+        ).result_rows[0]
+        result = {
+            "benchmark": "sink",
+            "rows": args.rows,
+            "rows_in_clickhouse": rows,
+            "totals_agree": stored == total,
+            "seconds": round(elapsed, 2),
+            "rows_per_s": round(rows / elapsed),
+            "batches": sink.stats.batches,
+            "batch_rows": args.batch_rows,
+            "target_rows_per_s": TARGET_ROWS_PER_S,
+        }
+        result["target_met"] = result["rows_per_s"] >= TARGET_ROWS_PER_S
+        print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
