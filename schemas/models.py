@@ -377,6 +377,13 @@ class BudgetStatus(Strict):
     state: Literal["normal", "warning", "critical", "exceeded"]
     alerted_tiers: list[str] = Field(default_factory=list)
     updated_at: AwareDatetime
+    burn_rate_per_day: Decimal | None = None
+    projected_total: Decimal | None = None
+    projected_low: Decimal | None = None
+    projected_high: Decimal | None = None
+    days_left: Decimal | None = None
+    days_to_limit: Decimal | None = None
+    active_alerts: list[str] = Field(default_factory=list)
 
     @property
     def remaining(self) -> Decimal:
@@ -393,6 +400,24 @@ class BudgetStatus(Strict):
 
     @classmethod
     def from_avro(cls, record: dict[str, Any]) -> BudgetStatus:
+        return cls.model_validate(record)
+
+
+class AlertAction(Strict):
+    """An acknowledgement (someone is on it) or resolution (it is dealt with) of an alert."""
+
+    alert_id: Annotated[str, Field(min_length=1, max_length=512)]
+    budget_id: Annotated[str, Field(min_length=1, max_length=128)]
+    action: Literal["acknowledge", "resolve"]
+    actor: Annotated[str, Field(min_length=1, max_length=256)]
+    note: Annotated[str | None, Field(default=None, max_length=2000)] = None
+    at: AwareDatetime
+
+    def to_avro(self) -> dict[str, Any]:
+        return self.model_dump()
+
+    @classmethod
+    def from_avro(cls, record: dict[str, Any]) -> AlertAction:
         return cls.model_validate(record)
 
 

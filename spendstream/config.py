@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+from decimal import Decimal
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlparse
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "SPENDSTREAM_"
@@ -103,6 +104,30 @@ class Settings(BaseSettings):
     )
     max_clock_skew_s: int = Field(
         default=300, ge=0, description="How far in the future occurred_at may be."
+    )
+    late_periods: int = Field(
+        default=1,
+        ge=0,
+        le=1000,
+        description="Past periods a late event may still count toward; older go to the DLQ.",
+    )
+    alert_cooldown_s: int = Field(
+        default=3600, ge=0, description="Minimum gap between two anomaly alerts of a budget."
+    )
+    anomaly_factor: Decimal = Field(
+        default=Decimal(5),
+        gt=1,
+        description="An hour spending this many times the hourly baseline is an anomaly.",
+    )
+    forecast_min_elapsed: Decimal = Field(
+        default=Decimal("0.1"),
+        ge=0,
+        le=1,
+        description="Fraction of a period that must pass before forecast alerts fire.",
+    )
+    api_token: SecretStr = Field(
+        default=SecretStr(""),
+        description="Bearer token the worker HTTP API requires for changes (empty = read-only).",
     )
 
     # --- ClickHouse / sink ----------------------------------------------------------------
@@ -199,6 +224,7 @@ class Settings(BaseSettings):
                 continue
             text = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
             env[ENV_PREFIX + name.upper()] = text
+        env[ENV_PREFIX + "API_TOKEN"] = self.api_token.get_secret_value()
         return env
 
     @cached_property
@@ -249,6 +275,11 @@ class Topics:
     def alerts(self) -> str:
         return self.name("budget-alerts")
 
+    @property
+    def alert_actions(self) -> str:
+        """Acknowledgements and resolutions of alerts (compacted, key = alert_id)."""
+        return self.name("alert-actions")
+
     def source_family(self, topic: str) -> str:
         """'usage.llm' (with prefix) -> 'llm'."""
         base = topic[len(self.prefix) :] if topic.startswith(self.prefix) else topic
@@ -264,6 +295,7 @@ class Topics:
         configs[self.alerts] = {}
         configs[self.budgets] = dict(compacted)
         configs[self.status] = dict(compacted)
+        configs[self.alert_actions] = dict(compacted)
         return configs
 
 

@@ -9,6 +9,7 @@ twice and nothing is dropped, without remembering every allocation id.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -24,12 +25,37 @@ from spendstream.schemas.models import (
 )
 from spendstream.schemas.money import from_nanos, plain, to_nanos
 
+from .forecast import US_PER_DAY, US_PER_HOUR, Projection, detect_anomaly, project
+
 WARNING_PERCENT = Decimal(75)
 CRITICAL_PERCENT = Decimal(90)
 
 
 def state_key(budget_id: str, period_key: str) -> str:
     return f"{budget_id}|{period_key}"
+
+
+@dataclass(frozen=True)
+class AlertPolicy:
+    """Knobs of the forecast and anomaly rules (from Settings)."""
+
+    cooldown_us: int = 3600 * 1_000_000
+    anomaly_factor: Decimal = Decimal(5)
+    #: an hour must spend at least this share of the limit to count as an anomaly
+    anomaly_min_share: Decimal = Decimal("0.01")
+    forecast_min_elapsed: Decimal = Decimal("0.1")
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> AlertPolicy:
+        return cls(
+            cooldown_us=settings.alert_cooldown_s * 1_000_000,
+            anomaly_factor=settings.anomaly_factor,
+            forecast_min_elapsed=settings.forecast_min_elapsed,
+        )
+
+
+#: hourly buckets kept for the anomaly baseline (a week plus the current hour)
+HOURS_KEPT = 169
 
 
 @dataclass
@@ -41,10 +67,22 @@ class PeriodState:
     period_start_us: int = 0
     period_end_us: int = 0
     last_event_us: int = 0
+    first_event_us: int = 0
+    #: spend per day since the period start (key: day index) and per epoch hour
+    daily: dict[int, int] = field(default_factory=dict)
+    hourly: dict[int, int] = field(default_factory=dict)
+    #: alert kind -> event time (us) of its last alert, for the cooldown
+    last_alert_us: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, data: dict[str, Any] | None) -> PeriodState:
-        return cls(**data) if data else cls()
+        if not data:
+            return cls()
+        data = dict(data)
+        # JSON turns int keys into strings
+        data["daily"] = {int(k): v for k, v in data.get("daily", {}).items()}
+        data["hourly"] = {int(k): v for k, v in data.get("hourly", {}).items()}
+        return cls(**data)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -55,6 +93,10 @@ class PeriodState:
             "period_start_us": self.period_start_us,
             "period_end_us": self.period_end_us,
             "last_event_us": self.last_event_us,
+            "first_event_us": self.first_event_us,
+            "daily": {str(k): v for k, v in self.daily.items()},
+            "hourly": {str(k): v for k, v in self.hourly.items()},
+            "last_alert_us": dict(self.last_alert_us),
         }
 
     @property
@@ -67,12 +109,34 @@ class PeriodState:
         if alloc.origin.offset <= self.watermarks.get(origin, -1):
             return False
         self.watermarks[origin] = alloc.origin.offset
-        self.spent_nanos += to_nanos(alloc.amount)
+        nanos = to_nanos(alloc.amount)
+        when = to_micros(alloc.occurred_at)
+        self.spent_nanos += nanos
         self.count += 1
         self.period_start_us = to_micros(alloc.period_start)
         self.period_end_us = to_micros(alloc.period_end)
-        self.last_event_us = max(self.last_event_us, to_micros(alloc.occurred_at))
+        self.last_event_us = max(self.last_event_us, when)
+        self.first_event_us = min(self.first_event_us or when, when)
+        day = (when - self.period_start_us) // US_PER_DAY
+        self.daily[day] = self.daily.get(day, 0) + nanos
+        hour = when // US_PER_HOUR
+        newest = self.last_event_us // US_PER_HOUR
+        if hour > newest - HOURS_KEPT:
+            self.hourly[hour] = self.hourly.get(hour, 0) + nanos
+            for old in [h for h in self.hourly if h <= newest - HOURS_KEPT]:
+                del self.hourly[old]
         return True
+
+    def projection(self, limit: Decimal, now_us: int | None = None) -> Projection:
+        """Projection at ``now_us`` (default: the latest event time, so replays agree)."""
+        return project(
+            self.spent_nanos,
+            self.daily,
+            self.period_start_us,
+            self.period_end_us,
+            self.last_event_us if now_us is None else now_us,
+            limit,
+        )
 
 
 def percent_of(spent: Decimal, limit: Decimal) -> Decimal:
@@ -96,73 +160,93 @@ def due_alerts(
     state: PeriodState,
     now: datetime,
     triggered_by: str | None,
+    policy: AlertPolicy | None = None,
 ) -> list[BudgetAlert]:
-    """Alerts for tiers crossed and not yet fired this period; marks them fired in ``state``.
+    """Alerts now due and not fired yet this period; records them in ``state``.
 
-    The alert id is budget/period/kind/tier, so a replay that somehow re-sends one is
-    recognisable downstream, and ``state.alerted`` makes sure it is not produced again.
+    Threshold tiers, exceeded and forecast fire at most once per period; anomalies at most
+    once per hour and not again within the cooldown. Ids are budget/period/kind[/tier], so
+    the same crossing always has the same id, and ``state.alerted`` makes sure it is not
+    produced twice. Forecast and anomaly rules run on event time (replays agree).
     """
-    spent = state.spent
-    pct = percent_of(spent, budget.limit)
+    policy = policy or AlertPolicy()
+    spent, limit = state.spent, budget.limit
+    pct = percent_of(spent, limit)
     alerts: list[BudgetAlert] = []
-    for tier in budget.thresholds:
-        tag = f"threshold:{plain(tier.percent)}"
-        if pct < tier.percent or tag in state.alerted:
-            continue
+
+    def fire(tag: str, kind: str, severity: str, message: str, **extra: Any) -> None:
         state.alerted.append(tag)
-        severity = "critical" if tier.percent >= CRITICAL_PERCENT else "warning"
+        state.last_alert_us[kind] = state.last_event_us
         alerts.append(
             BudgetAlert(
                 alert_id=f"{budget.budget_id}:{period_key}:{tag}",
                 budget_id=budget.budget_id,
                 budget_name=budget.name,
                 period_key=period_key,
-                kind="threshold",
-                threshold_percent=tier.percent,
-                action=tier.action,
-                downgrade_to=tier.downgrade_to,
+                kind=kind,
                 severity=severity,
                 spent=spent,
-                limit=budget.limit,
+                limit=limit,
                 currency=budget.currency,
-                message=(
-                    f"{budget.name}: {pct.quantize(Decimal('0.1'))}% of {budget.limit} "
-                    f"{budget.currency} spent in {period_key} (tier {plain(tier.percent)}%, "
-                    f"action {tier.action})"
-                ),
+                message=f"{budget.name}: {message}",
                 triggered_by=triggered_by,
                 triggered_at=now,
+                **extra,
             )
         )
-    if spent > budget.limit and "exceeded" not in state.alerted:
-        state.alerted.append("exceeded")
-        alerts.append(
-            BudgetAlert(
-                alert_id=f"{budget.budget_id}:{period_key}:exceeded",
-                budget_id=budget.budget_id,
-                budget_name=budget.name,
-                period_key=period_key,
-                kind="exceeded",
-                action="notify",
-                severity="critical",
-                spent=spent,
-                limit=budget.limit,
-                currency=budget.currency,
-                message=(
-                    f"{budget.name}: limit {budget.limit} {budget.currency} exceeded in "
-                    f"{period_key}: spent {spent} {budget.currency}"
-                ),
-                triggered_by=triggered_by,
-                triggered_at=now,
-            )
-        )
+
+    for tier in budget.thresholds:
+        tag = f"threshold:{plain(tier.percent)}"
+        if pct < tier.percent or tag in state.alerted:
+            continue
+        fire(
+            tag, "threshold", "critical" if tier.percent >= CRITICAL_PERCENT else "warning",
+            f"{pct.quantize(Decimal('0.1'))}% of {limit} {budget.currency} spent in "
+            f"{period_key} (tier {plain(tier.percent)}%, action {tier.action})",
+            threshold_percent=tier.percent, action=tier.action, downgrade_to=tier.downgrade_to,
+        )  # fmt: skip
+    if spent > limit and "exceeded" not in state.alerted:
+        fire("exceeded", "exceeded", "critical",
+             f"limit {limit} {budget.currency} exceeded in {period_key}: spent {spent} "
+             f"{budget.currency}")  # fmt: skip
+    if spent <= limit and "forecast" not in state.alerted and state.period_end_us:
+        proj = state.projection(limit)
+        if proj.elapsed_fraction >= policy.forecast_min_elapsed and proj.projected > limit:
+            fire("forecast", "forecast", "warning",
+                 f"projected to spend {proj.projected.quantize(Decimal('0.01'))} "
+                 f"{budget.currency} by the end of {period_key} (95% band "
+                 f"{proj.low.quantize(Decimal('0.01'))}-{proj.high.quantize(Decimal('0.01'))}), "
+                 f"over the limit of {limit}")  # fmt: skip
+    hour = state.last_event_us // US_PER_HOUR
+    tag = f"anomaly:{hour}"
+    last = state.last_alert_us.get("anomaly")
+    cooled = last is None or state.last_event_us - last >= policy.cooldown_us
+    if tag not in state.alerted and cooled and state.first_event_us:
+        found = detect_anomaly(
+            state.hourly, hour, first_hour=state.first_event_us // US_PER_HOUR,
+            factor=policy.anomaly_factor, min_amount=limit * policy.anomaly_min_share,
+        )  # fmt: skip
+        if found:
+            fire(tag, "anomaly", "warning",
+                 f"spent {found.spent} {budget.currency} in one hour, "
+                 f"{(found.spent / found.baseline).quantize(Decimal('0.1')) if found.baseline else 'inf'}x "
+                 f"its hourly baseline of {found.baseline.quantize(Decimal('0.0001'))}")  # fmt: skip
     return alerts
 
 
 def status_of(
-    budget: BudgetDefinition, period_key: str, state: PeriodState, now: datetime
+    budget: BudgetDefinition,
+    period_key: str,
+    state: PeriodState,
+    now: datetime,
+    resolved: Iterable[str] = (),
+    now_us: int | None = None,
 ) -> BudgetStatus:
+    """Status of one budget period; the projection runs at ``now_us`` (default: event time)."""
     spent = state.spent
+    proj = state.projection(budget.limit, now_us)
+    done = set(resolved)
+    prefix = f"{budget.budget_id}:{period_key}:"
     return BudgetStatus(
         budget_id=budget.budget_id,
         budget_name=budget.name,
@@ -176,4 +260,11 @@ def status_of(
         state=state_name(spent, budget.limit),
         alerted_tiers=list(state.alerted),
         updated_at=now,
+        burn_rate_per_day=proj.burn_rate_per_day,
+        projected_total=proj.projected,
+        projected_low=proj.low,
+        projected_high=proj.high,
+        days_left=proj.days_left,
+        days_to_limit=proj.days_to_limit,
+        active_alerts=[prefix + t for t in state.alerted if prefix + t not in done],
     )

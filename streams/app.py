@@ -29,7 +29,7 @@ from spendstream.config import Settings
 from spendstream.schemas.avro import codec, configure_registry, framed_codec
 from spendstream.schemas.models import BudgetAlert, CostAllocation, DeadLetter, SourcePosition
 
-from .aggregation import PeriodState, due_alerts, state_key, status_of
+from .aggregation import AlertPolicy, PeriodState, due_alerts, state_key, status_of
 from .budget_feed import BudgetFeed
 from .matching import BudgetRegistry
 from .pricing import Catalog, Pricer
@@ -81,8 +81,10 @@ def create_app(settings: Settings) -> faust.App:
         registry,
         max_skew=timedelta(seconds=settings.max_clock_skew_s),
         unknown_price=settings.unknown_price,
+        late_periods=settings.late_periods,
     )
     metrics = Metrics()
+    policy = AlertPolicy.from_settings(settings)
 
     def raw_topic(*names: str) -> faust.TopicT:
         return app.topic(*names, key_serializer="raw", value_serializer="raw")
@@ -160,7 +162,8 @@ def create_app(settings: Settings) -> faust.App:
             if first and first.split("|", 1)[0] != here:
                 metrics["duplicates"] += 1
                 continue
-            outcome = processor.process(usage, pos, now, raw=msg.value)
+            arrived = datetime.fromtimestamp(msg.timestamp, UTC) if msg.timestamp else None
+            outcome = processor.process(usage, pos, now, raw=msg.value, arrived=arrived)
             if outcome.dead is not None:
                 metrics["dlq"] += 1
                 await dlq_topic.send(
@@ -207,7 +210,9 @@ def create_app(settings: Settings) -> faust.App:
                 continue
             last_event[key] = event
             if budget is not None:
-                alerts.extend(due_alerts(budget, alloc.period_key, state, now, alloc.event_id))
+                alerts.extend(
+                    due_alerts(budget, alloc.period_key, state, now, alloc.event_id, policy)
+                )
         # Alerts are delivered before the state that records them is written: a crash in
         # between re-sends an alert with the same alert_id rather than losing it.
         pending = [

@@ -97,3 +97,17 @@ def previous_period(budget: BudgetDefinition, period: Period) -> Period | None:
     if budget.period == "custom":
         return None
     return budget_period(budget, period.start - timedelta(microseconds=1))
+
+
+def open_since(budget: BudgetDefinition, now: datetime, late_periods: int) -> Period | None:
+    """The oldest period of ``budget`` that still accepts events at ``now``: the current
+    period and ``late_periods`` before it. None for custom budgets (their one window is
+    the bound) and when ``now`` lies outside a custom window."""
+    if budget.period == "custom":
+        return None
+    period = budget_period(budget, now)
+    for _ in range(late_periods):
+        if period is None:
+            break
+        period = previous_period(budget, period)
+    return period

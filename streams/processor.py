@@ -13,6 +13,7 @@ from decimal import Decimal
 from pydantic import ValidationError
 
 from spendstream.schemas.avro import AvroDecodeError
+from spendstream.schemas.budget import BudgetDefinition
 from spendstream.schemas.models import (
     CostAllocation,
     DeadLetter,
@@ -23,7 +24,7 @@ from spendstream.schemas.models import (
 )
 
 from .matching import BudgetRegistry
-from .periods import budget_period
+from .periods import budget_period, open_since
 from .pricing import Pricer, PricingError
 
 
@@ -65,11 +66,32 @@ class UsageProcessor:
         *,
         max_skew: timedelta = timedelta(minutes=5),
         unknown_price: str = "dlq",
+        late_periods: int | None = None,
     ) -> None:
         self.pricer = pricer
         self.budgets = budgets
         self.max_skew = max_skew
         self.unknown_price = unknown_price
+        self.late_periods = late_periods
+        # (budget_id, updated_at) -> (oldest open period start, when to recompute)
+        self._open: dict[tuple[str, datetime], tuple[datetime, datetime]] = {}
+
+    def oldest_open(self, budget: BudgetDefinition, now: datetime) -> datetime | None:
+        """Start of the oldest period of ``budget`` still open to late events (cached until
+        the current period ends); None when lateness is unbounded or the budget is custom."""
+        if self.late_periods is None or budget.period == "custom":
+            return None
+        key = (budget.budget_id, budget.updated_at)
+        cached = self._open.get(key)
+        if cached is None or now >= cached[1]:
+            current = budget_period(budget, now)
+            oldest = open_since(budget, now, self.late_periods)
+            if current is None or oldest is None:
+                return None
+            if len(self._open) > 100_000:
+                self._open.clear()
+            cached = self._open[key] = (oldest.start, current.end)
+        return cached[0]
 
     def decode(
         self, key: bytes | None, value: bytes | None, position: SourcePosition, now: datetime
@@ -103,8 +125,15 @@ class UsageProcessor:
         return event
 
     def process(
-        self, event: UsageEvent, position: SourcePosition, now: datetime, raw: bytes | None = None
+        self,
+        event: UsageEvent,
+        position: SourcePosition,
+        now: datetime,
+        raw: bytes | None = None,
+        arrived: datetime | None = None,
     ) -> Outcome:
+        """Price and allocate. Lateness is judged against ``arrived`` (the record's Kafka
+        timestamp), not the wall clock, so replaying old input months later decides alike."""
         try:
             cost = self.pricer.price(event)
         except PricingError as exc:
@@ -136,6 +165,24 @@ class UsageProcessor:
             period = budget_period(budget, event.occurred_at)
             if period is None:
                 continue
+            oldest = self.oldest_open(budget, arrived or now)
+            if oldest is not None and period.start < oldest:
+                # All or nothing: an event counts toward every budget it falls under or
+                # toward none, so ClickHouse and the budgets never disagree about it.
+                return Outcome(
+                    event=event,
+                    dead=dead_letter(
+                        "too_late",
+                        f"event of {event.occurred_at:%Y-%m-%d %H:%M} UTC falls in period "
+                        f"{period.key} of budget '{budget.budget_id}', which closed to late "
+                        f"events (SPENDSTREAM_LATE_PERIODS={self.late_periods} past periods "
+                        "count)",
+                        position,
+                        value=raw,
+                        event_id=event.event_id,
+                        now=now,
+                    ),
+                )
             outcome.allocations.append(
                 CostAllocation(
                     allocation_id=f"{event.event_id}/{budget.budget_id}",

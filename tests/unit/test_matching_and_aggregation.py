@@ -75,7 +75,8 @@ def test_each_tier_fires_once_per_period_and_exceeded_once():
     state = PeriodState()
     state.apply(alloc(1, "5"))
     first = due_alerts(budget, "2026-11", state, NOW, "e1")
-    assert [a.alert_id for a in first] == ["b:2026-11:threshold:50"]
+    # half the limit spent in half the month: the forecast (about 10.33) is over the limit too
+    assert [a.alert_id for a in first] == ["b:2026-11:threshold:50", "b:2026-11:forecast"]
     assert due_alerts(budget, "2026-11", state, NOW, "e1") == []
     state.apply(alloc(2, "6"))
     second = due_alerts(budget, "2026-11", state, NOW, "e2")

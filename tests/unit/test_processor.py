@@ -69,3 +69,45 @@ def test_unknown_model_goes_to_dlq_or_is_flagged():
     )
     assert flagged.dead is None and flagged.priced is not None
     assert flagged.priced.priced is False and flagged.allocations == []
+
+
+def late_processor(late_periods: int) -> UsageProcessor:
+    registry = BudgetRegistry([
+        BudgetDefinition(budget_id="month", name="m", limit="100", scope={"org": "acme"}),
+        BudgetDefinition(budget_id="day", name="d", limit="100", period="daily",
+                         timezone="America/New_York", scope={"team": "ml"}),
+    ])  # fmt: skip
+    return UsageProcessor(Pricer(), registry, late_periods=late_periods)
+
+
+def test_late_event_counts_toward_its_own_period_within_the_allowed_past_periods():
+    out = late_processor(1).process(llm_event(org="acme", when=datetime(2026, 10, 31, 23,
+                                                                          tzinfo=UTC)), POS, NOW)  # fmt: skip
+    assert out.dead is None
+    assert [a.period_key for a in out.allocations] == ["2026-10"]  # its own period, not now's
+
+
+def test_event_older_than_the_allowed_periods_goes_to_dlq_as_too_late():
+    event = llm_event(org="acme", when=datetime(2026, 9, 30, 23, tzinfo=UTC))
+    out = late_processor(1).process(event, POS, NOW)
+    assert out.dead is not None and out.dead.error_code == "too_late"
+    assert "2026-09" in out.dead.reason and "month" in out.dead.reason
+    assert out.allocations == [] and out.priced is None
+    assert late_processor(2).process(event, POS, NOW).dead is None  # two past months allowed
+
+
+def test_lateness_uses_the_budget_time_zone_and_all_budgets_or_none():
+    # 2026-11-14 03:30 UTC is 2026-11-13 22:30 in New York: two days before the 15th (local)
+    event = llm_event(org="acme", team="ml", when=datetime(2026, 11, 14, 3, 30, tzinfo=UTC))
+    out = late_processor(1).process(event, POS, NOW)
+    assert out.dead is not None and "'day'" in out.dead.reason and "2026-11-13" in out.dead.reason
+    # the monthly budget would have accepted it, but it is not half-counted
+    assert out.allocations == []
+    assert late_processor(2).process(event, POS, NOW).dead is None
+
+
+def test_lateness_is_judged_against_arrival_so_a_replay_decides_alike():
+    event = llm_event(org="acme", when=datetime(2026, 10, 20, tzinfo=UTC))
+    months_later = datetime(2027, 3, 1, tzinfo=UTC)
+    replay = late_processor(1).process(event, POS, months_later, arrived=NOW)
+    assert replay.dead is None and replay.allocations[0].period_key == "2026-10"
