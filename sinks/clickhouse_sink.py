@@ -86,6 +86,7 @@ class ClickHouseSink:
             self.topics.alerts: "budget_alerts",
             self.topics.budgets: "budgets",
             self.topics.dlq: "dead_letters",
+            self.topics.alert_actions: "alert_actions",
         }
         self._client_factory = client_factory or (lambda: connect(settings))
         self.client = client or self._client_factory()

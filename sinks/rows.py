@@ -8,7 +8,7 @@ from typing import Any
 
 from spendstream.schemas.avro import codec
 from spendstream.schemas.budget import BudgetDefinition
-from spendstream.schemas.models import BudgetAlert, DeadLetter, payload_kind
+from spendstream.schemas.models import AlertAction, BudgetAlert, DeadLetter, payload_kind
 
 Position = tuple[str, int, int]
 ATTRS = ("org", "team", "project", "user", "department", "session", "feature")
@@ -117,6 +117,16 @@ def budget_row(value: bytes | None, pos: Position, key: bytes | None = None) -> 
     ]  # fmt: skip
 
 
+ACTION_COLUMNS = [
+    "alert_id", "budget_id", "action", "actor", "note", "at", "_topic", "_partition", "_offset",
+]  # fmt: skip
+
+
+def action_row(value: bytes, pos: Position) -> list[Any]:
+    a = AlertAction.from_avro(codec("AlertAction").decode(value))
+    return [a.alert_id, a.budget_id, a.action, a.actor, a.note or "", a.at, *pos]
+
+
 DLQ_COLUMNS = [
     "origin_topic", "origin_partition", "origin_offset", "event_id", "error_code", "reason",
     "raw_value", "rejected_at", "_topic", "_partition", "_offset",
@@ -140,4 +150,5 @@ TABLES: dict[str, tuple[list[str], RowBuilder]] = {
     "budget_alerts": (ALERT_COLUMNS, lambda v, p, k: alert_row(v, p)),
     "budgets": (BUDGET_COLUMNS, lambda v, p, k: budget_row(v, p, k)),
     "dead_letters": (DLQ_COLUMNS, lambda v, p, k: dlq_row(v, p)),
+    "alert_actions": (ACTION_COLUMNS, lambda v, p, k: action_row(v, p)),
 }

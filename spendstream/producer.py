@@ -21,7 +21,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from spendstream.config import Settings, load_settings
 from spendstream.schemas.avro import configure_registry, framed_codec
 from spendstream.schemas.budget import BudgetDefinition
-from spendstream.schemas.models import UsageEvent
+from spendstream.schemas.models import AlertAction, UsageEvent
 
 
 class PublishError(RuntimeError):
@@ -189,3 +189,21 @@ def publish_budgets(
             f"budgets not stored ({remaining} undelivered): {'; '.join(failures[:3])}"
         )
     return count
+
+
+def publish_alert_action(settings: Settings, action: AlertAction) -> None:
+    """Record an acknowledgement or resolution on the compacted alert-actions topic."""
+    configure_registry(settings.schema_registry_url or None)
+    producer = Producer(producer_config(settings))
+    failures: list[str] = []
+
+    def on_delivery(err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            failures.append(err.str())
+
+    topic = settings.topics.alert_actions
+    producer.produce(topic, key=action.alert_id.encode(),
+                     value=framed_codec("AlertAction", topic).encode(action.to_avro()),
+                     on_delivery=on_delivery)  # fmt: skip
+    if producer.flush(60) or failures:
+        raise PublishError(f"alert action not stored: {'; '.join(failures[:3]) or 'timeout'}")

@@ -30,6 +30,7 @@ from spendstream.schemas.avro import codec, configure_registry, framed_codec
 from spendstream.schemas.models import BudgetAlert, CostAllocation, DeadLetter, SourcePosition
 
 from .aggregation import AlertPolicy, PeriodState, due_alerts, state_key, status_of
+from .api import BudgetApi, mount
 from .budget_feed import BudgetFeed
 from .matching import BudgetRegistry
 from .pricing import Catalog, Pricer
@@ -74,7 +75,7 @@ def create_app(settings: Settings) -> faust.App:
         logging_config=None,
     )
     registry = BudgetRegistry()
-    feed = BudgetFeed(settings, registry)
+    feed = BudgetFeed(settings, registry, follow_status=True)
     pricer = Pricer(Catalog.for_settings(settings.price_catalog))
     processor = UsageProcessor(
         pricer,
@@ -231,7 +232,7 @@ def create_app(settings: Settings) -> faust.App:
             budget_id, period_key = key.split("|", 1)
             budget = registry.get(budget_id)
             if budget is not None:
-                status = status_of(budget, period_key, state, now)
+                status = status_of(budget, period_key, state, now, feed.resolved())
                 await status_topic.send(
                     key=key.encode(), value=_enc("BudgetStatus", status, topics.status)
                 )
@@ -254,6 +255,59 @@ def create_app(settings: Settings) -> faust.App:
     async def metrics_page(web: Any, request: Any) -> Any:
         return web.json({**metrics, "budgets": len(registry)})
 
+    mount(app, make_api(settings, feed, pricer))
     app.spendstream_registry = registry  # type: ignore[attr-defined]
     app.spendstream_metrics = metrics  # type: ignore[attr-defined]
     return app
+
+
+def make_api(settings: Settings, feed: BudgetFeed, pricer: Pricer) -> BudgetApi:
+    """The HTTP API with writers to the compacted topics and usage read from ClickHouse."""
+    from spendstream.producer import publish_alert_action, publish_budgets
+
+    def write_budget(budget: Any, budget_id: str) -> None:
+        if budget is None:
+            publish_budgets(settings, [], delete=[budget_id])
+        else:
+            publish_budgets(settings, [budget])
+
+    return BudgetApi(
+        feed,
+        pricer,
+        settings.api_token.get_secret_value(),
+        write_budget,
+        lambda action: publish_alert_action(settings, action),
+        lambda budget_id, limit: recent_usage(settings, budget_id, limit),
+    )
+
+
+def recent_usage(settings: Settings, budget_id: str, limit: int) -> list[dict[str, Any]] | None:
+    """Newest allocations of a budget, from the running sink (embedded ClickHouse) or the
+    server. A worker never opens the chDB directory itself: the sink holds it."""
+    from spendstream.sinks.warehouse import SinkWarehouse, connect, running_sink_url
+
+    try:
+        if settings.is_embedded_clickhouse:
+            url = running_sink_url(settings)
+            if url is None:
+                return None
+            warehouse: Any = SinkWarehouse(url)
+        else:
+            warehouse = connect(settings, create_database=False)
+        result = warehouse.query(
+            "SELECT event_id, occurred_at, period_key, amount, currency, source, provider, "
+            "model, team, project, user FROM cost_allocations FINAL "
+            "WHERE budget_id = {b:String} ORDER BY occurred_at DESC LIMIT {n:UInt32}",
+            parameters={"b": budget_id, "n": limit},
+        )
+    except Exception as exc:
+        log.warning("recent usage for %s unavailable: %s", budget_id, exc)
+        return None
+    names = list(result.column_names)
+    return [
+        {
+            k: (str(v) if not isinstance(v, (int, str)) else v)
+            for k, v in zip(names, row, strict=True)
+        }
+        for row in result.result_rows
+    ]

@@ -1,9 +1,12 @@
-"""Every worker holds every budget: a reader of the compacted budgets topic.
+"""Every worker holds every budget, and the latest status and alert actions of each:
+a reader of the compacted ``budgets``, ``budget-status`` and ``alert-actions`` topics.
 
-Why not a faust GlobalTable: we need to know when the topic has been read to its end
-before pricing starts (or the first events would match no budget), and the budgets
-topic is our own Avro contract, not a faust changelog. A plain consumer with no group
-that assigns every partition from the beginning gives both.
+Why not a faust GlobalTable: we need to know when the budgets topic has been read to its
+end before pricing starts (or the first events would match no budget), and these topics
+are our own Avro contracts, not faust changelogs. A plain consumer with no group that
+assigns every partition from the beginning gives both. The statuses and alert actions
+give the pre-flight check and the HTTP API a view of every budget, including those whose
+aggregation runs in another worker process.
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ import threading
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
 from spendstream.config import Settings
+from spendstream.schemas.avro import codec
 from spendstream.schemas.budget import BudgetDefinition
+from spendstream.schemas.models import AlertAction, BudgetStatus
 
 from .matching import BudgetRegistry
 
@@ -22,11 +27,23 @@ log = logging.getLogger(__name__)
 
 
 class BudgetFeed(threading.Thread):
-    def __init__(self, settings: Settings, registry: BudgetRegistry | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        registry: BudgetRegistry | None = None,
+        *,
+        follow_status: bool = False,
+    ) -> None:
         super().__init__(name="budget-feed", daemon=True)
         self.settings = settings
         self.registry = registry if registry is not None else BudgetRegistry()
+        #: "budget_id|period_key" -> latest status; alert_id -> latest action
+        self.statuses: dict[str, BudgetStatus] = {}
+        self.actions: dict[str, AlertAction] = {}
+        self.follow_status = follow_status
+        #: set once the budgets topic is read to its end; ``caught_up`` once every topic is
         self.ready = threading.Event()
+        self.caught_up = threading.Event()
         self._stop_event = threading.Event()
         self.error: str | None = None
         self.rejected = 0
@@ -34,8 +51,14 @@ class BudgetFeed(threading.Thread):
     def stop(self) -> None:
         self._stop_event.set()
 
+    def resolved(self) -> set[str]:
+        return {a for a, act in self.actions.items() if act.action == "resolve"}
+
     def run(self) -> None:
-        topic = self.settings.topics.budgets
+        topics = self.settings.topics
+        wanted = [topics.budgets]
+        if self.follow_status:
+            wanted += [topics.status, topics.alert_actions]
         consumer = Consumer(
             {
                 "bootstrap.servers": self.settings.bootstrap_servers,
@@ -46,21 +69,28 @@ class BudgetFeed(threading.Thread):
             }
         )
         try:
-            meta = consumer.list_topics(topic, timeout=30)
-            parts = sorted(meta.topics[topic].partitions) if topic in meta.topics else []
-            if not parts or meta.topics[topic].error is not None:
-                self.error = f"budgets topic '{topic}' not found"
+            meta = consumer.list_topics(timeout=30)
+            if topics.budgets not in meta.topics or meta.topics[topics.budgets].error:
+                self.error = f"budgets topic '{topics.budgets}' not found"
                 log.error(self.error)
                 self.ready.set()
+                self.caught_up.set()
                 return
-            consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
-            pending = set(parts)
-            for p in parts:  # empty partitions never report EOF on some versions
-                low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            assignment = [
+                TopicPartition(t, p, OFFSET_BEGINNING)
+                for t in wanted
+                if t in meta.topics
+                for p in sorted(meta.topics[t].partitions)
+            ]
+            consumer.assign(assignment)
+            pending = {(tp.topic, tp.partition) for tp in assignment}
+            for tp in assignment:  # empty partitions never report EOF on some versions
+                low, high = consumer.get_watermark_offsets(
+                    TopicPartition(tp.topic, tp.partition), timeout=10
+                )
                 if high <= low:
-                    pending.discard(p)
-            if not pending:
-                self.ready.set()
+                    pending.discard((tp.topic, tp.partition))
+            self._check_ready(pending)
             while not self._stop_event.is_set():
                 msg = consumer.poll(0.2)
                 if msg is None:
@@ -68,15 +98,24 @@ class BudgetFeed(threading.Thread):
                 err = msg.error()
                 if err is not None:
                     if err.code() == KafkaError._PARTITION_EOF:
-                        pending.discard(msg.partition())
-                        if not pending:
-                            self.ready.set()
+                        pending.discard((msg.topic(), msg.partition()))
+                        self._check_ready(pending)
                     else:
                         log.warning("budget feed: %s", err)
                     continue
-                self._apply(msg.key(), msg.value())
+                if msg.topic() == topics.budgets:
+                    self._apply(msg.key(), msg.value())
+                else:
+                    self._apply_state(msg.topic() or "", msg.key(), msg.value())
         finally:
             consumer.close()
+
+    def _check_ready(self, pending: set[tuple[str, int]]) -> None:
+        budgets = self.settings.topics.budgets
+        if not any(t == budgets for t, _ in pending):
+            self.ready.set()
+        if not pending:
+            self.caught_up.set()
 
     def _apply(self, key: bytes | None, value: bytes | None) -> None:
         budget_id = key.decode() if key else None
@@ -91,3 +130,20 @@ class BudgetFeed(threading.Thread):
             log.error("ignoring undecodable budget %s: %s", budget_id, exc)
             return
         self.registry.put(budget)
+
+    def _apply_state(self, topic: str, key: bytes | None, value: bytes | None) -> None:
+        if key is None:
+            return
+        name = key.decode()
+        store: dict = self.statuses if topic == self.settings.topics.status else self.actions
+        if value is None:
+            store.pop(name, None)
+            return
+        try:
+            if topic == self.settings.topics.status:
+                self.statuses[name] = BudgetStatus.from_avro(codec("BudgetStatus").decode(value))
+            else:
+                self.actions[name] = AlertAction.from_avro(codec("AlertAction").decode(value))
+        except Exception as exc:
+            self.rejected += 1
+            log.error("ignoring undecodable %s record %s: %s", topic, name, exc)

@@ -6,9 +6,16 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
+from typing import Protocol
 
 from spendstream.schemas.budget import BudgetDefinition
-from spendstream.schemas.models import UsageEvent
+
+
+class Matchable(Protocol):
+    """A usage event, or a pre-flight check request: anything with matchable fields."""
+
+    def field(self, name: str) -> str | None: ...
+
 
 #: Fields compared case-insensitively (providers and models are spelled many ways).
 CASELESS = {"provider", "model", "source", "platform"}
@@ -20,7 +27,7 @@ class Match:
     via: str  # the budget whose own scope matched
 
 
-def scope_matches(scope: dict[str, list[str]], event: UsageEvent) -> bool:
+def scope_matches(scope: dict[str, list[str]], event: Matchable) -> bool:
     """Every scope field must match one of its values (glob patterns allowed)."""
     for field, allowed in scope.items():
         value = event.field(field)
@@ -68,7 +75,7 @@ class BudgetRegistry:
             parent_id = parent.parent_id
         return chain
 
-    def match(self, event: UsageEvent) -> list[Match]:
+    def match(self, event: Matchable) -> list[Match]:
         """One Match per budget the event counts toward; ancestors included once each."""
         budgets = self._budgets  # snapshot: replaced, never mutated
         result: dict[str, Match] = {}

@@ -1,0 +1,311 @@
+"""The workers' HTTP API: budgets (create, read, update, delete), status, recent usage,
+alerts (acknowledge, resolve) and the pre-flight check.
+
+``BudgetApi`` holds the logic and answers ``(HTTP status, JSON body)``, so it is tested
+without a web server; ``mount`` wires it into faust's web server. Reads come from local
+state (the budget feed); changes are published to the compacted topics, which every
+worker reads, so any worker can take any request. Changes need a bearer token; invalid
+input gets a 4xx JSON error with the reason, never a 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, cast
+
+from pydantic import BaseModel, ValidationError
+
+from spendstream.schemas.budget import BudgetDefinition, BudgetError, validate_hierarchy
+from spendstream.schemas.checks import CheckRequest
+from spendstream.schemas.models import AlertAction, BudgetStatus, explain
+from spendstream.schemas.money import plain
+
+from .budget_feed import BudgetFeed
+from .periods import budget_period
+from .preflight import check, spent_from
+from .pricing import Pricer, PricingError
+
+log = logging.getLogger("spendstream.api")
+
+Reply = tuple[int, Any]
+#: publish a definition (or a tombstone for an id), and an alert action; blocking calls
+BudgetWriter = Callable[[BudgetDefinition | None, str], None]
+ActionWriter = Callable[[AlertAction], None]
+#: recent usage rows of a budget, newest first (None = no warehouse reachable)
+UsageReader = Callable[[str, int], list[dict[str, Any]] | None]
+
+
+def dump(model: BaseModel) -> dict[str, Any]:
+    """JSON-ready dict; money is an exact decimal string such as "0.25" (never a float)."""
+    return cast(dict[str, Any], _plain(model.model_dump(mode="python")))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return plain(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def error(status: int, message: str, **extra: Any) -> Reply:
+    return status, {"error": message, **extra}
+
+
+class BudgetApi:
+    def __init__(
+        self,
+        feed: BudgetFeed,
+        pricer: Pricer,
+        token: str,
+        write_budget: BudgetWriter,
+        write_action: ActionWriter,
+        read_usage: UsageReader | None = None,
+    ) -> None:
+        self.feed = feed
+        self.registry = feed.registry
+        self.pricer = pricer
+        self.token = token
+        self.write_budget = write_budget
+        self.write_action = write_action
+        self.read_usage = read_usage
+
+    # --- helpers -------------------------------------------------------------------------
+    def authorize(self, header: str | None) -> Reply | None:
+        """None when the caller may change things, else the error reply."""
+        if not self.token:
+            return error(403, "this API is read-only: set SPENDSTREAM_API_TOKEN on the workers")
+        scheme, _, given = (header or "").partition(" ")
+        if scheme.lower() != "bearer" or not given:
+            return error(401, "missing 'Authorization: Bearer <token>' header")
+        if not hmac.compare_digest(given.strip().encode(), self.token.encode()):
+            return error(401, "invalid token")
+        return None
+
+    @staticmethod
+    def parse(body: bytes) -> Any:
+        try:
+            return json.loads(body or b"null")
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+
+    def statuses_of(self, budget_id: str) -> list[BudgetStatus]:
+        resolved = self.feed.resolved()
+        found = [s for s in self.feed.statuses.values() if s.budget_id == budget_id]
+        return [
+            s.model_copy(
+                update={"active_alerts": [a for a in s.active_alerts if a not in resolved]}
+            )
+            for s in sorted(found, key=lambda s: s.period_start)
+        ]
+
+    # --- budgets -------------------------------------------------------------------------
+    def list_budgets(self) -> Reply:
+        return 200, [dump(b) for b in sorted(self.registry.all(), key=lambda b: b.budget_id)]
+
+    def get_budget(self, budget_id: str) -> Reply:
+        budget = self.registry.get(budget_id)
+        if budget is None:
+            return error(404, f"no budget '{budget_id}'")
+        return 200, dump(budget)
+
+    def put_budget(self, budget_id: str | None, body: bytes, auth: str | None) -> Reply:
+        """Create (POST, ``budget_id`` None) or create-or-replace (PUT) a budget."""
+        denied = self.authorize(auth)
+        if denied:
+            return denied
+        data = self.parse(body)
+        if not isinstance(data, dict):
+            return error(400, "expected a JSON object with the budget definition")
+        if budget_id is not None and data.setdefault("budget_id", budget_id) != budget_id:
+            return error(400, f"budget_id in the body ({data['budget_id']}) is not "
+                              f"the one in the path ({budget_id})")  # fmt: skip
+        data["updated_at"] = datetime.now(UTC).isoformat()
+        try:
+            budget = BudgetDefinition.model_validate(data)
+        except ValidationError as exc:
+            return error(422, explain(exc))
+        exists = self.registry.get(budget.budget_id) is not None
+        if budget_id is None and exists:
+            return error(409, f"budget '{budget.budget_id}' exists; PUT /budgets/"
+                              f"{budget.budget_id} replaces it")  # fmt: skip
+        known = {b.budget_id: b for b in self.registry.all()}
+        known[budget.budget_id] = budget
+        try:
+            validate_hierarchy(known)
+        except BudgetError as exc:
+            return error(422, str(exc))
+        self.write_budget(budget, budget.budget_id)
+        self.registry.put(budget)  # read-your-writes on this worker; the feed confirms it
+        return (200 if exists else 201), dump(budget)
+
+    def delete_budget(self, budget_id: str, auth: str | None) -> Reply:
+        denied = self.authorize(auth)
+        if denied:
+            return denied
+        if self.registry.get(budget_id) is None:
+            return error(404, f"no budget '{budget_id}'")
+        children = sorted(b.budget_id for b in self.registry.all() if b.parent_id == budget_id)
+        if children:
+            return error(409, f"budget '{budget_id}' has children {children}: delete or "
+                              "re-parent them first")  # fmt: skip
+        self.write_budget(None, budget_id)
+        self.registry.delete(budget_id)
+        return 200, {"deleted": budget_id, "note": "matching stops; its history stays"}
+
+    # --- status, usage, alerts -----------------------------------------------------------
+    def status(self, budget_id: str) -> Reply:
+        budget = self.registry.get(budget_id)
+        statuses = self.statuses_of(budget_id)
+        if budget is None and not statuses:
+            return error(404, f"no budget '{budget_id}'")
+        current = budget_period(budget, datetime.now(UTC)) if budget else None
+        return 200, {
+            "budget_id": budget_id,
+            "current_period": current.key if current else None,
+            "periods": [dump(s) for s in statuses],
+        }
+
+    def usage(self, budget_id: str, limit: int) -> Reply:
+        if self.registry.get(budget_id) is None and not self.statuses_of(budget_id):
+            return error(404, f"no budget '{budget_id}'")
+        rows = self.read_usage(budget_id, limit) if self.read_usage else None
+        if rows is None:
+            return error(503, "no ClickHouse reachable: start the sink (`spendstream sink`)")
+        return 200, {"budget_id": budget_id, "usage": rows}
+
+    def alert_action(self, alert_id: str, action: str, body: bytes, auth: str | None) -> Reply:
+        denied = self.authorize(auth)
+        if denied:
+            return denied
+        if action not in ("acknowledge", "resolve"):
+            return error(404, f"unknown alert action '{action}' (acknowledge or resolve)")
+        data = self.parse(body) or {}
+        if not isinstance(data, dict):
+            return error(400, 'expected a JSON object such as {"actor": "ana"}')
+        budget_id = alert_id.split(":", 1)[0]
+        if self.registry.get(budget_id) is None and not self.statuses_of(budget_id):
+            return error(404, f"alert '{alert_id}' names no known budget")
+        try:
+            act = AlertAction(alert_id=alert_id, budget_id=budget_id, action=action,
+                              actor=data.get("actor") or "api", note=data.get("note"),
+                              at=datetime.now(UTC))  # fmt: skip
+        except ValidationError as exc:
+            return error(422, explain(exc))
+        self.write_action(act)
+        self.feed.actions[alert_id] = act
+        return 200, dump(act)
+
+    # --- pre-flight ----------------------------------------------------------------------
+    def check(self, body: bytes) -> Reply:
+        data = self.parse(body)
+        if not isinstance(data, dict):
+            return error(400, "expected a JSON object with estimated_cost or model and tokens")
+        try:
+            request = CheckRequest.model_validate(data)
+            result = check(request, self.registry, spent_from(self.feed.statuses), self.pricer,
+                           datetime.now(UTC))  # fmt: skip
+        except ValidationError as exc:
+            return error(422, explain(exc))
+        except PricingError as exc:
+            return error(422, str(exc))
+        return 200, dump(result)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+async def guarded(handler: Callable[[], Reply | Awaitable[Reply]]) -> Reply:
+    """Run a handler; bad input becomes its 4xx, anything else a JSON 500 that is logged."""
+    try:
+        result = handler()
+        if asyncio.iscoroutine(result):
+            result = await result
+        return result  # type: ignore[return-value]
+    except ApiError as exc:
+        return error(exc.status, str(exc))
+    except Exception as exc:  # a bug or an outage, not the caller's input
+        log.exception("API request failed")
+        return error(500, f"internal error: {type(exc).__name__}: {exc}")
+
+
+def mount(app: Any, api: BudgetApi) -> None:
+    """Register the routes on a faust app's web server."""
+    from faust.web import View
+
+    def respond(view: Any, reply: Reply) -> Any:
+        status, body = reply
+        return view.json(body, status=status)
+
+    async def blocking(fn: Callable[..., Reply], *args: Any) -> Reply:
+        # writes flush to Kafka: keep them off the event loop
+        return await asyncio.to_thread(fn, *args)
+
+    def auth(request: Any) -> str | None:
+        return request.headers.get("Authorization")
+
+    @app.page("/budgets")
+    class Budgets(View):
+        async def get(self, request: Any) -> Any:
+            return respond(self, await guarded(api.list_budgets))
+
+        async def post(self, request: Any) -> Any:
+            body = await request.read()
+            return respond(self, await guarded(lambda: blocking(api.put_budget, None, body,
+                                                                 auth(request))))  # fmt: skip
+
+    @app.page("/budgets/{budget_id}")
+    class OneBudget(View):
+        async def get(self, request: Any, budget_id: str) -> Any:
+            return respond(self, await guarded(lambda: api.get_budget(budget_id)))
+
+        async def put(self, request: Any, budget_id: str) -> Any:
+            body = await request.read()
+            return respond(self, await guarded(lambda: blocking(api.put_budget, budget_id, body,
+                                                                 auth(request))))  # fmt: skip
+
+        async def delete(self, request: Any, budget_id: str) -> Any:
+            return respond(self, await guarded(lambda: blocking(api.delete_budget, budget_id,
+                                                                 auth(request))))  # fmt: skip
+
+    @app.page("/budgets/{budget_id}/status")
+    class Status(View):
+        async def get(self, request: Any, budget_id: str) -> Any:
+            return respond(self, await guarded(lambda: api.status(budget_id)))
+
+    @app.page("/budgets/{budget_id}/usage")
+    class Usage(View):
+        async def get(self, request: Any, budget_id: str) -> Any:
+            def run() -> Reply:
+                raw = request.query.get("limit", "50")
+                if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+                    return error(400, "limit must be a whole number from 1 to 1000")
+                return api.usage(budget_id, int(raw))
+
+            return respond(self, await guarded(lambda: blocking(run)))
+
+    @app.page("/alerts/{alert_id}/{action}")
+    class Alerts(View):
+        async def post(self, request: Any, alert_id: str, action: str) -> Any:
+            body = await request.read()
+            return respond(self, await guarded(lambda: blocking(
+                api.alert_action, alert_id, action, body, auth(request))))  # fmt: skip
+
+    @app.page("/check")
+    class Check(View):
+        async def post(self, request: Any) -> Any:
+            body = await request.read()
+            return respond(self, await guarded(lambda: api.check(body)))
