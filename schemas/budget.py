@@ -14,6 +14,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from .avro import codec
 from .models import AwareDatetime, Currency, Money, Strict, Threshold, explain
+from .money import plain
 
 Period = Literal["daily", "weekly", "monthly", "quarterly", "annual", "custom"]
 #: Fields a scope may filter on; anything else is treated as a free tag name.
@@ -144,13 +145,18 @@ def validate_hierarchy(budgets: dict[str, BudgetDefinition]) -> None:
                 )
             if parent.period == budget.period and budget.limit > parent.limit:
                 raise BudgetError(
-                    f"budget '{budget.budget_id}' limit {budget.limit} exceeds its parent "
-                    f"'{parent.budget_id}' limit {parent.limit}"
+                    f"budget '{budget.budget_id}' limit {plain(budget.limit)} exceeds its parent "
+                    f"'{parent.budget_id}' limit {plain(parent.limit)}"
                 )
 
 
-def load_budgets_file(path: Path) -> list[BudgetDefinition]:
-    """Read budgets from YAML or JSON (a list, or a mapping with a ``budgets`` list)."""
+def load_budgets_file(
+    path: Path, known: dict[str, BudgetDefinition] | None = None, *, hierarchy: bool = True
+) -> list[BudgetDefinition]:
+    """Read budgets from YAML or JSON (a list, or a mapping with a ``budgets`` list).
+
+    The hierarchy is checked together with ``known`` (the live budgets), so a file may
+    name a parent defined earlier and a child still may not promise more than it."""
     try:
         text = path.read_text()
     except OSError as exc:
@@ -175,5 +181,6 @@ def load_budgets_file(path: Path) -> list[BudgetDefinition]:
     dupes = {i for i in ids if ids.count(i) > 1}
     if dupes:
         raise BudgetError(f"{path}: duplicate budget_id {sorted(dupes)}")
-    validate_hierarchy({b.budget_id: b for b in budgets})
+    if hierarchy:
+        validate_hierarchy({**(known or {}), **{b.budget_id: b for b in budgets}})
     return budgets

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -16,6 +16,9 @@ from rich.table import Table
 
 from spendstream.config import ConfigError, Settings, load_settings
 from spendstream.schemas.money import plain
+
+if TYPE_CHECKING:
+    from spendstream.streams.budget_feed import BudgetFeed
 
 app = typer.Typer(
     help="Stream processor for AI and API spend: price usage, match budgets, alert, analyse.",
@@ -26,6 +29,8 @@ app = typer.Typer(
 kafka_app = typer.Typer(help="The local Kafka broker (no Docker needed).", no_args_is_help=True)
 budgets_app = typer.Typer(help="Budget definitions.", no_args_is_help=True)
 topics_app = typer.Typer(help="Kafka topics.", no_args_is_help=True)
+alerts_app = typer.Typer(help="Budget alerts: list, acknowledge, resolve.", no_args_is_help=True)
+app.add_typer(alerts_app, name="alerts")
 app.add_typer(kafka_app, name="kafka")
 app.add_typer(budgets_app, name="budgets")
 app.add_typer(topics_app, name="topics")
@@ -228,13 +233,30 @@ def budgets_apply(file: Path) -> None:
         from spendstream.topics import ensure_topics, wait_for_broker
 
         settings = _settings()
-        budgets = load_budgets_file(file)
+        load_budgets_file(file, hierarchy=False)  # file errors first, before waiting for Kafka
         wait_for_broker(settings.bootstrap_servers, 30)
         ensure_topics(settings)
+        # a file may name parents defined earlier: check the hierarchy with what is live
+        live = {b.budget_id: b for b in _read_budgets(settings).registry.all()}
+        budgets = load_budgets_file(file, known=live)
         publish_budgets(settings, budgets)
         console.print(f"applied {len(budgets)} budgets: {', '.join(b.budget_id for b in budgets)}")
 
     _run(body)
+
+
+def _read_budgets(settings: Settings, *, follow_status: bool = False) -> BudgetFeed:
+    """Read the compacted topics to their end; returns the feed (registry, statuses)."""
+    from spendstream.streams.budget_feed import BudgetFeed
+
+    feed = BudgetFeed(settings, follow_status=follow_status)
+    feed.start()
+    if not feed.caught_up.wait(30):
+        raise CliError("could not read the budgets topics within 30 s: is Kafka running?")
+    feed.stop()
+    if feed.error:
+        raise CliError(f"{feed.error}: run `spendstream topics create` or apply budgets first")
+    return feed
 
 
 @budgets_app.command("list")
@@ -242,19 +264,81 @@ def budgets_list() -> None:
     """List the budgets currently defined (read from the budgets topic)."""
 
     def body() -> None:
-        from spendstream.streams.budget_feed import BudgetFeed
-
         settings = _settings()
-        feed = BudgetFeed(settings)
-        feed.start()
-        if not feed.ready.wait(30):
-            raise CliError("could not read the budgets topic within 30 s")
-        feed.stop()
+        registry = _read_budgets(settings).registry
         table = Table("id", "name", "parent", "limit", "period", "tz", "scope")
-        for b in sorted(feed.registry.all(), key=lambda b: b.budget_id):
+        for b in sorted(registry.all(), key=lambda b: b.budget_id):
             table.add_row(b.budget_id, b.name, b.parent_id or "", f"{plain(b.limit)} "
                           f"{b.currency}", b.period, b.timezone, json.dumps(b.scope))  # fmt: skip
         console.print(table)
+
+    _run(body)
+
+
+@budgets_app.command("show")
+def budgets_show(
+    budget_id: str,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """One budget's definition, its children and its latest status."""
+
+    def body() -> None:
+        from spendstream.streams.api import dump
+
+        settings = _settings()
+        feed = _read_budgets(settings, follow_status=True)
+        budget = feed.registry.get(budget_id)
+        if budget is None:
+            raise CliError(f"no budget '{budget_id}' (see `spendstream budgets list`)")
+        children = sorted(b.budget_id for b in feed.registry.all() if b.parent_id == budget_id)
+        statuses = [s for s in feed.statuses.values() if s.budget_id == budget_id]
+        if as_json:
+            print(json.dumps({"budget": dump(budget), "children": children,
+                              "status": [dump(s) for s in statuses]}, indent=2))  # fmt: skip
+            return
+        console.print(f"[bold]{budget.name}[/bold] ({budget.budget_id})")
+        console.print(f"  limit       {plain(budget.limit)} {budget.currency} {budget.period}"
+                      f" ({budget.timezone})")  # fmt: skip
+        console.print(f"  parent      {budget.parent_id or '-'}")
+        console.print(f"  children    {', '.join(children) or '-'}")
+        console.print(f"  scope       {json.dumps(budget.scope)}")
+        tiers = ", ".join(f"{plain(t.percent)}% {t.action}"
+                          + (f" -> {t.downgrade_to}" if t.downgrade_to else "")
+                          for t in budget.thresholds)  # fmt: skip
+        console.print(f"  thresholds  {tiers}")
+        if budget.allocations:
+            console.print(
+                f"  allocations {', '.join(f'{k} {plain(v)}' for k, v in budget.allocations.items())}"
+            )
+        if statuses:
+            console.print(status_detail(statuses, feed.resolved()))
+
+    _run(body)
+
+
+@budgets_app.command("delete")
+def budgets_delete(
+    budget_id: str,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
+) -> None:
+    """Delete a budget: matching stops; its spend history stays in ClickHouse."""
+
+    def body() -> None:
+        from spendstream.producer import publish_budgets
+
+        settings = _settings()
+        registry = _read_budgets(settings).registry
+        if registry.get(budget_id) is None:
+            raise CliError(f"no budget '{budget_id}' (see `spendstream budgets list`)")
+        children = sorted(b.budget_id for b in registry.all() if b.parent_id == budget_id)
+        if children:
+            raise CliError(f"budget '{budget_id}' has children {children}: delete or re-parent "
+                           "them first")  # fmt: skip
+        if not yes and not typer.confirm(f"delete budget '{budget_id}'?"):
+            raise CliError("not deleted")
+        publish_budgets(settings, [], delete=[budget_id])
+        console.print(f"deleted {budget_id}: new events no longer count toward it; its history "
+                      "stays")  # fmt: skip
 
     _run(body)
 
@@ -263,20 +347,209 @@ def budgets_list() -> None:
 def budgets_status(
     budget_id: Annotated[str | None, typer.Argument(help="Only this budget.")] = None,
 ) -> None:
-    """Latest status per budget and period (from the budget-status topic)."""
+    """Latest status per budget and period (from the budget-status topic); with an id, the
+    detail: burn rate, projection with its 95% band, days left, active alerts."""
 
     def body() -> None:
-        from spendstream.readback import read_statuses
-
         settings = _settings()
-        statuses = read_statuses(settings)
+        feed = _read_budgets(settings, follow_status=True)
+        statuses = list(feed.statuses.values())
         if budget_id:
             statuses = [s for s in statuses if s.budget_id == budget_id]
             if not statuses:
                 raise CliError(f"no status for budget '{budget_id}' yet")
+            console.print(status_detail(statuses, feed.resolved()))
+            return
         console.print(status_table(statuses))
 
     _run(body)
+
+
+def status_detail(statuses: list[Any], resolved: set[str]) -> Table:
+    """One column per period, one row per figure (fits a narrow terminal)."""
+    ordered = sorted(statuses, key=lambda s: s.period_start)
+    table = Table("", *[s.period_key for s in ordered], title=f"status of {ordered[0].budget_id}")
+
+    def money(v: Decimal | None) -> str:
+        return plain(v.quantize(Decimal("0.0001"))) if v is not None else "-"
+
+    def days(v: Decimal | None, none: str = "-") -> str:
+        return plain(v) if v is not None else none
+
+    rows: list[tuple[str, Callable[[Any], str]]] = [
+        ("spent", lambda s: f"{plain(s.spent)} {s.currency}"),
+        ("limit", lambda s: plain(s.limit)),
+        ("used", lambda s: f"{s.percent}% ({s.state})"),
+        ("remaining", lambda s: plain(s.remaining)),
+        ("events", lambda s: str(s.event_count)),
+        ("burn rate / day", lambda s: money(s.burn_rate_per_day)),
+        ("projected total", lambda s: money(s.projected_total)),
+        ("95% band", lambda s: f"{money(s.projected_low)} - {money(s.projected_high)}"),
+        ("days left", lambda s: days(s.days_left)),
+        ("days to limit", lambda s: days(s.days_to_limit, "never")),
+        ("active alerts", lambda s: "\n".join(a.split(":", 2)[-1] for a in s.active_alerts
+                                              if a not in resolved) or "-"),
+    ]  # fmt: skip
+    for label, fn in rows:
+        table.add_row(label, *[fn(s) for s in ordered])
+    return table
+
+
+# --- pre-flight check ---------------------------------------------------------------------
+#: exit codes of `spendstream check`, so scripts can branch on the answer
+CHECK_EXIT = {"allow": 0, "warn": 0, "downgrade": 10, "throttle": 11, "block": 12}
+
+
+@app.command("check")
+def check_cmd(
+    cost: Annotated[str | None, typer.Option(help="Estimated cost, e.g. 0.25.")] = None,
+    currency: Annotated[str, typer.Option(help="Currency of --cost.")] = "USD",
+    source: Annotated[str, typer.Option(help="llm, apify, workflow or custom.")] = "llm",
+    provider: Annotated[str | None, typer.Option(help="LLM provider (to price tokens).")] = None,
+    model: Annotated[str | None, typer.Option(help="LLM model (to price tokens).")] = None,
+    input_tokens: Annotated[int, typer.Option(help="Estimated input tokens.")] = 0,
+    output_tokens: Annotated[int, typer.Option(help="Estimated output tokens.")] = 0,
+    attr: Annotated[
+        list[str] | None, typer.Option(help="Attribute or tag as key=value (repeatable).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the answer as JSON.")] = False,
+) -> None:
+    """Pre-flight: may I spend this? Answers allow / warn / downgrade / throttle / block with
+    the reason from every matching budget and ancestor. Exit code 0 for allow and warn,
+    10 downgrade, 11 throttle, 12 block."""
+
+    def body() -> str:
+        from datetime import UTC, datetime
+
+        from pydantic import ValidationError
+
+        from spendstream.schemas.checks import CheckRequest
+        from spendstream.schemas.models import Attributes, explain
+        from spendstream.streams.api import dump
+        from spendstream.streams.preflight import check, spent_from
+        from spendstream.streams.pricing import Catalog, Pricer
+
+        attrs: dict[str, Any] = {"tags": {}}
+        for item in attr or []:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise CliError(f"--attr '{item}' is not key=value")
+            if key in Attributes.model_fields and key != "tags":
+                attrs[key] = value
+            else:
+                attrs["tags"][key] = value
+        try:
+            request = CheckRequest.model_validate({
+                "estimated_cost": cost, "currency": currency, "source": source,
+                "provider": provider, "model": model, "input_tokens": input_tokens,
+                "output_tokens": output_tokens, "attributes": attrs,
+            })  # fmt: skip
+        except ValidationError as exc:
+            raise CliError(explain(exc)) from None
+        settings = _settings()
+        feed = _read_budgets(settings, follow_status=True)
+        pricer = Pricer(Catalog.for_settings(settings.price_catalog))
+        result = check(request, feed.registry, spent_from(feed.statuses), pricer,
+                       datetime.now(UTC))  # fmt: skip
+        if as_json:
+            print(json.dumps(dump(result), indent=2))
+            return result.decision
+        colour = {"allow": "green", "warn": "yellow"}.get(result.decision, "red")
+        console.print(f"[{colour}]{result.decision}[/{colour}]"
+                      + (f" -> {result.downgrade_to}" if result.downgrade_to else "")
+                      + f"  (estimated {plain(result.estimated_cost)} {result.currency}): "
+                      + result.reason, highlight=False)  # fmt: skip
+        for v in result.budgets:
+            console.print(f"  {v.decision:9} {v.reason}", highlight=False)
+        return result.decision
+
+    decision = _run(body)
+    raise typer.Exit(CHECK_EXIT[decision])
+
+
+# --- alerts --------------------------------------------------------------------------------
+@alerts_app.command("list")
+def alerts_list(
+    budget_id: Annotated[str | None, typer.Option("--budget", help="Only this budget.")] = None,
+    open_only: Annotated[bool, typer.Option("--open", help="Hide resolved alerts.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """Alerts read back from the budget-alerts topic, with their acknowledgement state."""
+
+    def body() -> None:
+        from spendstream.readback import read_alerts
+        from spendstream.streams.api import dump
+
+        settings = _settings()
+        feed = _read_budgets(settings, follow_status=True)
+        table = Table("alert id", "kind", "state", "message")
+        table.columns[0].no_wrap = True
+        for a in sorted(read_alerts(settings), key=lambda a: a.triggered_at):
+            if budget_id and a.budget_id != budget_id:
+                continue
+            act = feed.actions.get(a.alert_id)
+            state = {"acknowledge": "acknowledged", "resolve": "resolved"}.get(
+                act.action if act else "", "open")  # fmt: skip
+            if open_only and state == "resolved":
+                continue
+            if as_json:
+                print(json.dumps({**dump(a), "state": state}))
+            else:
+                table.add_row(a.alert_id, a.kind, state, a.message)
+        if not as_json:
+            console.print(table)
+
+    _run(body)
+
+
+def _alert_action(alert_id: str, action: str, actor: str | None, note: str | None) -> None:
+    def body() -> None:
+        import getpass
+        from datetime import UTC, datetime
+
+        from pydantic import ValidationError
+
+        from spendstream.producer import publish_alert_action
+        from spendstream.schemas.models import AlertAction, explain
+
+        settings = _settings()
+        budget_id = alert_id.split(":", 1)[0]
+        feed = _read_budgets(settings, follow_status=True)
+        known = {a for s in feed.statuses.values() for a in s.active_alerts}
+        if alert_id not in known and alert_id not in feed.actions:
+            raise CliError(f"no alert '{alert_id}' (see `spendstream alerts list`)")
+        try:
+            act = AlertAction(alert_id=alert_id, budget_id=budget_id, action=action,
+                              actor=actor or getpass.getuser(), note=note,
+                              at=datetime.now(UTC))  # fmt: skip
+        except ValidationError as exc:
+            raise CliError(explain(exc)) from None
+        publish_alert_action(settings, act)
+        console.print(
+            f"{action}d {alert_id}" if action == "resolve" else f"acknowledged {alert_id}"
+        )
+
+    _run(body)
+
+
+@alerts_app.command("ack")
+def alerts_ack(
+    alert_id: str,
+    actor: Annotated[str | None, typer.Option("--by", help="Who (default: you).")] = None,
+    note: Annotated[str | None, typer.Option(help="A note for the record.")] = None,
+) -> None:
+    """Acknowledge an alert: someone is on it."""
+    _alert_action(alert_id, "acknowledge", actor, note)
+
+
+@alerts_app.command("resolve")
+def alerts_resolve(
+    alert_id: str,
+    actor: Annotated[str | None, typer.Option("--by", help="Who (default: you).")] = None,
+    note: Annotated[str | None, typer.Option(help="A note for the record.")] = None,
+) -> None:
+    """Resolve an alert: it leaves the budget's active alerts."""
+    _alert_action(alert_id, "resolve", actor, note)
 
 
 def status_table(statuses: list[Any], *, names: bool = False) -> Table:
