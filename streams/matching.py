@@ -41,20 +41,56 @@ def scope_matches(scope: dict[str, list[str]], event: Matchable) -> bool:
     return True
 
 
+class ScopeIndex:
+    """Candidate budgets for an event without testing every scope.
+
+    Each budget is filed under one exact (field, value) of its scope; an event is then
+    tested only against the budgets filed under its own values, plus the few whose scope
+    is empty or all glob patterns. With thousands of budgets, matching stays a handful
+    of dict lookups instead of a scan."""
+
+    def __init__(self, budgets: Iterable[BudgetDefinition]) -> None:
+        self.by_value: dict[tuple[str, str], list[BudgetDefinition]] = {}
+        self.scan: list[BudgetDefinition] = []
+        for budget in budgets:
+            anchor = next(((f, vals) for f, vals in sorted(budget.scope.items())
+                           if not any("*" in v for v in vals)), None)  # fmt: skip
+            if anchor is None:
+                self.scan.append(budget)
+                continue
+            field, values = anchor
+            for value in values:
+                key = (field, value.lower() if field in CASELESS else value)
+                self.by_value.setdefault(key, []).append(budget)
+        self.fields = sorted({f for f, _ in self.by_value})
+
+    def candidates(self, event: Matchable) -> list[BudgetDefinition]:
+        found = list(self.scan)
+        for field in self.fields:
+            value = event.field(field)
+            if value is not None:
+                key = (field, value.lower() if field in CASELESS else value)
+                found.extend(self.by_value.get(key, ()))
+        return found
+
+
 class BudgetRegistry:
     """Thread-safe set of live budget definitions (fed from the compacted budgets topic)."""
 
     def __init__(self, budgets: Iterable[BudgetDefinition] = ()) -> None:
         self._lock = threading.Lock()
         self._budgets: dict[str, BudgetDefinition] = {b.budget_id: b for b in budgets}
+        self._index = ScopeIndex(self._budgets.values())
 
     def put(self, budget: BudgetDefinition) -> None:
         with self._lock:
-            self._budgets = {**self._budgets, budget.budget_id: budget}
+            budgets = {**self._budgets, budget.budget_id: budget}
+            self._budgets, self._index = budgets, ScopeIndex(budgets.values())
 
     def delete(self, budget_id: str) -> None:
         with self._lock:
-            self._budgets = {k: v for k, v in self._budgets.items() if k != budget_id}
+            budgets = {k: v for k, v in self._budgets.items() if k != budget_id}
+            self._budgets, self._index = budgets, ScopeIndex(budgets.values())
 
     def get(self, budget_id: str) -> BudgetDefinition | None:
         return self._budgets.get(budget_id)
@@ -77,9 +113,9 @@ class BudgetRegistry:
 
     def match(self, event: Matchable) -> list[Match]:
         """One Match per budget the event counts toward; ancestors included once each."""
-        budgets = self._budgets  # snapshot: replaced, never mutated
+        index = self._index  # snapshot: replaced, never mutated
         result: dict[str, Match] = {}
-        for budget in budgets.values():
+        for budget in index.candidates(event):
             if scope_matches(budget.scope, event):
                 result.setdefault(budget.budget_id, Match(budget, budget.budget_id))
         for direct in list(result.values()):

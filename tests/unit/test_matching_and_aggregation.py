@@ -98,3 +98,24 @@ def test_status_states():
     assert (status.remaining, status.percent, status.state) == (Decimal("7.5"), Decimal("25.00"),
                                                                  "normal")  # fmt: skip
     assert status.period_start == datetime(2026, 11, 1, tzinfo=UTC)
+
+
+def test_indexed_matching_equals_testing_every_scope():
+    import random
+
+    from spendstream.streams.matching import scope_matches
+
+    rng = random.Random(7)
+    teams, models = ["ml", "web", "ops"], ["gpt-4o", "gpt-4o-mini", "claude-sonnet-4-5"]
+    fields = {"team": teams, "model": models + ["GPT-*", "claude*"], "provider": ["OpenAI"]}
+    budgets = []
+    for i in range(300):
+        scope = {f: rng.sample(vals, rng.randint(1, min(2, len(vals))))
+                 for f, vals in fields.items() if rng.random() < 0.4}  # fmt: skip
+        budgets.append(BudgetDefinition(budget_id=f"b{i}", name="b", limit="1", scope=scope))
+    registry = BudgetRegistry(budgets)
+    for team in teams:
+        for model in models:
+            event = llm_event(team=team, model=model)
+            brute = sorted(b.budget_id for b in budgets if scope_matches(b.scope, event))
+            assert [m.budget.budget_id for m in registry.match(event)] == brute
