@@ -209,6 +209,7 @@ def create_app(settings: Settings) -> faust.App:
             if not state.apply(alloc):
                 metrics["replayed_allocations"] += 1
                 continue
+            metrics["aggregated"] += 1
             last_event[key] = event
             if budget is not None:
                 alerts.extend(
