@@ -10,6 +10,8 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+from confluent_kafka import Producer
+
 from spendstream.config import Settings, load_settings
 from spendstream.localkafka import LocalKafka
 
@@ -42,3 +44,13 @@ def bench_settings(**overrides: object) -> Iterator[Settings]:
             yield settings
         finally:
             broker.stop()
+
+
+def produce(producer: Producer, topic: str, key: bytes, value: bytes) -> None:
+    """Produce, waiting for room when the local queue is full (load generators outrun it)."""
+    while True:
+        try:
+            producer.produce(topic, key=key, value=value)
+            return
+        except BufferError:
+            producer.poll(0.05)

@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition  # noqa: E402
 
-from benchmarks._local import bench_settings  # noqa: E402
+from benchmarks._local import bench_settings, produce  # noqa: E402
 from spendstream.processes import ProcessGroup, wait_for  # noqa: E402
 from spendstream.producer import publish_budgets  # noqa: E402
 from spendstream.schemas.avro import codec  # noqa: E402
@@ -136,13 +136,7 @@ def main() -> None:
         enc = codec("UsageEvent")
 
         def send(e: UsageEvent) -> None:
-            while True:
-                try:
-                    producer.produce(settings.topics.llm, key=e.event_id.encode(),
-                                     value=enc.encode(e.to_avro()))  # fmt: skip
-                    return
-                except BufferError:
-                    producer.poll(0.05)
+            produce(producer, settings.topics.llm, e.event_id.encode(), enc.encode(e.to_avro()))
 
         for i in range(args.events):
             send(event(i, teams, small))

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from confluent_kafka import Producer  # noqa: E402
 
-from benchmarks._local import bench_settings  # noqa: E402
+from benchmarks._local import bench_settings, produce  # noqa: E402
 from spendstream.schemas.avro import codec  # noqa: E402
 from spendstream.schemas.models import Attributes, CostAllocation, SourcePosition  # noqa: E402
 from spendstream.sinks.clickhouse_sink import ClickHouseSink  # noqa: E402
@@ -54,13 +54,12 @@ def main() -> None:
                 attributes=Attributes(team=f"t{i % 7}"),
                 origin=SourcePosition(topic="usage.llm", partition=i % 4, offset=i),
             )  # fmt: skip
-            while True:
-                try:
-                    producer.produce(settings.topics.allocations, key=alloc.budget_id.encode(),
-                                     value=c.encode(alloc.to_avro()))  # fmt: skip
-                    break
-                except BufferError:
-                    producer.poll(0.1)
+            produce(
+                producer,
+                settings.topics.allocations,
+                alloc.budget_id.encode(),
+                c.encode(alloc.to_avro()),
+            )
         producer.flush(120)
 
         client = connect(settings)

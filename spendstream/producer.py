@@ -158,11 +158,10 @@ class UsagePublisher:
         self.close()
 
 
-def publish_budgets(
-    settings: Settings, budgets: Iterable[BudgetDefinition], delete: Iterable[str] = ()
+def publish_records(
+    settings: Settings, topic: str, records: Iterable[tuple[str, bytes | None]], what: str
 ) -> int:
-    """Write definitions (and tombstones for deletions) to the compacted budgets topic."""
-    configure_registry(settings.schema_registry_url or None)
+    """Write keyed records (None = tombstone) to a topic and wait until all are stored."""
     producer = Producer(producer_config(settings))
     failures: list[str] = []
 
@@ -171,39 +170,33 @@ def publish_budgets(
             failures.append(err.str())
 
     count = 0
-    topic = settings.topics.budgets
-    for budget in budgets:
-        producer.produce(
-            topic,
-            key=budget.budget_id.encode(),
-            value=framed_codec("BudgetDefinition", topic).encode(budget.to_avro()),
-            on_delivery=on_delivery,
-        )
-        count += 1
-    for budget_id in delete:
-        producer.produce(topic, key=budget_id.encode(), value=None, on_delivery=on_delivery)
+    for key, value in records:
+        producer.produce(topic, key=key.encode(), value=value, on_delivery=on_delivery)
         count += 1
     remaining = producer.flush(60)
     if remaining or failures:
-        raise PublishError(
-            f"budgets not stored ({remaining} undelivered): {'; '.join(failures[:3])}"
-        )
+        raise PublishError(f"{what} not stored ({remaining} undelivered): "
+                           f"{'; '.join(failures[:3])}")  # fmt: skip
     return count
+
+
+def publish_budgets(
+    settings: Settings, budgets: Iterable[BudgetDefinition], delete: Iterable[str] = ()
+) -> int:
+    """Write definitions (and tombstones for deletions) to the compacted budgets topic."""
+    configure_registry(settings.schema_registry_url or None)
+    topic = settings.topics.budgets
+    codec = framed_codec("BudgetDefinition", topic)
+    records: list[tuple[str, bytes | None]] = [
+        (b.budget_id, codec.encode(b.to_avro())) for b in budgets
+    ]
+    records += [(budget_id, None) for budget_id in delete]
+    return publish_records(settings, topic, records, "budgets")
 
 
 def publish_alert_action(settings: Settings, action: AlertAction) -> None:
     """Record an acknowledgement or resolution on the compacted alert-actions topic."""
     configure_registry(settings.schema_registry_url or None)
-    producer = Producer(producer_config(settings))
-    failures: list[str] = []
-
-    def on_delivery(err: KafkaError | None, msg: Message) -> None:
-        if err is not None:
-            failures.append(err.str())
-
     topic = settings.topics.alert_actions
-    producer.produce(topic, key=action.alert_id.encode(),
-                     value=framed_codec("AlertAction", topic).encode(action.to_avro()),
-                     on_delivery=on_delivery)  # fmt: skip
-    if producer.flush(60) or failures:
-        raise PublishError(f"alert action not stored: {'; '.join(failures[:3]) or 'timeout'}")
+    value = framed_codec("AlertAction", topic).encode(action.to_avro())
+    publish_records(settings, topic, [(action.alert_id, value)], "alert action")
