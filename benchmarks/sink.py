@@ -4,8 +4,10 @@
 
 Pre-loads the cost-allocations topic with ``--rows`` Avro records, then times the sink
 from its first poll until every row is in ClickHouse and its offsets are committed
-(decode, row building, columnar inserts with dedup tokens, commits). Starts its own local
-broker unless SPENDSTREAM_KAFKA_BOOTSTRAP_SERVERS is set.
+(framing checks, Avro containers handed to ClickHouse with dedup tokens, commits). With
+``--decode-in-sink`` the sink decodes every record in Python and inserts columns instead
+(the fallback path). Starts its own local broker unless SPENDSTREAM_KAFKA_BOOTSTRAP_SERVERS
+is set.
 """
 
 from __future__ import annotations
@@ -35,8 +37,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--batch-rows", type=int, default=20_000)
+    parser.add_argument("--decode-in-sink", action="store_true")
     args = parser.parse_args()
-    with bench_settings(sink_batch_rows=args.batch_rows, sink_linger_ms=200) as settings:
+    native = not args.decode_in_sink
+    with bench_settings(
+        sink_batch_rows=args.batch_rows, sink_linger_ms=200, sink_native_avro=native
+    ) as settings:
         ensure_topics(settings)
         start = datetime.now(UTC) - timedelta(days=1)
         c = codec("CostAllocation")
@@ -68,14 +74,16 @@ def main() -> None:
         # from the first record to the last commit (the sink records when it committed last)
         assert sink.stats.first_record_at is not None, "the sink received no records"
         elapsed = sink.stats.last_commit_at - sink.stats.first_record_at
-        rows, stored = client.query(
-            "SELECT count(), sum(amount) FROM cost_allocations"
+        rows, ids, stored = client.query(
+            "SELECT count(), uniqExact(allocation_id), sum(amount) FROM cost_allocations"
         ).result_rows[0]
         result = {
             "benchmark": "sink",
             "rows": args.rows,
             "rows_in_clickhouse": rows,
+            "no_duplicates": rows == ids,
             "totals_agree": stored == total,
+            "native_avro": native,
             "seconds": round(elapsed, 2),
             "rows_per_s": round(rows / elapsed),
             "batches": sink.stats.batches,

@@ -96,7 +96,8 @@ class AvroCodec:
         fastavro.schemaless_writer(buf, self.schema, record)
         return buf.getvalue()
 
-    def decode(self, data: bytes) -> dict[str, Any]:
+    def split(self, data: bytes) -> tuple[dict[str, Any], bytes]:
+        """(writer schema, Avro body) of a framed record, without decoding the body."""
         if not data:
             raise AvroDecodeError("empty message: expected an Avro-encoded record")
         if data[:2] == SINGLE_OBJECT_MAGIC:
@@ -108,15 +109,16 @@ class AvroCodec:
                     f"unknown schema fingerprint {data[2:10].hex()} for {self.name}: "
                     "written with a schema this worker does not know"
                 )
-            body = data[10:]
-        elif data[:1] == CONFLUENT_MAGIC and len(data) >= 5:
+            return writer, data[10:]
+        if data[:1] == CONFLUENT_MAGIC and len(data) >= 5:
             schema_id = struct.unpack(">I", data[1:5])[0]
-            writer = self._confluent_writer(schema_id)
-            body = data[5:]
-        else:
-            raise AvroDecodeError(
-                f"not Avro single-object or Confluent framed (starts with {data[:2].hex()})"
-            )
+            return self._confluent_writer(schema_id), data[5:]
+        raise AvroDecodeError(
+            f"not Avro single-object or Confluent framed (starts with {data[:2].hex()})"
+        )
+
+    def decode(self, data: bytes) -> dict[str, Any]:
+        writer, body = self.split(data)
         try:
             stream = io.BytesIO(body)
             record = fastavro.schemaless_reader(stream, writer, self.schema)

@@ -7,6 +7,9 @@ Exactly-once effect without transactions:
     assignment the sink reads the highest stored offset and skips what is already there,
     so a crash after the insert and before the commit adds nothing on restart;
   * ReplacingMergeTree on a stable id is the backstop.
+Cost allocations, the bulk of the rows, are not decoded here at all: their Avro bodies go to
+ClickHouse as one Avro container per batch (native_ingest.py); a batch ClickHouse refuses
+as data is decoded row by row instead, which isolates the poison records.
 While ClickHouse is unreachable the sink pauses its partitions and retries with backoff:
 memory stays bounded by one batch per partition.
 """
@@ -28,9 +31,10 @@ from clickhouse_connect.driver.client import Client
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from spendstream.config import Settings
-from spendstream.schemas.avro import configure_registry, framed_codec
+from spendstream.schemas.avro import codec, configure_registry, framed_codec
 from spendstream.schemas.models import DeadLetter, SourcePosition
 
+from .native_ingest import INSERT_SETTINGS, NATIVE_TABLES, NativeBatch, position_prefix
 from .rows import TABLES
 from .warehouse import connect, migrate
 
@@ -45,7 +49,10 @@ class SinkStopped(Exception):
 class PartitionBuffer:
     table: str
     rows: list[list[Any]] = field(default_factory=list)
-    raws: list[tuple[bytes | None, bytes | None]] = field(default_factory=list)
+    #: (key, value, offset) of every buffered row, for the DLQ and the decoding fallback
+    raws: list[tuple[bytes | None, bytes | None, int]] = field(default_factory=list)
+    #: set instead of ``rows`` when the table is ingested natively
+    native: NativeBatch | None = None
     first_offset: int = -1
     last_offset: int = -1
     started: float = 0.0
@@ -57,6 +64,8 @@ class SinkStats:
     skipped_replays: int = 0
     poison: int = 0
     insert_failures: int = 0
+    #: native batches ClickHouse refused as data, written by decoding row by row instead
+    native_fallbacks: int = 0
     batches: int = 0
     max_buffered_rows: int = 0
     #: monotonic time the first record arrived (benchmarks time from here, not from join)
@@ -94,6 +103,12 @@ class ClickHouseSink:
         with self.lock:
             migrate(self.client)
         self.stats = SinkStats()
+        #: tables whose records ClickHouse decodes itself -> record type
+        self.native = (
+            {table: name for table, (name, _) in NATIVE_TABLES.items()}
+            if settings.sink_native_avro
+            else {}
+        )
         self.buffers: dict[tuple[str, int], PartitionBuffer] = {}
         self.stored: dict[tuple[str, int], int] = {}
         self._buffered = 0
@@ -191,12 +206,6 @@ class ClickHouseSink:
             self.stats.skipped_replays += 1
             return
         table = self.topic_table[msg.topic()]
-        builder = TABLES[table][1]
-        try:
-            row = builder(msg.value(), (msg.topic(), msg.partition(), offset), msg.key())
-        except Exception as exc:  # poison record: park it in the DLQ, never stop
-            self._poison(msg, exc)
-            row = None
         buf = self.buffers.get(tp)
         if buf is None:
             buf = self.buffers[tp] = PartitionBuffer(table=table, started=time.monotonic())
@@ -204,13 +213,22 @@ class ClickHouseSink:
             buf.first_offset = offset
             buf.started = time.monotonic()
         buf.last_offset = offset
-        if row is not None:
-            buf.rows.append(row)
-            buf.raws.append((msg.key(), msg.value()))
+        value = msg.value()
+        try:
+            if table in self.native:
+                if buf.native is None:
+                    buf.native = NativeBatch(codec(self.native[table]), position_prefix(*tp))
+                buf.native.add(value, offset, len(buf.raws))
+            else:
+                buf.rows.append(TABLES[table][1](value, (*tp, offset), msg.key()))
+        except Exception as exc:  # poison record: park it in the DLQ, never stop
+            self._poison(msg, exc)
+        else:
+            buf.raws.append((msg.key(), value, offset))
             self._buffered += 1
             if self._buffered > self.stats.max_buffered_rows:
                 self.stats.max_buffered_rows = self._buffered
-        if len(buf.rows) >= self.settings.sink_batch_rows:
+        if len(buf.raws) >= self.settings.sink_batch_rows:
             self._flush(tp, buf)
 
     def _poison(self, msg: Any, exc: Exception) -> None:
@@ -252,22 +270,87 @@ class ClickHouseSink:
                 self._flush(tp, buf)
 
     def _flush(self, tp: tuple[str, int], buf: PartitionBuffer) -> None:
-        if buf.rows:
-            columns = TABLES[buf.table][0]
+        if buf.raws:
             token = f"{tp[0]}:{tp[1]}:{buf.first_offset}-{buf.last_offset}"
-            rejected = self._insert_with_retry(buf.table, buf.rows, columns, token)
+            if buf.native is not None:
+                rejected = self._insert_native(tp, buf, token)
+            else:
+                columns = TABLES[buf.table][0]
+                rejected = self._insert_with_retry(buf.table, buf.rows, columns, token)
             for index, reason in rejected:
-                key, value = buf.raws[index]
-                offset = buf.rows[index][-1]
+                key, value, offset = buf.raws[index]
                 self._dead_letter(tp[0], tp[1], offset, key, value, reason, "sink_insert")
-            self.stats.rows[buf.table] += len(buf.rows) - len(rejected)
+            self.stats.rows[buf.table] += len(buf.raws) - len(rejected)
             self.stats.batches += 1
         self._commit(tp, buf.last_offset + 1)
         self.stored[tp] = buf.last_offset
-        self._buffered -= len(buf.rows)
+        self._buffered -= len(buf.raws)
         buf.rows = []
         buf.raws = []
+        buf.native = None
         buf.first_offset = buf.last_offset = -1
+
+    def _insert_native(
+        self, tp: tuple[str, int], buf: PartitionBuffer, token: str
+    ) -> list[tuple[int, str]]:
+        """Send the batch as Avro containers (one per writer schema) to the staging table.
+
+        Unreachable ClickHouse: pause and retry, as for decoded rows. Refused as data (a
+        record whose framing is ours but whose body is not valid Avro, say): the groups
+        not yet written are decoded row by row, which finds the records at fault.
+        """
+        assert buf.native is not None
+        staging = NATIVE_TABLES[buf.table][1]
+        groups = list(buf.native.groups.values())
+        done = 0
+        delay = self.retry_initial_s
+        try:
+            while done < len(groups):
+                writer, bodies = groups[done]
+                part = token if len(groups) == 1 else f"{token}.w{done}"
+                settings = {
+                    "insert_deduplication_token": part,
+                    "deduplicate_blocks_in_dependent_materialized_views": 1,
+                    **INSERT_SETTINGS,
+                }
+                try:
+                    data = buf.native.container(writer, bodies)
+                    with self.lock:
+                        self.client.raw_insert(staging, insert_block=data, fmt="Avro",
+                                               settings=settings)  # fmt: skip
+                    done += 1
+                    delay = self.retry_initial_s
+                except Exception as exc:
+                    self.stats.insert_failures += 1
+                    if not _is_data_error(exc):
+                        delay = self._backoff(staging, exc, delay)
+                        continue
+                    self.stats.native_fallbacks += 1
+                    log.warning("ClickHouse refused a native Avro batch of %s:%s (%s); "
+                                "decoding it row by row", tp[0], tp[1], _first_line(exc))  # fmt: skip
+                    left = [i for g in groups[done:] for i in buf.native.indices[id(g[0])]]
+                    return self._insert_decoded(tp, buf, left, f"{token}.rows")
+            return []
+        finally:
+            self._resume()
+
+    def _insert_decoded(
+        self, tp: tuple[str, int], buf: PartitionBuffer, indices: list[int], token: str
+    ) -> list[tuple[int, str]]:
+        """Decode the buffered records at ``indices`` in Python and insert them as rows."""
+        columns, builder = TABLES[buf.table]
+        rows, kept, rejected = [], [], []
+        for index in indices:
+            key, value, offset = buf.raws[index]
+            try:
+                rows.append(builder(value, (*tp, offset), key))
+                kept.append(index)
+            except Exception as exc:
+                rejected.append((index, f"sink could not decode {tp[0]} record: {exc}"))
+        if rows:
+            failed = self._insert_with_retry(buf.table, rows, columns, token)
+            rejected += [(kept[i], reason) for i, reason in failed]
+        return rejected
 
     def _insert(self, table: str, rows: list[list[Any]], columns: list[str], token: str) -> None:
         with self.lock:

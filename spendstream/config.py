@@ -138,6 +138,11 @@ class Settings(BaseSettings):
     clickhouse_database: str = Field(default="spendstream", description="Database name.")
     sink_batch_rows: int = Field(default=5000, ge=1, le=1_000_000, description="Rows per insert.")
     sink_linger_ms: int = Field(default=500, ge=1, le=600_000, description="Max wait for a batch.")
+    sink_native_avro: bool = Field(
+        default=True,
+        description="Let ClickHouse decode cost-allocation records itself (FORMAT Avro); "
+        "false decodes them in the sink.",
+    )
     sink_query_port: int = Field(
         default=8124,
         ge=0,
