@@ -136,7 +136,7 @@ class Settings(BaseSettings):
         description="chdb:///path or http(s)://user:pass@host:8123/db. Empty = chDB under data_dir.",
     )
     clickhouse_database: str = Field(default="spendstream", description="Database name.")
-    sink_batch_rows: int = Field(default=5000, ge=1, le=1_000_000, description="Rows per insert.")
+    sink_batch_rows: int = Field(default=20_000, ge=1, le=1_000_000, description="Rows per insert.")
     sink_linger_ms: int = Field(default=500, ge=1, le=600_000, description="Max wait for a batch.")
     sink_native_avro: bool = Field(
         default=True,
