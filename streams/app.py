@@ -9,7 +9,8 @@ before its offset is committed. Micro-batches (``stream.take``) write each table
 most once per batch. Processing is idempotent (see aggregation.py and the dedupe note
 below), so at-least-once delivery gives an exactly-once effect. A batch that fails for
 any reason other than bad input ends the process before faust can ack it (crash-only):
-on restart the batch is replayed and the idempotent state absorbs it.
+on restart the batch is replayed and the idempotent state absorbs it. Outputs go through
+librdkafka (output.py) and are flushed before a batch returns, i.e. before faust acks it.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from .aggregation import AlertPolicy, PeriodState, due_alerts, state_key, status
 from .api import BudgetApi, mount
 from .budget_feed import BudgetFeed
 from .matching import BudgetRegistry
+from .output import OutputProducer
 from .pricing import Catalog, Pricer
 from .processor import UsageProcessor
 
@@ -86,16 +88,15 @@ def create_app(settings: Settings) -> faust.App:
     )
     metrics = Metrics()
     policy = AlertPolicy.from_settings(settings)
+    from spendstream.producer import producer_config
+
+    out = OutputProducer(producer_config(settings, **{"linger.ms": 2}))
 
     def raw_topic(*names: str) -> faust.TopicT:
         return app.topic(*names, key_serializer="raw", value_serializer="raw")
 
     sources = raw_topic(*topics.sources)
-    priced_topic = raw_topic(topics.priced)
     alloc_topic = raw_topic(topics.allocations)
-    dlq_topic = raw_topic(topics.dlq)
-    alerts_topic = raw_topic(topics.alerts)
-    status_topic = raw_topic(topics.status)
 
     # event_id -> "topic:partition:offset|unix time" of its first sighting, remembered for
     # one to two dedupe windows (tumbling windows, expired by faust). A replay of the same
@@ -155,7 +156,7 @@ def create_app(settings: Settings) -> faust.App:
             decoded = processor.decode(msg.key, msg.value, pos, now)
             if isinstance(decoded, DeadLetter):
                 metrics["dlq"] += 1
-                await dlq_topic.send(key=msg.key, value=_enc("DeadLetter", decoded, topics.dlq))
+                out.send(topics.dlq, msg.key, _enc("DeadLetter", decoded, topics.dlq))
                 continue
             usage = decoded
             here = f"{pos.topic}:{pos.partition}:{pos.offset}"
@@ -167,25 +168,27 @@ def create_app(settings: Settings) -> faust.App:
             outcome = processor.process(usage, pos, now, raw=msg.value, arrived=arrived)
             if outcome.dead is not None:
                 metrics["dlq"] += 1
-                await dlq_topic.send(
-                    key=msg.key, value=_enc("DeadLetter", outcome.dead, topics.dlq)
-                )
+                out.send(topics.dlq, msg.key, _enc("DeadLetter", outcome.dead, topics.dlq))
                 continue
             assert outcome.priced is not None
-            await priced_topic.send(
-                key=usage.event_id.encode(),
-                value=_enc("PricedUsage", outcome.priced, topics.priced),
+            out.send(
+                topics.priced,
+                usage.event_id.encode(),
+                _enc("PricedUsage", outcome.priced, topics.priced),
             )
             for alloc in outcome.allocations:
-                await alloc_topic.send(
-                    key=alloc.budget_id.encode(),
-                    value=_enc("CostAllocation", alloc, topics.allocations),
+                out.send(
+                    topics.allocations,
+                    alloc.budget_id.encode(),
+                    _enc("CostAllocation", alloc, topics.allocations),
                 )
             metrics["priced"] += 1
             metrics["allocations"] += len(outcome.allocations)
             if not first:
                 mark = f"{here}|{now_tag}"
                 with_event(event, lambda k=usage.event_id, v=mark: seen.__setitem__(k, v))
+        # every output of the batch is stored before faust may commit its input offsets
+        await out.drain()
 
     @app.agent(alloc_topic)
     async def aggregate(stream: faust.StreamT) -> None:
@@ -217,14 +220,9 @@ def create_app(settings: Settings) -> faust.App:
                 )
         # Alerts are delivered before the state that records them is written: a crash in
         # between re-sends an alert with the same alert_id rather than losing it.
-        pending = [
-            await alerts_topic.send(
-                key=a.budget_id.encode(), value=_enc("BudgetAlert", a, topics.alerts)
-            )
-            for a in alerts
-        ]
-        for fut in pending:
-            await fut
+        for a in alerts:
+            out.send(topics.alerts, a.budget_id.encode(), _enc("BudgetAlert", a, topics.alerts))
+        await out.drain()
         metrics["alerts"] += len(alerts)
         for key, state in states.items():
             if key not in last_event:
@@ -234,9 +232,8 @@ def create_app(settings: Settings) -> faust.App:
             budget = registry.get(budget_id)
             if budget is not None:
                 status = status_of(budget, period_key, state, now, feed.resolved())
-                await status_topic.send(
-                    key=key.encode(), value=_enc("BudgetStatus", status, topics.status)
-                )
+                out.send(topics.status, key.encode(), _enc("BudgetStatus", status, topics.status))
+        await out.drain()
 
     def first_sighting(event_id: str) -> str:
         windows = seen[event_id]
@@ -257,6 +254,12 @@ def create_app(settings: Settings) -> faust.App:
         return web.json({**metrics, "budgets": len(registry)})
 
     mount(app, make_api(settings, feed, pricer))
+
+    def close_output(app: Any, *args: Any, **kwargs: Any) -> None:
+        out.close()
+
+    app.on_before_shutdown.connect(close_output)  # type: ignore[arg-type]
+
     app.spendstream_registry = registry  # type: ignore[attr-defined]
     app.spendstream_metrics = metrics  # type: ignore[attr-defined]
     return app

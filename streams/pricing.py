@@ -10,6 +10,7 @@ total is the sum of the rounded lines, so a breakdown always adds up exactly.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from decimal import Decimal
 from importlib import metadata, resources
 from pathlib import Path
@@ -162,7 +163,7 @@ class Pricer:
     def price(self, event: UsageEvent) -> Cost:
         payload = event.payload
         if isinstance(payload, LlmUsage):
-            return self.price_llm(payload)
+            return self.price_llm(payload, event.occurred_at)
         if isinstance(payload, ApifyRun):
             return self.price_apify(payload)
         if isinstance(payload, WorkflowRun):
@@ -173,11 +174,13 @@ class Pricer:
         raise PricingError("unknown_source", f"no pricing for payload {type(payload).__name__}")
 
     # --- LLM ------------------------------------------------------------------------------
-    def price_llm(self, usage: LlmUsage) -> Cost:
+    def price_llm(self, usage: LlmUsage, when: datetime | None = None) -> Cost:
+        """Price one call; ``when`` (the event time) picks the price in force then, so a
+        replay months later prices alike. None means now (pre-flight estimates)."""
         override = self.catalog.llm.get((usage.provider.lower(), usage.model.lower()))
         if override is not None:
             return self._price_override(usage, override)
-        return self._price_genai(usage)
+        return self._price_genai(usage, when)
 
     def _price_override(self, usage: LlmUsage, prices: dict[str, Decimal]) -> Cost:
         uncached = usage.input_tokens - usage.cache_read_tokens - usage.cache_write_tokens
@@ -217,8 +220,9 @@ class Pricer:
             )
         return _cost(lines, self.catalog.currency, "catalog", f"catalog {self.catalog.version}")
 
-    def _price_genai(self, usage: LlmUsage) -> Cost:
+    def _price_genai(self, usage: LlmUsage, when: datetime | None = None) -> Cost:
         from genai_prices import Usage, calc_price
+        from genai_prices.data_snapshot import get_snapshot
 
         if usage.images:
             raise PricingError(
@@ -234,8 +238,33 @@ class Pricer:
             input_audio_tokens=usage.input_audio_tokens or None,
             output_audio_tokens=usage.output_audio_tokens or None,
         )
+        when = when or datetime.now(UTC)
         try:
-            calc = calc_price(gusage, model_ref=usage.model, provider_id=usage.provider)
+            # The library's own model lookup and price selection, then its own per-unit
+            # decomposition once (its calc_price does the same decomposition to sum it).
+            provider, model = get_snapshot().find_provider_model(
+                usage.model, None, usage.provider, None
+            )
+            raw = _genai_lines(model.get_prices(when), gusage)
+            source = provider.id
+            if raw is None:
+                calc = calc_price(
+                    gusage,
+                    model_ref=usage.model,
+                    provider_id=usage.provider,
+                    genai_request_timestamp=when,
+                )
+                source = calc.provider.id
+                raw = [
+                    ("input", Decimal(usage.input_tokens), "tokens", calc.input_price),
+                    ("output", Decimal(usage.output_tokens), "tokens", calc.output_price),
+                    (
+                        "other",
+                        Decimal(0),
+                        "-",
+                        calc.total_price - calc.input_price - calc.output_price,
+                    ),
+                ]
         except LookupError as exc:
             raise PricingError(
                 "unknown_model",
@@ -244,15 +273,8 @@ class Pricer:
             ) from None
         except ValueError as exc:
             raise PricingError("invalid_usage", f"usage cannot be priced: {exc}") from None
-        raw = _genai_lines(calc.model_price, gusage)
-        if raw is None or sum((amount for *_, amount in raw), Decimal(0)) != calc.total_price:
-            raw = [
-                ("input", Decimal(usage.input_tokens), "tokens", calc.input_price),
-                ("output", Decimal(usage.output_tokens), "tokens", calc.output_price),
-                ("other", Decimal(0), "-", calc.total_price - calc.input_price - calc.output_price),
-            ]
         lines = [_line(*row) for row in raw]
-        return _cost(lines, "USD", f"genai-prices:{calc.provider.id}", self.genai_version)
+        return _cost(lines, "USD", f"genai-prices:{source}", self.genai_version)
 
     # --- Apify ----------------------------------------------------------------------------
     def price_apify(self, run: ApifyRun) -> Cost:
@@ -318,9 +340,11 @@ def _genai_lines(model_price: Any, gusage: Any) -> list[tuple[str, Decimal, str,
     try:
         from genai_prices import types as gt
         from genai_prices.units import _get_registry
+        from genai_prices.validation import validate_priced_units
 
         registry = _get_registry()
         resolved = gt._collect_resolved_model_prices(model_price, registry)
+        validate_priced_units(tuple(unit for unit, _ in resolved), registry)
         usage = gt.Usage.from_raw(gusage)
         counts = gt._compute_registry_priced_counts(resolved, usage)
         tiered = any(isinstance(p, gt.TieredPrices) for _, p in resolved)

@@ -167,3 +167,33 @@ def test_timestamps_keep_microseconds():
     event = UsageEvent(event_id="x", occurred_at=t, source="custom",
                        payload=CustomCost(amount=Decimal(1), currency="USD"))  # fmt: skip
     assert UsageEvent.decode(event.encode()).occurred_at == t
+
+
+GENAI_MODELS = [("openai", "gpt-4o"), ("openai", "gpt-4o-mini"), ("openai", "o3"),
+                ("anthropic", "claude-sonnet-4-5"), ("anthropic", "claude-3-5-haiku"),
+                ("google", "gemini-2.5-pro"), ("google", "gemini-2.5-flash"),
+                ("mistral", "mistral-large-latest"), ("groq", "llama-3.3-70b-versatile")]  # fmt: skip
+
+
+@fast
+@given(st.sampled_from(GENAI_MODELS), st.integers(0, 2 * 10**6), st.integers(0, 10**6),
+       st.integers(0, 10**6), st.integers(0, 10**5),
+       st.datetimes(min_value=datetime(2024, 1, 1), max_value=datetime(2026, 12, 31),
+                    timezones=st.just(UTC)))  # fmt: skip
+def test_genai_breakdown_equals_the_librarys_own_price(model, inp, cached, out, written, when):
+    """Our per-unit lines (one decomposition) add up to what genai-prices' public
+    calc_price bills for the same usage at the same time, tiered prices included."""
+    from genai_prices import Usage, calc_price
+
+    cached = min(cached, inp)
+    written = min(written, inp - cached)
+    usage = LlmUsage(provider=model[0], model=model[1], input_tokens=inp, output_tokens=out,
+                     cache_read_tokens=cached, cache_write_tokens=written)  # fmt: skip
+    expected = calc_price(
+        Usage(input_tokens=inp, output_tokens=out, cache_read_tokens=cached or None,
+              cache_write_tokens=written or None),
+        model_ref=model[1], provider_id=model[0], genai_request_timestamp=when,
+    ).total_price  # fmt: skip
+    cost = PRICER.price_llm(usage, when)
+    assert sum(c.amount for c in cost.components) == cost.total
+    assert abs(cost.total - expected) <= NANO * len(cost.components)  # rounding per line only
