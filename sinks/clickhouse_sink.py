@@ -6,6 +6,13 @@ Exactly-once effect without transactions:
   * every row stores its source position (_topic, _partition, _offset); on partition
     assignment the sink reads the highest stored offset and skips what is already there,
     so a crash after the insert and before the commit adds nothing on restart;
+  * a worker that crashes or loses a partition replays its uncommitted input and publishes
+    those outputs again, as new Kafka records; each carries its input position in an
+    ``origin`` header, and the sink skips an output whose input position is at or below
+    the highest one stored for that input partition (and budget, for allocations): each
+    worker emits those in input order, and a batch's outputs are in Kafka before its input
+    offsets commit, so anything at or below the watermark is a replay of a stored row
+    (migration 0005 keeps the watermarks in ClickHouse for restarts);
   * ReplacingMergeTree on a stable id is the backstop.
 Cost allocations, the bulk of the rows, are not decoded here at all: their Avro bodies go to
 ClickHouse as one Avro container per batch (native_ingest.py); a batch ClickHouse refuses
@@ -62,6 +69,8 @@ class PartitionBuffer:
 class SinkStats:
     rows: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     skipped_replays: int = 0
+    #: outputs of a replayed input (worker crash or rebalance) already stored
+    skipped_origin_replays: int = 0
     poison: int = 0
     insert_failures: int = 0
     #: native batches ClickHouse refused as data, written by decoding row by row instead
@@ -111,6 +120,8 @@ class ClickHouseSink:
         )
         self.buffers: dict[tuple[str, int], PartitionBuffer] = {}
         self.stored: dict[tuple[str, int], int] = {}
+        #: (topic, partition) -> {(origin topic, origin partition, scope): highest offset}
+        self.origin_marks: dict[tuple[str, int], dict[tuple[str, int, str], int]] = {}
         self._buffered = 0
         self._paused = False
         self._assigned_at: float | None = None
@@ -190,11 +201,24 @@ class ClickHouseSink:
                 )
             max_offset, count = result.result_rows[0]
             self.stored[(tp.topic, tp.partition)] = int(max_offset) if count else -1
+            if table in ORIGIN_SCOPED:
+                with self.lock:
+                    rows = self.client.query(
+                        "SELECT origin_topic, origin_partition, scope, max(max_offset) "
+                        "FROM origin_watermarks WHERE table_name = {n:String} AND "
+                        "_topic = {t:String} AND _partition = {p:Int32} "
+                        "GROUP BY origin_topic, origin_partition, scope",
+                        parameters={"n": table, "t": tp.topic, "p": tp.partition},
+                    ).result_rows
+                self.origin_marks[(tp.topic, tp.partition)] = {
+                    (t, int(p), scope): int(o) for t, p, scope, o in rows
+                }
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._flush_all()
         for tp in partitions:
             self.stored.pop((tp.topic, tp.partition), None)
+            self.origin_marks.pop((tp.topic, tp.partition), None)
 
     # --- buffering ---------------------------------------------------------------------
     def _add(self, msg: Any) -> None:
@@ -213,6 +237,11 @@ class ClickHouseSink:
             buf.first_offset = offset
             buf.started = time.monotonic()
         buf.last_offset = offset
+        if table in ORIGIN_SCOPED and self._replayed_output(tp, table, msg):
+            self.stats.skipped_origin_replays += 1
+            if len(buf.raws) >= self.settings.sink_batch_rows:
+                self._flush(tp, buf)
+            return
         value = msg.value()
         try:
             if table in self.native:
@@ -230,6 +259,25 @@ class ClickHouseSink:
                 self.stats.max_buffered_rows = self._buffered
         if len(buf.raws) >= self.settings.sink_batch_rows:
             self._flush(tp, buf)
+
+    def _replayed_output(self, tp: tuple[str, int], table: str, msg: Any) -> bool:
+        """True when ``msg`` restates a stored output of an input position; otherwise the
+        position becomes the watermark. Records without an origin header always count."""
+        origin = next((v for k, v in msg.headers() or () if k == "origin"), None)
+        if not origin:
+            return False
+        try:
+            topic, partition, offset = origin.decode().rsplit(":", 2)
+            key = msg.key() or b""
+            mark = (topic, int(partition), key.decode() if ORIGIN_SCOPED[table] else "")
+            at = int(offset)
+        except ValueError:
+            return False
+        marks = self.origin_marks.setdefault(tp, {})
+        if at <= marks.get(mark, -1):
+            return True
+        marks[mark] = at
+        return False
 
     def _poison(self, msg: Any, exc: Exception) -> None:
         self._dead_letter(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(),
@@ -444,6 +492,10 @@ class ClickHouseSink:
             log.warning("offset commit for %s:%s failed: %s", tp[0], tp[1], exc)
         self.stats.last_commit_at = time.monotonic()
 
+
+#: tables whose rows the worker derives from one input position each -> whether the
+#: watermark is per Kafka key as well (allocations: one per event and budget, keyed by budget)
+ORIGIN_SCOPED = {"priced_usage": False, "cost_allocations": True, "dead_letters": False}
 
 #: ClickHouse error codes that are conditions of the server, not of the data.
 TRANSIENT_CODES = {159, 202, 209, 210, 236, 241, 242, 252, 425, 999, 1000}

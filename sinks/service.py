@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno
 import logging
 import threading
+from collections.abc import Callable
+from typing import Any
 
 from spendstream.config import Settings
 
@@ -16,11 +18,18 @@ log = logging.getLogger("spendstream.sink")
 
 
 def run_sink(
-    settings: Settings, *, idle_exit_s: float | None = None, handle_signals: bool = True
+    settings: Settings,
+    *,
+    idle_exit_s: float | None = None,
+    handle_signals: bool = True,
+    wrap_client: Callable[[Any], Any] | None = None,
 ) -> SinkStats:
+    """``wrap_client`` wraps the writer's client only (the fault suite injects outages
+    there); queries on the loopback port always use the real one."""
     client = connect(settings)
     lock = threading.Lock()
-    sink = ClickHouseSink(settings, client, client_lock=lock)
+    writer = wrap_client(client) if wrap_client else client
+    sink = ClickHouseSink(settings, writer, client_lock=lock)
     if handle_signals:
         sink.install_signal_handlers()
     server = None

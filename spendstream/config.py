@@ -89,6 +89,13 @@ class Settings(BaseSettings):
     batch_linger_ms: int = Field(
         default=50, ge=1, le=60_000, description="Worker micro-batch wait."
     )
+    worker_session_timeout_s: int = Field(
+        default=10,
+        ge=6,
+        le=300,
+        description="A worker that stops heartbeating (crashed) loses its partitions to the "
+        "others after this long.",
+    )
     dedupe_window_s: int = Field(
         default=86_400,
         ge=60,

@@ -67,6 +67,8 @@ def create_app(settings: Settings) -> faust.App:
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         broker_commit_every=1000,
+        broker_session_timeout=float(settings.worker_session_timeout_s),
+        broker_heartbeat_interval=min(3.0, settings.worker_session_timeout_s / 3),
         broker_commit_interval=1.0,
         web_enabled=True,
         web_bind=settings.worker_web_bind,
@@ -108,7 +110,8 @@ def create_app(settings: Settings) -> faust.App:
         .tumbling(window, expires=2 * window)
         .relative_to_now()
     )
-    spend = app.Table("budget-spend", default=None, key_type=str, value_type=dict)
+    # State as a JSON string: faust's changelog recovery cannot rebuild a dict value_type.
+    spend = app.Table("budget-spend", default=None, key_type=str, value_type=str)
 
     @app.task
     async def start_budget_feed() -> None:
@@ -153,13 +156,13 @@ def create_app(settings: Settings) -> faust.App:
         for event in events:
             msg = event.message
             pos = SourcePosition(topic=msg.topic, partition=msg.partition, offset=msg.offset)
+            here = f"{pos.topic}:{pos.partition}:{pos.offset}"
             decoded = processor.decode(msg.key, msg.value, pos, now)
             if isinstance(decoded, DeadLetter):
                 metrics["dlq"] += 1
-                out.send(topics.dlq, msg.key, _enc("DeadLetter", decoded, topics.dlq))
+                out.send(topics.dlq, msg.key, _enc("DeadLetter", decoded, topics.dlq), here)
                 continue
             usage = decoded
-            here = f"{pos.topic}:{pos.partition}:{pos.offset}"
             first = with_event(event, lambda k=usage.event_id: first_sighting(k))
             if first and first.split("|", 1)[0] != here:
                 metrics["duplicates"] += 1
@@ -168,19 +171,21 @@ def create_app(settings: Settings) -> faust.App:
             outcome = processor.process(usage, pos, now, raw=msg.value, arrived=arrived)
             if outcome.dead is not None:
                 metrics["dlq"] += 1
-                out.send(topics.dlq, msg.key, _enc("DeadLetter", outcome.dead, topics.dlq))
+                out.send(topics.dlq, msg.key, _enc("DeadLetter", outcome.dead, topics.dlq), here)
                 continue
             assert outcome.priced is not None
             out.send(
                 topics.priced,
                 usage.event_id.encode(),
                 _enc("PricedUsage", outcome.priced, topics.priced),
+                here,
             )
             for alloc in outcome.allocations:
                 out.send(
                     topics.allocations,
                     alloc.budget_id.encode(),
                     _enc("CostAllocation", alloc, topics.allocations),
+                    here,
                 )
             metrics["priced"] += 1
             metrics["allocations"] += len(outcome.allocations)
@@ -207,7 +212,7 @@ def create_app(settings: Settings) -> faust.App:
             key = state_key(alloc.budget_id, alloc.period_key)
             state = states.get(key)
             if state is None:
-                state = PeriodState.from_json(spend.get(key))
+                state = PeriodState.loads(spend.get(key))
                 states[key] = state
             if not state.apply(alloc):
                 metrics["replayed_allocations"] += 1
@@ -227,7 +232,7 @@ def create_app(settings: Settings) -> faust.App:
         for key, state in states.items():
             if key not in last_event:
                 continue
-            with_event(last_event[key], lambda k=key, s=state: spend.__setitem__(k, s.to_json()))
+            with_event(last_event[key], lambda k=key, s=state: spend.__setitem__(k, s.dumps()))
             budget_id, period_key = key.split("|", 1)
             budget = registry.get(budget_id)
             if budget is not None:

@@ -35,11 +35,18 @@ class OutputProducer:
             with self._lock:
                 self._errors.append(f"{msg.topic()}: {err.str()}")
 
-    def send(self, topic: str, key: bytes | None, value: bytes | None) -> None:
-        """Queue one record (waits for queue space, never drops)."""
+    def send(
+        self, topic: str, key: bytes | None, value: bytes | None, origin: str | None = None
+    ) -> None:
+        """Queue one record (waits for queue space, never drops). ``origin`` is the input
+        position ("topic:partition:offset") it was computed from, sent as a header so the
+        sink can skip the outputs of a replayed input without decoding them."""
+        headers: dict[str, str | bytes | None] | None = {"origin": origin} if origin else None
         while True:
             try:
-                self._producer.produce(topic, value=value, key=key, on_delivery=self._on_delivery)
+                self._producer.produce(
+                    topic, value=value, key=key, headers=headers, on_delivery=self._on_delivery
+                )
                 break
             except BufferError:
                 self._producer.poll(0.05)

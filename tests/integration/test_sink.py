@@ -376,3 +376,35 @@ def test_native_ingest_holds_through_an_outage_and_skips_replays(sink_settings):
     replay = run_sink(sink_settings, real)
     assert replay.stats.skipped_replays == 500
     assert alloc_counts(real) == (500, 500)
+
+
+def test_outputs_of_a_replayed_input_are_stored_once(sink_settings):
+    """A worker that crashed publishes the outputs of its uncommitted input again, as new
+    records with the same origin header: the sink stores each once, across restarts too,
+    and the daily roll-up (which counts every inserted row) agrees."""
+    ensure_topics(sink_settings)
+    records = allocation_records(300)
+    total = sum(r[2] for r in records)
+
+    def produce_with_origin(batch) -> None:  # type: ignore[no-untyped-def]
+        producer = Producer({"bootstrap.servers": sink_settings.bootstrap_servers})
+        for _key, value, _ in batch:
+            alloc = CostAllocation.from_avro(codec("CostAllocation").decode(value))
+            origin = f"{alloc.origin.topic}:{alloc.origin.partition}:{alloc.origin.offset}"
+            producer.produce(sink_settings.topics.allocations, key=alloc.budget_id.encode(),
+                             value=value, headers={"origin": origin})  # fmt: skip
+        assert producer.flush(30) == 0
+
+    produce_with_origin(records[:200])
+    produce_with_origin(records[100:200])  # replay of a batch whose outputs were all out
+    client = connect(sink_settings)
+    first = run_sink(sink_settings, client)
+    assert first.stats.skipped_origin_replays == 100
+    produce_with_origin(records[150:])  # a later replay, then new input, after a restart
+    second = run_sink(sink_settings, client)
+    assert second.stats.skipped_origin_replays == 50
+    assert alloc_counts(client) == (300, 300)
+    assert client.query("SELECT sum(amount) FROM cost_allocations").result_rows[0][0] == total
+    assert client.query("SELECT sum(cost), sum(events) FROM daily_spend_by_budget").result_rows[
+        0
+    ] == (total, 300)
