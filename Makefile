@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test unit lint fmt clean
+.PHONY: install demo test unit fault lint fmt clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "spendstream needs Python 3.11+"'
@@ -25,6 +25,9 @@ test: $(STAMP)
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit
+
+fault: $(STAMP)
+	$(BIN)/python -m pytest -q -m fault tests/fault
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -192,6 +192,7 @@ def worker() -> None:
         from spendstream.streams.app import create_app
 
         faust_app = create_app(settings)
+        faust_app.spendstream_start_feed()
         sys.argv = [sys.argv[0]]
         Worker(
             faust_app, loglevel=settings.log_level.lower(), quiet=True

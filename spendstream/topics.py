@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from spendstream.config import Settings
@@ -61,3 +62,42 @@ def ensure_topics(settings: Settings, timeout: float = 30) -> list[str]:
             break
         time.sleep(0.2)
     return sorted(created)
+
+
+def group_lag(settings: Settings, group: str, topics: Iterable[str]) -> int:
+    """Records of ``topics`` the consumer ``group`` has not committed yet (all partitions).
+
+    Committed offsets come from a consumer of that group that never subscribes (so it
+    does not join or disturb the group): librdkafka's admin ListConsumerGroupOffsets
+    crashed the process under load here (a NULL group handle in its response path)."""
+    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": group,
+                         "enable.auto.commit": False, "log_level": 0})  # fmt: skip
+    try:
+        parts = [TopicPartition(t, p) for t in topics
+                 for p in consumer.list_topics(t, timeout=30).topics[t].partitions]  # fmt: skip
+        for attempt in range(20):  # a new group's coordinator may still be loading
+            try:
+                committed = consumer.committed(parts, timeout=30)
+                break
+            except KafkaException as exc:
+                if attempt == 19 or not exc.args[0].retriable():
+                    raise
+                time.sleep(0.5)
+        lag = 0
+        for tp in committed:
+            low, high = consumer.get_watermark_offsets(tp, timeout=30)
+            lag += high - (tp.offset if tp.offset >= 0 else low)
+        return lag
+    finally:
+        consumer.close()
+
+
+def pipeline_lags(settings: Settings) -> dict[str, int]:
+    """Uncommitted input of the workers (usage and allocations) and of the sink."""
+    t = settings.topics
+    return {
+        "worker": group_lag(settings, f"{settings.topic_prefix}{settings.app_id}",
+                            [*t.sources, t.allocations]),
+        "sink": group_lag(settings, f"{settings.topic_prefix}{settings.sink_group}",
+                          [t.priced, t.allocations, t.alerts, t.dlq]),
+    }  # fmt: skip

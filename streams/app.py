@@ -113,19 +113,19 @@ def create_app(settings: Settings) -> faust.App:
     # State as a JSON string: faust's changelog recovery cannot rebuild a dict value_type.
     spend = app.Table("budget-spend", default=None, key_type=str, value_type=str)
 
-    @app.task
-    async def start_budget_feed() -> None:
+    def start_budget_feed() -> None:
+        """Read every budget before faust starts: an agent that waits for budgets inside
+        its stream can miss its partitions when a rebalance lands meanwhile (found by the
+        fault suite: a third worker joining left two partitions unconsumed)."""
         if not feed.is_alive():
             feed.start()
-        while not feed.ready.is_set():
-            await asyncio.sleep(0.05)
+        if not feed.ready.wait(120):
+            raise RuntimeError(
+                f"budgets topic {topics.budgets} not read within 120 s; is Kafka reachable?"
+            )
         if feed.error:
             log.error("budget feed: %s", feed.error)
         log.info("budget feed ready: %d budgets", len(registry))
-
-    async def wait_for_budgets() -> None:
-        while not feed.ready.is_set():
-            await asyncio.sleep(0.05)
 
     def batches(stream: faust.StreamT) -> Any:
         """Micro-batches of events (acked by faust after the batch body returns)."""
@@ -146,7 +146,6 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.agent(sources)
     async def price(stream: faust.StreamT) -> None:
-        await wait_for_budgets()
         async for events in batches(stream):
             await run_batch(price_batch(events))
 
@@ -197,7 +196,6 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.agent(alloc_topic)
     async def aggregate(stream: faust.StreamT) -> None:
-        await wait_for_budgets()
         async for events in batches(stream):
             await run_batch(aggregate_batch(events))
 
@@ -265,6 +263,7 @@ def create_app(settings: Settings) -> faust.App:
 
     app.on_before_shutdown.connect(close_output)  # type: ignore[arg-type]
 
+    app.spendstream_start_feed = start_budget_feed  # type: ignore[attr-defined]
     app.spendstream_registry = registry  # type: ignore[attr-defined]
     app.spendstream_metrics = metrics  # type: ignore[attr-defined]
     return app

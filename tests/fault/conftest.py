@@ -3,7 +3,6 @@ and the scenario -> invariants table printed at the end of the session."""
 
 from __future__ import annotations
 
-import socket
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,13 +14,7 @@ from spendstream.config import Settings, load_settings
 from spendstream.localkafka import LocalKafka
 from spendstream.schemas.budget import BudgetDefinition
 
-from .harness import DETAILS, INVARIANTS, RESULTS, FaultRun
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from .harness import DETAILS, INVARIANTS, RESULTS, FaultRun, free_port
 
 
 @pytest.fixture(scope="session")

@@ -31,16 +31,14 @@ from decimal import Decimal
 from confluent_kafka import (
     OFFSET_BEGINNING,
     Consumer,
-    ConsumerGroupTopicPartitions,
     KafkaError,
     Producer,
     TopicPartition,
 )
-from confluent_kafka.admin import AdminClient
 
 from spendstream.config import Settings
 from spendstream.processes import ProcessGroup, wait_for
-from spendstream.producer import producer_config, publish_budgets
+from spendstream.producer import publish_budgets
 from spendstream.readback import read_alerts, read_statuses
 from spendstream.schemas.budget import BudgetDefinition
 from spendstream.schemas.models import DeadLetter, SourcePosition, UsageEvent
@@ -49,9 +47,19 @@ from spendstream.sinks.warehouse import SinkWarehouse, running_sink_url
 from spendstream.streams.matching import BudgetRegistry
 from spendstream.streams.pricing import Catalog, Pricer
 from spendstream.streams.processor import UsageProcessor
-from spendstream.topics import ensure_topics
+from spendstream.topics import ensure_topics, pipeline_lags
 
 Position = tuple[str, int, int]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 INVARIANTS = ("accounted", "no_duplicates", "spend_exact", "alerts_once", "lag_zero")
 #: scenario -> {invariant: held}; printed as a table at the end of the session
 RESULTS: dict[str, dict[str, bool]] = {}
@@ -162,27 +170,6 @@ def oracle(settings: Settings, budgets: list[BudgetDefinition]) -> Expected:
     return want
 
 
-def group_lag(settings: Settings, group: str, topics: Iterable[str]) -> int:
-    """Records of ``topics`` the consumer group has not committed yet."""
-    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
-    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": group,
-                         "enable.auto.commit": False})  # fmt: skip
-    try:
-        parts = [TopicPartition(t, p) for t in topics
-                 for p in consumer.list_topics(t, timeout=30).topics[t].partitions]  # fmt: skip
-        request = ConsumerGroupTopicPartitions(group, parts)
-        committed = admin.list_consumer_group_offsets([request])[group].result(30)
-        done = {(tp.topic, tp.partition): tp.offset for tp in committed.topic_partitions}
-        lag = 0
-        for tp in parts:
-            low, high = consumer.get_watermark_offsets(tp, timeout=30)
-            at = done.get((tp.topic, tp.partition), -1)
-            lag += high - (at if at >= 0 else low)
-        return lag
-    finally:
-        consumer.close()
-
-
 class FaultRun:
     """One scenario: its own topics, groups and chDB, services as real processes."""
 
@@ -191,13 +178,12 @@ class FaultRun:
         self.settings = settings
         self.budgets = budgets
         self.group = ProcessGroup(settings)
-        self.ports = iter(range(settings.worker_web_port, settings.worker_web_port + 50))
         ensure_topics(settings)
         publish_budgets(settings, budgets)
 
     # --- services ------------------------------------------------------------------------
     def start_worker(self, name: str = "worker") -> int:
-        port = next(self.ports)
+        port = free_port()
         self.group.start(name, "worker", SPENDSTREAM_WORKER_WEB_PORT=str(port))
         return port
 
@@ -239,7 +225,8 @@ class FaultRun:
         return report.sent
 
     def publish_raw(self, topic: str, records: Iterable[tuple[bytes | None, bytes]]) -> None:
-        producer = Producer(producer_config(self.settings))
+        producer = Producer({"bootstrap.servers": self.settings.bootstrap_servers,
+                             "enable.idempotence": True, "linger.ms": 20})  # fmt: skip
         for key, value in records:
             while True:
                 try:
@@ -251,13 +238,7 @@ class FaultRun:
 
     # --- settle and check -------------------------------------------------------------------
     def lags(self) -> dict[str, int]:
-        s, t = self.settings, self.settings.topics
-        worker_group = f"{s.topic_prefix}{s.app_id}"
-        sink_group = f"{s.topic_prefix}{s.sink_group}"
-        return {
-            "worker": group_lag(s, worker_group, [*t.sources, t.allocations]),
-            "sink": group_lag(s, sink_group, [t.priced, t.allocations, t.alerts, t.dlq]),
-        }
+        return pipeline_lags(self.settings)
 
     def settle(self, timeout: float = 240) -> None:
         """Until every group has committed the end of its topics (twice in a row)."""

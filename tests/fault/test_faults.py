@@ -197,7 +197,8 @@ def malformed(n: int) -> list[tuple[bytes, bytes]]:
         else:  # decodes as Avro, fails validation: negative tokens, bad currency, empty id
             record = good[i % 50].to_avro()
             record["event_id"] = f"bad-{i}"
-            record["payload"] = dict(record["payload"], input_tokens=-1 - i)
+            branch, body = record["payload"]  # (union branch name, record)
+            record["payload"] = (branch, dict(body, input_tokens=-1 - i))
             buf = io.BytesIO()
             fastavro.schemaless_writer(buf, c.schema, record)
             value = c.header + buf.getvalue()
