@@ -79,8 +79,8 @@ def group_lag(settings: Settings, group: str, topics: Iterable[str]) -> int:
             try:
                 committed = consumer.committed(parts, timeout=30)
                 break
-            except KafkaException as exc:
-                if attempt == 19 or not exc.args[0].retriable():
+            except KafkaException:
+                if attempt == 19:
                     raise
                 time.sleep(0.5)
         lag = 0

@@ -17,9 +17,8 @@ from decimal import Decimal
 
 import fastavro
 import pytest
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import Consumer, TopicPartition
 
-from spendstream.processes import wait_for
 from spendstream.schemas.avro import codec
 from spendstream.schemas.budget import BudgetDefinition
 from spendstream.schemas.models import Attributes, LlmUsage, UsageEvent
@@ -129,8 +128,9 @@ def test_clickhouse_unreachable_for_a_while(scenario, tmp_path):
     data = events("ch", 2000)
     run: FaultRun = scenario(f"ClickHouse down {outage:.0f}s", budgets_for(data))
     down = tmp_path / "clickhouse-down"
-    down.touch()
     run.start_sink("--down-file", str(down))
+    run.warehouse()  # the sink is up (migrations done); now ClickHouse goes away
+    down.touch()
     run.start_worker()
     run.publish(data)
     time.sleep(outage)
@@ -238,7 +238,24 @@ def test_out_of_order_late_and_future_events(scenario):
     assert codes == {"too_late": 200, "future": 100}
 
 
+def rewind(settings, group: str, topics: list[str]) -> None:  # type: ignore[no-untyped-def]
+    """Commit offset 0 everywhere for a stopped group, as `kafka-consumer-groups
+    --reset-offsets --to-earliest` does."""
+    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": group})
+    try:
+        parts = [TopicPartition(topic, p, 0) for topic in topics
+                 for p in consumer.list_topics(topic, timeout=30).topics[topic].partitions]  # fmt: skip
+        consumer.commit(offsets=parts, asynchronous=False)
+    finally:
+        consumer.close()
+
+
 def test_full_replay_from_offset_zero(scenario):
+    """Reprocess all input from offset 0 in a fresh worker group (new app id: empty state,
+    every output published again) and rewind the sink: ClickHouse must not change and the
+    recomputed state must equal the oracle again. (Rewinding the *same* faust group's
+    offsets below what its changelog-restored tables hold leaves faust 0.15 idle; see
+    docs/design.md.)"""
     data = events("rp", 2000)
     run: FaultRun = scenario("full replay from offset 0", budgets_for(data))
     run.publish(data)
@@ -247,14 +264,17 @@ def test_full_replay_from_offset_zero(scenario):
     finish(run)
     before = run.verify()
     run.group.stop()
-    s = run.settings
-    admin = AdminClient({"bootstrap.servers": s.bootstrap_servers})
-    groups = [f"{s.topic_prefix}{s.app_id}", f"{s.topic_prefix}{s.sink_group}"]
-    for future in admin.delete_consumer_groups(groups).values():
-        future.result(30)
+    s, t = run.settings, run.settings.topics
+    rewind(s, f"{s.topic_prefix}{s.sink_group}", [t.priced, t.allocations, t.alerts, t.dlq])
+    run.settings = s.model_copy(update={"app_id": f"{s.app_id}-replay"})
     assert run.lags()["worker"] > 0  # everything is to be read again
-    run.start_worker()
+    port = run.start_worker()
     run.start_sink()
-    wait_for("the replay to start", lambda: run.lags()["worker"] == 0, 240, run.group)
     finish(run)
-    assert run.verify().keys() == before.keys()
+    assert (run.worker_metrics(port) or {}).get("priced") == 2000  # it did read it all again
+    after = run.verify()
+    # nothing changed in ClickHouse or the state; the alerts were published again with
+    # the same ids (subscribers dedupe on alert_id), so the topic holds each one twice
+    for invariant in ("accounted", "no_duplicates", "spend_exact"):
+        assert after[invariant] == before[invariant]
+    assert "22 records on the topic" in after["alerts_once"][1]
