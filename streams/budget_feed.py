@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from spendstream.config import Settings
 from spendstream.schemas.avro import codec
@@ -85,9 +86,7 @@ class BudgetFeed(threading.Thread):
             consumer.assign(assignment)
             pending = {(tp.topic, tp.partition) for tp in assignment}
             for tp in assignment:  # empty partitions never report EOF on some versions
-                low, high = consumer.get_watermark_offsets(
-                    TopicPartition(tp.topic, tp.partition), timeout=10
-                )
+                low, high = self._watermarks(consumer, tp.topic, tp.partition)
                 if high <= low:
                     pending.discard((tp.topic, tp.partition))
             self._check_ready(pending)
@@ -109,6 +108,21 @@ class BudgetFeed(threading.Thread):
                     self._apply_state(msg.topic() or "", msg.key(), msg.value())
         finally:
             consumer.close()
+
+    def _watermarks(self, consumer: Consumer, topic: str, partition: int) -> tuple[int, int]:
+        """Watermarks, retried while the broker is restarting or moving leadership (a
+        worker that starts meanwhile must wait for it, not lose its budget feed)."""
+        while True:
+            try:
+                low, high = consumer.get_watermark_offsets(
+                    TopicPartition(topic, partition), timeout=10
+                )
+                return int(low), int(high)
+            except KafkaException as exc:
+                if self._stop_event.is_set():
+                    raise
+                log.warning("budget feed: %s; retrying", exc)
+                time.sleep(1)
 
     def _check_ready(self, pending: set[tuple[str, int]]) -> None:
         budgets = self.settings.topics.budgets

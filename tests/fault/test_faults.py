@@ -19,6 +19,7 @@ import fastavro
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
+from spendstream.processes import wait_for
 from spendstream.schemas.avro import codec
 from spendstream.schemas.budget import BudgetDefinition
 from spendstream.schemas.models import Attributes, LlmUsage, UsageEvent
@@ -111,7 +112,8 @@ def test_broker_restart_while_producers_publish(scenario, fault_broker):
     data = events("br", 3000)
     run: FaultRun = scenario("broker restart mid-publish", budgets_for(data))
     run.start_sink()
-    run.start_worker()
+    port = run.start_worker()
+    wait_for("the worker", lambda: run.worker_metrics(port), 120, run.group)
     publisher = threading.Thread(target=paced, args=(data, run, 300))
     publisher.start()
     time.sleep(4)
