@@ -57,15 +57,24 @@ def read_topic(
         consumer.close()
 
 
+def newer_status(old: BudgetStatus | None, new: BudgetStatus) -> bool:
+    """Whether ``new`` supersedes ``old`` for the same budget and period. Spend only grows,
+    so the status that counted more events is the newer one: a worker that lost the
+    partition can still publish its last status after the new owner's (a rebalance race),
+    and must not roll the figure back."""
+    return old is None or (new.event_count, new.spent) >= (old.event_count, old.spent)
+
+
 def read_statuses(settings: Settings) -> list[BudgetStatus]:
-    """Latest status per budget and period (the topic is compacted; last record wins)."""
+    """Latest status per budget and period (the most advanced record of each key)."""
     latest: dict[bytes | None, BudgetStatus] = {}
     for key, status in read_topic(
         settings,
         settings.topics.status,
         lambda v: BudgetStatus.from_avro(codec("BudgetStatus").decode(v)),
     ):
-        latest[key] = status
+        if newer_status(latest.get(key), status):
+            latest[key] = status
     return list(latest.values())
 
 

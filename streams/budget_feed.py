@@ -18,6 +18,7 @@ import time
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from spendstream.config import Settings
+from spendstream.readback import newer_status
 from spendstream.schemas.avro import codec
 from spendstream.schemas.budget import BudgetDefinition
 from spendstream.schemas.models import AlertAction, BudgetStatus
@@ -155,7 +156,9 @@ class BudgetFeed(threading.Thread):
             return
         try:
             if topic == self.settings.topics.status:
-                self.statuses[name] = BudgetStatus.from_avro(codec("BudgetStatus").decode(value))
+                status = BudgetStatus.from_avro(codec("BudgetStatus").decode(value))
+                if newer_status(self.statuses.get(name), status):
+                    self.statuses[name] = status
             else:
                 self.actions[name] = AlertAction.from_avro(codec("AlertAction").decode(value))
         except Exception as exc:

@@ -149,3 +149,22 @@ def test_status_carries_burn_rate_projection_and_active_alerts():
 def test_state_with_buckets_round_trips_through_json():
     state = steady_state(30)
     assert PeriodState.from_json(state.to_json()) == state
+
+
+def test_a_late_stale_status_never_rolls_a_budget_back() -> None:
+    """A worker that lost the partition may publish its last status after the new
+    owner's: readers keep the status that counted more."""
+    from decimal import Decimal
+
+    from spendstream.readback import newer_status
+    from spendstream.schemas.models import BudgetStatus
+
+    def status(count: int, spent: str) -> BudgetStatus:
+        fields = {name: None for name in BudgetStatus.model_fields}
+        base = BudgetStatus.model_construct(**fields)
+        return base.model_copy(update={"event_count": count, "spent": Decimal(spent)})
+
+    newer, stale = status(120, "11.054625"), status(119, "11.053954")
+    assert newer_status(None, stale)
+    assert newer_status(stale, newer)
+    assert not newer_status(newer, stale)
