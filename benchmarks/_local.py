@@ -14,6 +14,7 @@ from confluent_kafka import Producer
 
 from spendstream.config import Settings, load_settings
 from spendstream.localkafka import LocalKafka
+from spendstream.producer import produce_waiting
 
 
 def free_port() -> int:
@@ -48,9 +49,4 @@ def bench_settings(**overrides: object) -> Iterator[Settings]:
 
 def produce(producer: Producer, topic: str, key: bytes, value: bytes) -> None:
     """Produce, waiting for room when the local queue is full (load generators outrun it)."""
-    while True:
-        try:
-            producer.produce(topic, key=key, value=value)
-            return
-        except BufferError:
-            producer.poll(0.05)
+    produce_waiting(producer, topic, key, value)

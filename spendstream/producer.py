@@ -51,6 +51,18 @@ def producer_config(settings: Settings, **extra: Any) -> dict[str, Any]:
     return conf
 
 
+def produce_waiting(producer: Producer, topic: str, key: bytes | None, value: bytes | None,
+                    **kwargs: Any) -> None:  # fmt: skip
+    """produce(), waiting for room while librdkafka's local queue is full (back-pressure
+    instead of dropping or failing a record)."""
+    while True:
+        try:
+            producer.produce(topic, value=value, key=key, **kwargs)
+            return
+        except BufferError:
+            producer.poll(0.05)
+
+
 class UsagePublisher:
     """Publish usage events. Use as a context manager, or call close()."""
 
@@ -90,14 +102,10 @@ class UsagePublisher:
     def _produce(self, topic: str, key: bytes | None, value: bytes | None) -> None:
         if self._closed:
             raise PublishError("the publisher is closed")
-        while True:
-            try:
-                self._producer.produce(topic, value=value, key=key, on_delivery=self._on_delivery)
-                break
-            except BufferError:
-                self._producer.poll(0.1)  # queue full: wait for deliveries (back-pressure)
-            except KafkaException as exc:
-                raise PublishError(f"cannot publish to {topic}: {exc}") from exc
+        try:
+            produce_waiting(self._producer, topic, key, value, on_delivery=self._on_delivery)
+        except KafkaException as exc:
+            raise PublishError(f"cannot publish to {topic}: {exc}") from exc
         self._producer.poll(0)
 
     def publish_many(self, events: Iterable[UsageEvent]) -> DeliveryReport:

@@ -16,6 +16,8 @@ import threading
 
 from confluent_kafka import KafkaError, Message, Producer
 
+from spendstream.producer import produce_waiting
+
 log = logging.getLogger("spendstream.worker")
 
 
@@ -42,14 +44,9 @@ class OutputProducer:
         position ("topic:partition:offset") it was computed from, sent as a header so the
         sink can skip the outputs of a replayed input without decoding them."""
         headers: dict[str, str | bytes | None] | None = {"origin": origin} if origin else None
-        while True:
-            try:
-                self._producer.produce(
-                    topic, value=value, key=key, headers=headers, on_delivery=self._on_delivery
-                )
-                break
-            except BufferError:
-                self._producer.poll(0.05)
+        produce_waiting(
+            self._producer, topic, key, value, headers=headers, on_delivery=self._on_delivery
+        )
         self.sent += 1
 
     async def drain(self, timeout: float = 120.0) -> None:

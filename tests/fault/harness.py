@@ -32,7 +32,6 @@ from confluent_kafka import (
     OFFSET_BEGINNING,
     Consumer,
     KafkaError,
-    Producer,
     TopicPartition,
 )
 
@@ -226,16 +225,13 @@ class FaultRun:
         return report.sent
 
     def publish_raw(self, topic: str, records: Iterable[tuple[bytes | None, bytes]]) -> None:
-        producer = Producer({"bootstrap.servers": self.settings.bootstrap_servers,
-                             "enable.idempotence": True, "linger.ms": 20})  # fmt: skip
-        for key, value in records:
-            while True:
-                try:
-                    producer.produce(topic, key=key, value=value)
-                    break
-                except BufferError:
-                    producer.poll(0.1)
-        assert producer.flush(60) == 0
+        from spendstream.producer import UsagePublisher
+
+        with UsagePublisher(self.settings) as publisher:
+            for key, value in records:
+                publisher.publish_raw(topic, key, value)
+            report = publisher.flush()
+        assert report.failed == 0, report.errors[:3]
 
     # --- settle and check -------------------------------------------------------------------
     def lags(self) -> dict[str, int]:
