@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition  # noqa: E402
 
 from benchmarks._local import bench_settings, produce  # noqa: E402
-from spendstream.processes import ProcessGroup, wait_for  # noqa: E402
+from spendstream.processes import ProcessGroup, wait_for, worker_metrics  # noqa: E402
 from spendstream.producer import publish_budgets  # noqa: E402
 from spendstream.schemas.avro import codec  # noqa: E402
 from spendstream.schemas.budget import BudgetDefinition  # noqa: E402
@@ -66,16 +66,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def metrics(settings: Any) -> dict[str, int]:
-    url = f"http://127.0.0.1:{settings.worker_web_port}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as resp:
-        return json.loads(resp.read())  # type: ignore[no-any-return]
-
-
-def try_metrics(settings: Any) -> dict[str, int] | None:
-    try:
-        return metrics(settings)
-    except OSError:
-        return None
+    return worker_metrics(settings.worker_web_port) or {}
 
 
 class AlertClock(threading.Thread):
@@ -146,7 +137,7 @@ def main() -> None:
         try:
             began = time.time()
             group.start("worker", "worker")
-            wait_for("worker metrics", lambda: try_metrics(settings), 120, group)
+            wait_for("worker metrics", lambda: worker_metrics(settings.worker_web_port), 120, group)
             first = None
             want = 2 * args.events
             while True:

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from confluent_kafka import Producer  # noqa: E402
 
 from benchmarks._local import bench_settings, produce  # noqa: E402
-from spendstream.processes import ProcessGroup, wait_for  # noqa: E402
+from spendstream.processes import ProcessGroup, wait_for, worker_metrics  # noqa: E402
 from spendstream.producer import publish_budgets  # noqa: E402
 from spendstream.schemas.avro import codec  # noqa: E402
 from spendstream.schemas.budget import BudgetDefinition  # noqa: E402
@@ -46,16 +46,6 @@ def rss_mb(pid: int) -> float | None:
     except OSError:
         return None
     return None
-
-
-def worker_metrics(port: int) -> dict[str, int]:
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-            return json.loads(resp.read())  # type: ignore[no-any-return]
-    except OSError:
-        return {}
 
 
 class Load(threading.Thread):
@@ -121,7 +111,7 @@ def main() -> None:
             load.start()
 
             def sample(phase: str) -> dict[str, Any]:
-                m = worker_metrics(port)
+                m = worker_metrics(port) or {}
                 row = {
                     "t_s": round(time.monotonic() - began, 1), "phase": phase,
                     "offered": load.sent, "priced": m.get("priced", 0),

@@ -41,7 +41,13 @@ from spendstream.config import Settings
 from spendstream.schemas.avro import codec, configure_registry, framed_codec
 from spendstream.schemas.models import DeadLetter, SourcePosition
 
-from .native_ingest import INSERT_SETTINGS, NATIVE_TABLES, NativeBatch, position_prefix
+from .native_ingest import (
+    INSERT_SETTINGS,
+    NATIVE_TABLES,
+    NativeBatch,
+    container,
+    position_prefix,
+)
 from .rows import TABLES
 from .warehouse import connect, migrate
 
@@ -362,7 +368,7 @@ class ClickHouseSink:
                     **INSERT_SETTINGS,
                 }
                 try:
-                    data = buf.native.container(writer, bodies)
+                    data = container(writer, bodies)
                     with self.lock:
                         self.client.raw_insert(staging, insert_block=data, fmt="Avro",
                                                settings=settings)  # fmt: skip

@@ -106,7 +106,3 @@ class NativeBatch:
             self.indices[id(writer)] = []
         group[1].append(self.prefix + avro_long(offset) + body)
         self.indices[id(writer)].append(index)
-
-    @staticmethod
-    def container(writer: dict[str, Any], bodies: list[bytes]) -> bytes:
-        return container(writer, bodies)

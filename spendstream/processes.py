@@ -101,3 +101,16 @@ def wait_for(
             where = f"; logs in {group.logs_dir}" if group else ""
             raise ServiceFailed(f"timed out after {timeout:.0f}s waiting for {what}{where}")
         time.sleep(interval)
+
+
+def worker_metrics(port: int) -> dict[str, int] | None:
+    """A worker's /metrics counters, or None while it does not answer."""
+    import json
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            data: dict[str, int] = json.loads(resp.read())
+            return data
+    except OSError:
+        return None

@@ -36,7 +36,7 @@ from confluent_kafka import (
 )
 
 from spendstream.config import Settings
-from spendstream.processes import ProcessGroup, wait_for
+from spendstream.processes import ProcessGroup, wait_for, worker_metrics
 from spendstream.producer import publish_budgets
 from spendstream.readback import read_alerts, read_statuses
 from spendstream.schemas.budget import BudgetDefinition
@@ -202,14 +202,7 @@ class FaultRun:
             self.group.start(name, "sink")
 
     def worker_metrics(self, port: int) -> dict[str, int] | None:
-        import json
-        import urllib.request
-
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-                return json.loads(r.read())  # type: ignore[no-any-return]
-        except OSError:
-            return None
+        return worker_metrics(port)
 
     def wait_priced(self, port: int, at_least: int, timeout: float = 120) -> None:
         wait_for(f"{at_least} events priced", lambda: (self.worker_metrics(port) or {})

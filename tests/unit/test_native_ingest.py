@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from spendstream.schemas.avro import AvroDecodeError, codec
 from spendstream.schemas.models import Attributes, CostAllocation, SourcePosition
-from spendstream.sinks.native_ingest import NativeBatch, avro_long, position_prefix
+from spendstream.sinks.native_ingest import NativeBatch, avro_long, container, position_prefix
 
 
 @given(st.integers(min_value=-(2**63), max_value=2**63 - 1))
@@ -42,7 +42,7 @@ def test_container_reads_back_as_the_records_with_their_kafka_positions() -> Non
     for index, value in enumerate(values):
         batch.add(value, 1000 + index, index)
     [(writer, bodies)] = batch.groups.values()
-    read = list(fastavro.reader(io.BytesIO(batch.container(writer, bodies))))
+    read = list(fastavro.reader(io.BytesIO(container(writer, bodies))))
     assert [r["_offset"] for r in read] == [1000, 1001, 1002, 1003, 1004]
     assert {(r["_topic"], r["_partition"]) for r in read} == {("cost-allocations", 3)}
     assert [r["value"] for r in read] == [c.decode(v) for v in values]
