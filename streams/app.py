@@ -30,6 +30,7 @@ from spendstream.config import Settings
 from spendstream.schemas.avro import codec, configure_registry, framed_codec
 from spendstream.schemas.models import BudgetAlert, CostAllocation, DeadLetter, SourcePosition
 
+from .ack_guard import guard_acks
 from .aggregation import AlertPolicy, PeriodState, due_alerts, state_key, status_of
 from .api import BudgetApi, mount
 from .budget_feed import BudgetFeed
@@ -49,13 +50,28 @@ class Metrics(Counter[str]):
     """Counters served on the worker's /metrics endpoint."""
 
 
+class WorkerApp(faust.App):
+    """A faust app whose consumer never acks a record its stream skipped (ack_guard.py)."""
+
+    def __init__(self, app_id: str, *, metrics: Metrics, **options: Any) -> None:
+        self.spendstream_metrics = metrics
+        super().__init__(app_id, **options)
+
+    def _new_consumer(self) -> Any:
+        consumer = super()._new_consumer()
+        guard_acks(consumer, self.spendstream_metrics)
+        return consumer
+
+
 def create_app(settings: Settings) -> faust.App:
     topics = settings.topics
     configure_registry(settings.schema_registry_url or None)
     datadir = settings.worker_dir / f"w{settings.worker_web_port}"
     datadir.mkdir(parents=True, exist_ok=True)
-    app = faust.App(
+    metrics = Metrics()
+    app = WorkerApp(
         f"{settings.topic_prefix}{settings.app_id}",
+        metrics=metrics,
         broker=f"kafka://{settings.bootstrap_servers}",
         store="memory://",
         autodiscover=False,
@@ -88,7 +104,6 @@ def create_app(settings: Settings) -> faust.App:
         unknown_price=settings.unknown_price,
         late_periods=settings.late_periods,
     )
-    metrics = Metrics()
     policy = AlertPolicy.from_settings(settings)
     from spendstream.producer import producer_config
 
@@ -265,7 +280,6 @@ def create_app(settings: Settings) -> faust.App:
 
     app.spendstream_start_feed = start_budget_feed  # type: ignore[attr-defined]
     app.spendstream_registry = registry  # type: ignore[attr-defined]
-    app.spendstream_metrics = metrics  # type: ignore[attr-defined]
     return app
 
 
