@@ -23,6 +23,18 @@ from typing import Any
 from spendstream.config import Settings
 
 
+def new_cluster_id() -> str:
+    """A KRaft cluster id: a UUID in URL-safe base64 (22 characters). Like Kafka's own
+    ``Uuid.randomUuid`` it never starts with "-", which the storage tool would read as an
+    option (one id in 64 did: the broker then failed to format its storage)."""
+    import base64
+
+    while True:
+        raw = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not raw.startswith("-"):
+            return raw
+
+
 class LocalKafkaError(RuntimeError):
     """The local broker could not be set up or started; the message says what to do."""
 
@@ -174,12 +186,8 @@ class LocalKafka:
         if (self.data / "meta.properties").exists():
             return
         id_file = self.home / "cluster.id"
-        if not id_file.exists():
-            # Kafka cluster ids are base64 UUIDs of 22 characters.
-            import base64
-
-            raw = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-            id_file.write_text(raw)
+        if not id_file.exists() or id_file.read_text().startswith("-"):
+            id_file.write_text(new_cluster_id())
         cluster_id = id_file.read_text().strip()
         result = subprocess.run(
             self._java(

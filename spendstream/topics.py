@@ -65,7 +65,12 @@ def ensure_topics(settings: Settings, timeout: float = 30) -> list[str]:
 
 
 def group_lag(settings: Settings, group: str, topics: Iterable[str]) -> int:
-    """Records of ``topics`` the consumer ``group`` has not committed yet (all partitions).
+    """Records of ``topics`` the consumer ``group`` has not committed yet (all partitions)."""
+    return sum(partition_lags(settings, group, topics).values())
+
+
+def partition_lags(settings: Settings, group: str, topics: Iterable[str]) -> dict[str, int]:
+    """Uncommitted records of ``group`` per "topic:partition" of ``topics``.
 
     Committed offsets come from a consumer of that group that never subscribes (so it
     does not join or disturb the group): librdkafka's admin ListConsumerGroupOffsets
@@ -83,11 +88,11 @@ def group_lag(settings: Settings, group: str, topics: Iterable[str]) -> int:
                 if attempt == 19:
                     raise
                 time.sleep(0.5)
-        lag = 0
+        lags = {}
         for tp in committed:
             low, high = consumer.get_watermark_offsets(tp, timeout=30)
-            lag += high - (tp.offset if tp.offset >= 0 else low)
-        return lag
+            lags[f"{tp.topic}:{tp.partition}"] = high - (tp.offset if tp.offset >= 0 else low)
+        return lags
     finally:
         consumer.close()
 

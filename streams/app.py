@@ -208,6 +208,7 @@ def create_app(settings: Settings) -> faust.App:
                 with_event(event, lambda k=usage.event_id, v=mark: seen.__setitem__(k, v))
         # every output of the batch is stored before faust may commit its input offsets
         await out.drain()
+        _debug_spans("price", events)
 
     @app.agent(alloc_topic)
     async def aggregate(stream: faust.StreamT) -> None:
@@ -242,6 +243,7 @@ def create_app(settings: Settings) -> faust.App:
             out.send(topics.alerts, a.budget_id.encode(), _enc("BudgetAlert", a, topics.alerts))
         await out.drain()
         metrics["alerts"] += len(alerts)
+        _debug_spans("aggregate", events)
         for key, state in states.items():
             if key not in last_event:
                 continue
@@ -281,6 +283,18 @@ def create_app(settings: Settings) -> faust.App:
     app.spendstream_start_feed = start_budget_feed  # type: ignore[attr-defined]
     app.spendstream_registry = registry  # type: ignore[attr-defined]
     return app
+
+
+def _debug_spans(stage: str, events: list[Any]) -> None:
+    spans: dict[str, list[int]] = {}
+    for e in events:
+        m = e.message
+        spans.setdefault(f"{m.topic.split('.', 1)[1]}:{m.partition}", []).append(m.offset)
+    text = " ".join(
+        f"{k}={min(v)}-{max(v)}/{len(v)}" + ("" if max(v) - min(v) + 1 == len(v) else "!GAP")
+        for k, v in sorted(spans.items())
+    )
+    log.info("DBG %s %s", stage, text)
 
 
 def make_api(settings: Settings, feed: BudgetFeed, pricer: Pricer) -> BudgetApi:

@@ -36,7 +36,7 @@ from confluent_kafka import (
 )
 
 from spendstream.config import Settings
-from spendstream.processes import ProcessGroup, wait_for, worker_metrics
+from spendstream.processes import ProcessGroup, ServiceFailed, wait_for, worker_metrics
 from spendstream.producer import publish_budgets
 from spendstream.readback import read_alerts, read_statuses
 from spendstream.schemas.budget import BudgetDefinition
@@ -46,7 +46,7 @@ from spendstream.sinks.warehouse import SinkWarehouse, running_sink_url
 from spendstream.streams.matching import BudgetRegistry
 from spendstream.streams.pricing import Catalog, Pricer
 from spendstream.streams.processor import UsageProcessor
-from spendstream.topics import ensure_topics, pipeline_lags
+from spendstream.topics import ensure_topics, partition_lags, pipeline_lags
 
 Position = tuple[str, int, int]
 
@@ -238,7 +238,14 @@ class FaultRun:
             streak[0] = streak[0] + 1 if not any(self.lags().values()) else 0
             return streak[0] >= 2
 
-        wait_for(f"{self.name}: consumer lag zero", quiet, timeout, self.group, interval=1.0)
+        try:
+            wait_for(f"{self.name}: consumer lag zero", quiet, timeout, self.group, interval=1.0)
+        except ServiceFailed as exc:
+            t = self.settings.topics
+            worker = partition_lags(self.settings, f"{self.settings.topic_prefix}{self.settings.app_id}",
+                                    [*t.sources, t.allocations])  # fmt: skip
+            behind = {k: v for k, v in worker.items() if v}
+            raise ServiceFailed(f"{exc}; worker partitions behind: {behind}") from exc
 
     def warehouse(self) -> SinkWarehouse:
         url = wait_for("the sink's query port", lambda: running_sink_url(self.settings), 60,
@@ -294,11 +301,13 @@ class FaultRun:
             want.tiers
         )
 
+        missing = sorted(want.inputs - set(priced) - set(dead) - want.duplicates)
         lags = self.lags()
         checks = {
             "accounted": (accounted, f"{len(want.inputs)} inputs: {len(priced)} priced "
                           f"(want {len(want.priced)}), {len(dead)} dead (want {len(want.dead)}),"
-                          f" {len(want.duplicates)} duplicates, {len(overlap)} in both"),
+                          f" {len(want.duplicates)} duplicates, {len(overlap)} in both"
+                          + (f"; missing {missing[:5]}" if missing else "")),
             "no_duplicates": (no_dups, f"priced {n} rows/{ids} ids, allocations {an} rows/"
                               f"{aids} ids (want {want.allocations}), DLQ rows {dead_count}"),
             "spend_exact": (spend_exact, _diff(dict(want.spend), ch_spend, stream_spend)
