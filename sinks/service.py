@@ -12,7 +12,7 @@ from spendstream.config import Settings
 
 from .clickhouse_sink import ClickHouseSink, SinkStats
 from .query_server import QueryServer
-from .warehouse import DirectWarehouse, connect, sink_lock_path
+from .warehouse import DirectWarehouse, connect_waiting, sink_lock_path
 
 log = logging.getLogger("spendstream.sink")
 
@@ -26,7 +26,7 @@ def run_sink(
 ) -> SinkStats:
     """``wrap_client`` wraps the writer's client only (the fault suite injects outages
     there); queries on the loopback port always use the real one."""
-    client = connect(settings)
+    client = connect_waiting(settings)
     lock = threading.Lock()
     writer = wrap_client(client) if wrap_client else client
     sink = ClickHouseSink(settings, writer, client_lock=lock)

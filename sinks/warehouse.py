@@ -9,9 +9,12 @@ directory itself otherwise. With a ClickHouse server every process connects dire
 from __future__ import annotations
 
 import json
+import logging
 import os
+import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -23,6 +26,8 @@ import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 
 from spendstream.config import Settings
+
+log = logging.getLogger("spendstream.sink")
 
 
 class WarehouseError(RuntimeError):
@@ -67,6 +72,30 @@ def connect(settings: Settings, *, create_database: bool = True) -> Client:
             else "is the ClickHouse server up and SPENDSTREAM_CLICKHOUSE_DSN right?"
         )
         raise WarehouseError(f"cannot open ClickHouse at {_safe(dsn)}: {exc} ({hint})") from exc
+
+
+def connect_waiting(
+    settings: Settings,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> Client:
+    """``connect``, waiting up to ``sink_startup_wait_s`` (with backoff) for a ClickHouse
+    server that is not up yet: a sink started with, or before, its server (compose,
+    a restart) comes up instead of exiting. chDB is local: its errors are final at once."""
+    if settings.is_embedded_clickhouse:
+        return connect(settings)
+    deadline = clock() + settings.sink_startup_wait_s
+    delay = 0.5
+    while True:
+        try:
+            return connect(settings)
+        except WarehouseError as exc:
+            if clock() + delay > deadline:
+                raise
+            log.warning("ClickHouse not ready (%s); retrying in %.1fs", exc, delay)
+            sleep(delay)
+            delay = min(delay * 2, 15.0)
 
 
 def _safe(dsn: str) -> str:

@@ -145,6 +145,12 @@ class Settings(BaseSettings):
     clickhouse_database: str = Field(default="spendstream", description="Database name.")
     sink_batch_rows: int = Field(default=20_000, ge=1, le=1_000_000, description="Rows per insert.")
     sink_linger_ms: int = Field(default=500, ge=1, le=600_000, description="Max wait for a batch.")
+    sink_startup_wait_s: float = Field(
+        default=300,
+        ge=0,
+        le=86_400,
+        description="How long a starting sink waits for a ClickHouse server to answer.",
+    )
     sink_native_avro: bool = Field(
         default=True,
         description="Let ClickHouse decode cost-allocation records itself (FORMAT Avro); "
