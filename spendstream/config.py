@@ -96,6 +96,11 @@ class Settings(BaseSettings):
         description="A worker that stops heartbeating (crashed) loses its partitions to the "
         "others after this long.",
     )
+    worker_trace_batches: bool = Field(
+        default=False,
+        description="Log every batch's input offsets per topic-partition (traces a record "
+        "through rebalances and restarts).",
+    )
     dedupe_window_s: int = Field(
         default=86_400,
         ge=60,

@@ -30,7 +30,7 @@ from spendstream.config import Settings
 from spendstream.schemas.avro import codec, configure_registry, framed_codec
 from spendstream.schemas.models import BudgetAlert, CostAllocation, DeadLetter, SourcePosition
 
-from .ack_guard import guard_acks
+from .ack_guard import AckGuard
 from .aggregation import AlertPolicy, PeriodState, due_alerts, state_key, status_of
 from .api import BudgetApi, mount
 from .budget_feed import BudgetFeed
@@ -51,15 +51,15 @@ class Metrics(Counter[str]):
 
 
 class WorkerApp(faust.App):
-    """A faust app whose consumer never acks a record its stream skipped (ack_guard.py)."""
+    """A faust app whose consumer acks only records of finished batches (ack_guard.py)."""
 
-    def __init__(self, app_id: str, *, metrics: Metrics, **options: Any) -> None:
-        self.spendstream_metrics = metrics
+    def __init__(self, app_id: str, *, ack_guard: AckGuard, **options: Any) -> None:
+        self.spendstream_ack_guard = ack_guard
         super().__init__(app_id, **options)
 
     def _new_consumer(self) -> Any:
         consumer = super()._new_consumer()
-        guard_acks(consumer, self.spendstream_metrics)
+        self.spendstream_ack_guard.install(consumer)
         return consumer
 
 
@@ -69,9 +69,10 @@ def create_app(settings: Settings) -> faust.App:
     datadir = settings.worker_dir / f"w{settings.worker_web_port}"
     datadir.mkdir(parents=True, exist_ok=True)
     metrics = Metrics()
+    ack_guard = AckGuard([*topics.sources, topics.allocations], metrics)
     app = WorkerApp(
         f"{settings.topic_prefix}{settings.app_id}",
-        metrics=metrics,
+        ack_guard=ack_guard,
         broker=f"kafka://{settings.bootstrap_servers}",
         store="memory://",
         autodiscover=False,
@@ -146,13 +147,16 @@ def create_app(settings: Settings) -> faust.App:
         """Micro-batches of events (acked by faust after the batch body returns)."""
         return cast(Any, stream).take_events(settings.batch_size, settings.batch_linger_ms / 1000)
 
-    async def run_batch(coro: Any) -> None:
-        """Finish a batch even if cancelled; crash (not ack) if it fails."""
+    async def run_batch(events: list[faust.EventT], coro: Any) -> None:
+        """Finish a batch even if cancelled; crash (not ack) if it fails. Only a batch that
+        returned may have its offsets committed (see ack_guard.py)."""
         task = asyncio.ensure_future(coro)
         try:
             await asyncio.shield(task)
+            ack_guard.completed(events)
         except asyncio.CancelledError:
             await task
+            ack_guard.completed(events)
             raise
         except Exception:
             log.critical("batch failed; exiting so it is replayed, not acked", exc_info=True)
@@ -162,7 +166,7 @@ def create_app(settings: Settings) -> faust.App:
     @app.agent(sources)
     async def price(stream: faust.StreamT) -> None:
         async for events in batches(stream):
-            await run_batch(price_batch(events))
+            await run_batch(events, price_batch(events))
 
     async def price_batch(events: list[faust.EventT]) -> None:
         now = datetime.now(UTC)
@@ -208,12 +212,13 @@ def create_app(settings: Settings) -> faust.App:
                 with_event(event, lambda k=usage.event_id, v=mark: seen.__setitem__(k, v))
         # every output of the batch is stored before faust may commit its input offsets
         await out.drain()
-        _debug_spans("price", events)
+        if settings.worker_trace_batches:
+            log.info("batch price %s", offset_spans(events))
 
     @app.agent(alloc_topic)
     async def aggregate(stream: faust.StreamT) -> None:
         async for events in batches(stream):
-            await run_batch(aggregate_batch(events))
+            await run_batch(events, aggregate_batch(events))
 
     async def aggregate_batch(events: list[faust.EventT]) -> None:
         now = datetime.now(UTC)
@@ -243,7 +248,8 @@ def create_app(settings: Settings) -> faust.App:
             out.send(topics.alerts, a.budget_id.encode(), _enc("BudgetAlert", a, topics.alerts))
         await out.drain()
         metrics["alerts"] += len(alerts)
-        _debug_spans("aggregate", events)
+        if settings.worker_trace_batches:
+            log.info("batch aggregate %s", offset_spans(events))
         for key, state in states.items():
             if key not in last_event:
                 continue
@@ -282,19 +288,18 @@ def create_app(settings: Settings) -> faust.App:
 
     app.spendstream_start_feed = start_budget_feed  # type: ignore[attr-defined]
     app.spendstream_registry = registry  # type: ignore[attr-defined]
+    app.spendstream_metrics = metrics  # type: ignore[attr-defined]
     return app
 
 
-def _debug_spans(stage: str, events: list[Any]) -> None:
+def offset_spans(events: list[Any]) -> str:
+    """Per input partition of a batch, topic:partition=first-last/count (a count other
+    than last - first + 1 shows a gap or a record delivered twice)."""
     spans: dict[str, list[int]] = {}
     for e in events:
         m = e.message
-        spans.setdefault(f"{m.topic.split('.', 1)[1]}:{m.partition}", []).append(m.offset)
-    text = " ".join(
-        f"{k}={min(v)}-{max(v)}/{len(v)}" + ("" if max(v) - min(v) + 1 == len(v) else "!GAP")
-        for k, v in sorted(spans.items())
-    )
-    log.info("DBG %s %s", stage, text)
+        spans.setdefault(f"{m.topic}:{m.partition}", []).append(m.offset)
+    return " ".join(f"{k}={min(v)}-{max(v)}/{len(v)}" for k, v in sorted(spans.items()))
 
 
 def make_api(settings: Settings, feed: BudgetFeed, pricer: Pricer) -> BudgetApi:

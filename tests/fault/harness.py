@@ -184,7 +184,8 @@ class FaultRun:
     def start_worker(self, name: str = "worker") -> int:
         port = free_port()
         self.group.start(name, "worker", SPENDSTREAM_WORKER_WEB_PORT=str(port),
-                         SPENDSTREAM_APP_ID=self.settings.app_id)  # fmt: skip
+                         SPENDSTREAM_APP_ID=self.settings.app_id,
+                         SPENDSTREAM_WORKER_TRACE_BATCHES="true")  # fmt: skip
         return port
 
     def start_sink(self, *driver_args: str, name: str = "sink") -> None:

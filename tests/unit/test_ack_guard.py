@@ -1,44 +1,57 @@
-"""The worker's consumer never acks a record its stream skipped during a rebalance."""
+"""The worker's consumer acks only records whose batch finished (streams/ack_guard.py)."""
 
 from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from faust.types import TP
 from faust.types.tuples import ConsumerMessage
 
 from spendstream.config import load_settings
-from spendstream.streams.ack_guard import guard_acks
+from spendstream.streams.ack_guard import AckGuard
 from spendstream.streams.app import create_app
 
 
-def message(topic: str, offset: int, *, tracked: bool) -> ConsumerMessage:
-    msg = ConsumerMessage(topic, 0, offset, 0.0, 0, None, b"k", b"v", None, tp=TP(topic, 0))
-    msg.tracked = tracked
-    return msg
+def message(topic: str, offset: int) -> ConsumerMessage:
+    return ConsumerMessage(topic, 0, offset, 0.0, 0, None, b"k", b"v", None, tp=TP(topic, 0))
+
+
+def event(msg: ConsumerMessage) -> SimpleNamespace:
+    return SimpleNamespace(message=msg)
 
 
 class RecordingConsumer:
     def __init__(self) -> None:
-        self.acked: list[int] = []
+        self.acked: list[tuple[str, int]] = []
 
     def ack(self, message: ConsumerMessage) -> bool:
-        self.acked.append(message.offset)
+        self.acked.append((message.topic, message.offset))
         return True
 
 
-def test_guard_passes_delivered_records_and_refuses_skipped_ones() -> None:
+def test_only_records_of_finished_batches_are_acked() -> None:
     consumer, metrics = RecordingConsumer(), Counter[str]()
-    guard_acks(consumer, metrics)
-    assert consumer.ack(message("t", 1, tracked=True)) is True
-    assert consumer.ack(message("t", 2, tracked=False)) is False
-    assert consumer.acked == [1]
-    assert metrics["skipped_acks_refused"] == 1
+    guard = AckGuard(["usage.llm"], metrics)
+    guard.install(consumer)
+    finished, abandoned = message("usage.llm", 1), message("usage.llm", 2)
+    guard.completed([event(finished)])
+    assert consumer.ack(finished) is True
+    # a batch abandoned at shutdown, or a record skipped during a rebalance
+    assert consumer.ack(abandoned) is False
+    assert consumer.acked == [("usage.llm", 1)]
+    assert metrics["acks_refused"] == 1
 
 
-def test_worker_consumer_never_makes_a_skipped_offset_committable(
+def test_records_of_other_topics_pass() -> None:
+    consumer = RecordingConsumer()
+    AckGuard(["usage.llm"], Counter()).install(consumer)
+    assert consumer.ack(message("app-__assignor-__leader", 3)) is True
+
+
+def test_worker_consumer_never_makes_an_unfinished_offset_committable(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = load_settings(data_dir=tmp_path, topic_prefix="ackguard.")
@@ -46,11 +59,12 @@ def test_worker_consumer_never_makes_a_skipped_offset_committable(
     # acks count for subscribed source topics; there is no subscription without a broker
     monkeypatch.setattr(app.topics, "acks_enabled_for", lambda topic: True)
     source = settings.topics.sources[0]
-    consumer = app.consumer
-    tp = TP(source, 0)
-    # a record the stream skipped (never tracked), then its refetched copy, delivered
-    assert consumer.ack(message(source, 0, tracked=False)) is False
+    consumer, tp = app.consumer, TP(source, 0)
+    first, second = message(source, 0), message(source, 1)
+    assert consumer.ack(first) is False  # its batch has not finished
     assert consumer._acked[tp] == []
-    assert consumer.ack(message(source, 0, tracked=True)) is True
-    assert consumer._acked[tp] == [0]
-    assert app.spendstream_metrics["skipped_acks_refused"] == 1
+    app.spendstream_ack_guard.completed([event(first), event(second)])
+    assert consumer.ack(first) is True
+    assert consumer.ack(second) is True
+    assert consumer._acked[tp] == [0, 1]
+    assert app.spendstream_metrics["acks_refused"] == 1
