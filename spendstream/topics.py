@@ -106,3 +106,44 @@ def pipeline_lags(settings: Settings) -> dict[str, int]:
         "sink": group_lag(settings, f"{settings.topic_prefix}{settings.sink_group}",
                           [t.priced, t.allocations, t.alerts, t.dlq]),
     }  # fmt: skip
+
+
+def committed_or_start(settings: Settings, group: str, topic: str, partition: int) -> int:
+    """Where ``group`` resumes ``topic``/``partition``: its committed offset, or the start
+    of the log when it never committed (the workers read from the earliest record)."""
+    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": group,
+                         "enable.auto.commit": False, "log_level": 0})  # fmt: skip
+    try:
+        tp = consumer.committed([TopicPartition(topic, partition)], timeout=30)[0]
+        if tp.offset >= 0:
+            return int(tp.offset)
+        low, _ = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=30)
+        return int(low)
+    finally:
+        consumer.close()
+
+
+def has_records(settings: Settings, topic: str, partition: int, start: int, end: int) -> bool:
+    """Whether any record sits at an offset in [start, end). Offsets without records are
+    transaction markers, aborted or compacted records: gaps a consumer never receives."""
+    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers,
+                         "group.id": "spendstream-offset-probe", "enable.auto.commit": False,
+                         "isolation.level": "read_uncommitted", "enable.partition.eof": True,
+                         "log_level": 0})  # fmt: skip
+    try:
+        consumer.assign([TopicPartition(topic, partition, start)])
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            msg = consumer.poll(1.0)
+            if msg is None:
+                continue
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    return False
+                raise KafkaException(err)
+            offset = msg.offset()
+            return offset is not None and start <= offset < end
+        raise TopicsError(f"no answer reading {topic}:{partition} from offset {start}")
+    finally:
+        consumer.close()

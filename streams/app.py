@@ -29,12 +29,13 @@ import faust
 from spendstream.config import Settings
 from spendstream.schemas.avro import codec, configure_registry, framed_codec
 from spendstream.schemas.models import BudgetAlert, CostAllocation, DeadLetter, SourcePosition
+from spendstream.topics import committed_or_start, has_records
 
-from .ack_guard import AckGuard
 from .aggregation import AlertPolicy, PeriodState, due_alerts, state_key, status_of
 from .api import BudgetApi, mount
 from .budget_feed import BudgetFeed
 from .matching import BudgetRegistry
+from .offset_guard import OffsetGuard
 from .output import OutputProducer
 from .pricing import Catalog, Pricer
 from .processor import UsageProcessor
@@ -51,15 +52,16 @@ class Metrics(Counter[str]):
 
 
 class WorkerApp(faust.App):
-    """A faust app whose consumer acks only records of finished batches (ack_guard.py)."""
+    """A faust app whose consumer commits only offsets of processed records, in order
+    (offset_guard.py)."""
 
-    def __init__(self, app_id: str, *, ack_guard: AckGuard, **options: Any) -> None:
-        self.spendstream_ack_guard = ack_guard
+    def __init__(self, app_id: str, *, offset_guard: OffsetGuard, **options: Any) -> None:
+        self.spendstream_offset_guard = offset_guard
         super().__init__(app_id, **options)
 
     def _new_consumer(self) -> Any:
         consumer = super()._new_consumer()
-        self.spendstream_ack_guard.install(consumer)
+        self.spendstream_offset_guard.install(consumer)
         return consumer
 
 
@@ -69,10 +71,18 @@ def create_app(settings: Settings) -> faust.App:
     datadir = settings.worker_dir / f"w{settings.worker_web_port}"
     datadir.mkdir(parents=True, exist_ok=True)
     metrics = Metrics()
-    ack_guard = AckGuard([*topics.sources, topics.allocations], metrics)
+    group = f"{settings.topic_prefix}{settings.app_id}"
+    offset_guard = OffsetGuard(
+        [*topics.sources, topics.allocations],
+        metrics,
+        start_of=lambda topic, partition: committed_or_start(settings, group, topic, partition),
+        has_records=lambda topic, partition, start, end: has_records(
+            settings, topic, partition, start, end
+        ),
+    )
     app = WorkerApp(
-        f"{settings.topic_prefix}{settings.app_id}",
-        ack_guard=ack_guard,
+        group,
+        offset_guard=offset_guard,
         broker=f"kafka://{settings.bootstrap_servers}",
         store="memory://",
         autodiscover=False,
@@ -149,14 +159,14 @@ def create_app(settings: Settings) -> faust.App:
 
     async def run_batch(events: list[faust.EventT], coro: Any) -> None:
         """Finish a batch even if cancelled; crash (not ack) if it fails. Only a batch that
-        returned may have its offsets committed (see ack_guard.py)."""
+        returned may have its offsets committed (see offset_guard.py)."""
         task = asyncio.ensure_future(coro)
         try:
             await asyncio.shield(task)
-            ack_guard.completed(events)
+            offset_guard.completed(events)
         except asyncio.CancelledError:
             await task
-            ack_guard.completed(events)
+            offset_guard.completed(events)
             raise
         except Exception:
             log.critical("batch failed; exiting so it is replayed, not acked", exc_info=True)
@@ -275,6 +285,10 @@ def create_app(settings: Settings) -> faust.App:
         finally:
             _current_event.reset(token)
 
+    @app.timer(interval=2.0)
+    async def heal_offsets() -> None:
+        await offset_guard.heal()
+
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:
         return web.json({**metrics, "budgets": len(registry)})
@@ -293,13 +307,22 @@ def create_app(settings: Settings) -> faust.App:
 
 
 def offset_spans(events: list[Any]) -> str:
-    """Per input partition of a batch, topic:partition=first-last/count (a count other
-    than last - first + 1 shows a gap or a record delivered twice)."""
-    spans: dict[str, list[int]] = {}
+    """Per input partition of a batch, its offsets as runs: topic:partition=0-20,22-40."""
+    offsets: dict[str, list[int]] = {}
     for e in events:
         m = e.message
-        spans.setdefault(f"{m.topic}:{m.partition}", []).append(m.offset)
-    return " ".join(f"{k}={min(v)}-{max(v)}/{len(v)}" for k, v in sorted(spans.items()))
+        offsets.setdefault(f"{m.topic}:{m.partition}", []).append(m.offset)
+    parts = []
+    for key, values in sorted(offsets.items()):
+        values = sorted(set(values))
+        runs, start = [], values[0]
+        for prev, cur in zip(values, values[1:], strict=False):
+            if cur != prev + 1:
+                runs.append(f"{start}-{prev}")
+                start = cur
+        runs.append(f"{start}-{values[-1]}")
+        parts.append(f"{key}={','.join(runs)}")
+    return " ".join(parts)
 
 
 def make_api(settings: Settings, feed: BudgetFeed, pricer: Pricer) -> BudgetApi:
