@@ -79,6 +79,7 @@ def create_app(settings: Settings) -> faust.App:
         has_records=lambda topic, partition, start, end: has_records(
             settings, topic, partition, start, end
         ),
+        generation=lambda: app.consumer_generation_id,
     )
     app = WorkerApp(
         group,
@@ -157,16 +158,22 @@ def create_app(settings: Settings) -> faust.App:
         """Micro-batches of events (acked by faust after the batch body returns)."""
         return cast(Any, stream).take_events(settings.batch_size, settings.batch_linger_ms / 1000)
 
-    async def run_batch(events: list[faust.EventT], coro: Any) -> None:
-        """Finish a batch even if cancelled; crash (not ack) if it fails. Only a batch that
-        returned may have its offsets committed (see offset_guard.py)."""
-        task = asyncio.ensure_future(coro)
+    async def run_batch(events: list[faust.EventT], process: Any) -> None:
+        """Admit the batch's events in order (offset_guard.py), process them, and mark them
+        finished. Finish even if cancelled; crash (not ack) if it fails. An abandoned batch
+        is never marked finished, so its offsets are not committed."""
+
+        async def body() -> None:
+            admitted = await offset_guard.admit(events)
+            if admitted:
+                await process(admitted)
+            offset_guard.completed(admitted)
+
+        task = asyncio.ensure_future(body())
         try:
             await asyncio.shield(task)
-            offset_guard.completed(events)
         except asyncio.CancelledError:
             await task
-            offset_guard.completed(events)
             raise
         except Exception:
             log.critical("batch failed; exiting so it is replayed, not acked", exc_info=True)
@@ -176,7 +183,7 @@ def create_app(settings: Settings) -> faust.App:
     @app.agent(sources)
     async def price(stream: faust.StreamT) -> None:
         async for events in batches(stream):
-            await run_batch(events, price_batch(events))
+            await run_batch(events, price_batch)
 
     async def price_batch(events: list[faust.EventT]) -> None:
         now = datetime.now(UTC)
@@ -228,7 +235,7 @@ def create_app(settings: Settings) -> faust.App:
     @app.agent(alloc_topic)
     async def aggregate(stream: faust.StreamT) -> None:
         async for events in batches(stream):
-            await run_batch(events, aggregate_batch(events))
+            await run_batch(events, aggregate_batch)
 
     async def aggregate_batch(events: list[faust.EventT]) -> None:
         now = datetime.now(UTC)

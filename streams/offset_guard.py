@@ -49,6 +49,7 @@ class OffsetGuard:
         start_of: StartLookup,
         has_records: RecordProbe,
         *,
+        generation: Callable[[], int | None] = lambda: None,
         hole_grace_s: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -56,12 +57,90 @@ class OffsetGuard:
         self.metrics = metrics
         self.start_of = start_of
         self.has_records = has_records
+        self.generation = generation
         self.hole_grace_s = hole_grace_s
         self.clock = clock
         self.consumer: Any = None
         self._done: weakref.WeakSet[Any] = weakref.WeakSet()
         #: tp -> (committed offset at the hole, when it was first seen)
         self._holes: dict[Any, tuple[int, float]] = {}
+        #: tp -> (consumer generation, next offset to process in it)
+        self._next: dict[Any, tuple[int | None, int]] = {}
+        #: tp -> (offset sought, when): one seek per hole, not one per held-back batch
+        self._sought: dict[Any, tuple[int, float]] = {}
+
+    # --- admission ---------------------------------------------------------------------
+    async def admit(self, events: list[Any]) -> list[Any]:
+        """The events of a batch to process: per partition, strictly in offset order from
+        where processing must go on (the committed offset when the consumer generation
+        changes). Processing is idempotent through per-origin watermarks, which hold only
+        when every partition is processed in order: a record beyond a hole is held back
+        (not processed, not acked) and the partition is read again from the hole. Copies
+        fetched in an older generation are dropped; copies of processed records pass as
+        done (their acks are harmless)."""
+        loop = asyncio.get_running_loop()
+        generation = self.generation()
+        admitted: list[Any] = []
+        holes: dict[Any, int] = {}
+        for event in events:
+            msg = event.message
+            tp = msg.tp
+            if msg.topic not in self.topics:
+                admitted.append(event)
+                continue
+            if generation is not None and msg.generation_id not in (None, generation):
+                self.metrics["stale_copies_dropped"] += 1
+                continue
+            if tp in holes:
+                continue
+            known = self._next.get(tp)
+            if known is None or known[0] != generation:
+                start = await loop.run_in_executor(None, self.start_of, tp.topic, tp.partition)
+                known = (generation, start)
+                if self.consumer is not None and self.consumer._committed_offset[tp] is None:
+                    self.consumer._committed_offset[tp] = start
+            expected = known[1]
+            if msg.offset < expected:
+                self._done.add(msg)  # processed already (or committed by the group)
+                self._next[tp] = known
+                continue
+            if msg.offset > expected:
+                exists = await loop.run_in_executor(
+                    None, self.has_records, tp.topic, tp.partition, expected, msg.offset
+                )
+                if exists:
+                    holes[tp] = expected
+                    self._next[tp] = known
+                    continue
+                self._pass_over(tp, expected, msg.offset)
+            admitted.append(event)
+            self._next[tp] = (generation, msg.offset + 1)
+        for tp, offset in holes.items():
+            last = self._sought.get(tp)
+            if last is not None and last[0] == offset and self.clock() - last[1] < 5.0:
+                continue  # already reading again from there
+            self._sought[tp] = (offset, self.clock())
+            self.metrics["holes_reread"] += 1
+            log.warning("%s: records from offset %d were not delivered before later ones; "
+                        "holding the later ones back and reading again from %d", tp, offset,
+                        offset)  # fmt: skip
+            if self.consumer is not None:
+                await self.consumer.seek(tp, offset)
+        return admitted
+
+    def _pass_over(self, tp: Any, start: int, end: int) -> None:
+        """Offsets [start, end) hold no records: count them as done for the commit."""
+        self.metrics["gaps_passed"] += 1
+        log.info("%s offsets %d..%d hold no records; passing over them", tp, start, end - 1)
+        c = self.consumer
+        if c is None:
+            return
+        index = c._acked_index[tp]
+        committed = c._committed_offset[tp]
+        missing = [o for o in range(start, end)
+                   if o not in index and (committed is None or o >= committed)]  # fmt: skip
+        c._acked[tp].extend(missing)
+        index.update(missing)
 
     # --- acks --------------------------------------------------------------------------
     def completed(self, events: Iterable[Any]) -> None:
@@ -71,6 +150,11 @@ class OffsetGuard:
 
     def install(self, consumer: Any) -> None:
         """Wrap the faust consumer's ack and next-commit decisions for our topics."""
+        needed = ("ack", "_new_offset", "_acked", "_acked_index", "_committed_offset", "seek")
+        missing = [name for name in needed if not hasattr(consumer, name)]
+        if missing:  # faust internals this guard relies on (checked on 0.15)
+            raise RuntimeError(f"this faust-streaming consumer lacks {missing}; the offset "
+                               "guard supports faust-streaming 0.11-0.15")  # fmt: skip
         self.consumer = consumer
         ack, new_offset = consumer.ack, consumer._new_offset
 
@@ -157,12 +241,7 @@ class OffsetGuard:
                 self.metrics["holes_reread"] += 1
                 log.warning("%s offsets %d..%d were fetched but never processed; reading "
                             "again from %d", tp, committed, first - 1, committed)  # fmt: skip
+                self._next.pop(tp, None)
                 await c.seek(tp, committed)
             else:
-                self.metrics["gaps_passed"] += 1
-                log.info("%s offsets %d..%d hold no records; passing over them", tp,
-                         committed, first - 1)  # fmt: skip
-                index = c._acked_index[tp]
-                missing = [o for o in range(committed, first) if o not in index]
-                c._acked[tp].extend(missing)
-                index.update(missing)
+                self._pass_over(tp, committed, first)

@@ -19,8 +19,9 @@ from spendstream.streams.offset_guard import OffsetGuard
 T = "usage.llm"
 
 
-def message(offset: int, topic: str = T) -> ConsumerMessage:
-    return ConsumerMessage(topic, 0, offset, 0.0, 0, None, b"k", b"v", None, tp=TP(topic, 0))
+def message(offset: int, topic: str = T, generation: int | None = None) -> ConsumerMessage:
+    return ConsumerMessage(topic, 0, offset, 0.0, 0, None, b"k", b"v", None, tp=TP(topic, 0),
+                           generation_id=generation)  # fmt: skip
 
 
 def event(msg: ConsumerMessage) -> SimpleNamespace:
@@ -61,9 +62,17 @@ class Clock:
         return self.now
 
 
-def guard_on(consumer: FakeConsumer, *, records: bool = True, start: int = 0) -> OffsetGuard:
+def guard_on(
+    consumer: FakeConsumer,
+    *,
+    records: bool = True,
+    start: int = 0,
+    generation: list[int] | None = None,
+) -> OffsetGuard:
+    gen = generation or [1]
     guard = OffsetGuard([T], Counter(), start_of=lambda t, p: start,
-                        has_records=lambda t, p, a, b: records, clock=Clock())  # fmt: skip
+                        has_records=lambda t, p, a, b: records, generation=lambda: gen[0],
+                        clock=Clock())  # fmt: skip
     guard.install(consumer)
     return guard
 
@@ -173,3 +182,51 @@ def test_batch_traces_show_exact_offset_runs() -> None:
 
     batch = [event(message(o)) for o in (1, 2, 4, 2)] + [event(message(7, "usage.apify"))]
     assert offset_spans(batch) == "usage.apify:0=7-7 usage.llm:0=1-2,4-4"
+
+
+def admit(guard: OffsetGuard, *offsets: int, generation: int = 1) -> list[int]:
+    events = [event(message(o, generation=generation)) for o in offsets]
+    return [e.message.offset for e in asyncio.run(guard.admit(events))]
+
+
+def test_admits_each_partition_in_order_from_where_the_group_resumes() -> None:
+    consumer = FakeConsumer({TP0})
+    guard = guard_on(consumer, start=10)
+    assert admit(guard, 10, 11, 12) == [10, 11, 12]
+    assert consumer._committed_offset[TP0] == 10  # learnt for the commit, too
+    assert admit(guard, 11, 12, 13) == [13]  # copies of processed records pass as done
+
+
+def test_records_beyond_a_hole_are_held_back_and_the_partition_read_again() -> None:
+    """A record processed after a hole would raise the per-origin watermark and make the
+    hole's records look like replays when they arrive: they must wait."""
+    consumer = FakeConsumer({TP0})
+    guard = guard_on(consumer, records=True, start=10)
+    assert admit(guard, 10, 12, 13) == [10]
+    assert consumer.seeks == [(TP0, 11)]
+    assert admit(guard, 13, 14) == []  # still held back; no second seek
+    assert consumer.seeks == [(TP0, 11)]
+    assert admit(guard, 11, 12, 13) == [11, 12, 13]
+    assert guard.metrics["holes_reread"] == 1
+
+
+def test_offsets_without_records_are_passed_over_at_admission() -> None:
+    consumer = FakeConsumer({TP0})
+    guard = guard_on(consumer, records=False, start=10)  # 11 is a transaction marker
+    assert admit(guard, 10, 12, 13) == [10, 12, 13]
+    processed(guard, consumer, 10, 12, 13)
+    assert consumer._new_offset(TP0) == 14
+
+
+def test_copies_from_an_older_generation_are_dropped_and_a_new_one_starts_over() -> None:
+    consumer = FakeConsumer({TP0})
+    gen = [1]
+    starts = iter([10, 12])
+    guard = OffsetGuard([T], Counter(), start_of=lambda t, p: next(starts),
+                        has_records=lambda t, p, a, b: True, generation=lambda: gen[0])  # fmt: skip
+    guard.install(consumer)
+    assert admit(guard, 10, 11, generation=1) == [10, 11]
+    gen[0] = 2  # a rebalance; the group committed 12 meanwhile
+    assert admit(guard, 12, generation=1) == []  # fetched before it: dropped
+    assert admit(guard, 12, 13, generation=2) == [12, 13]
+    assert guard.metrics["stale_copies_dropped"] == 1
