@@ -117,8 +117,8 @@ class OffsetGuard:
             self._next[tp] = (generation, msg.offset + 1)
         for tp, offset in holes.items():
             last = self._sought.get(tp)
-            if last is not None and last[0] == offset and self.clock() - last[1] < 5.0:
-                continue  # already reading again from there
+            if last is not None and last[0] == offset:
+                continue  # already reading again from there (heal repeats it if need be)
             self._sought[tp] = (offset, self.clock())
             self.metrics["holes_reread"] += 1
             log.warning("%s: records from offset %d were not delivered before later ones; "
@@ -161,7 +161,7 @@ class OffsetGuard:
         def guarded_ack(message: Any) -> bool:
             if message.topic in self.topics and message not in self._done:
                 self.metrics["acks_refused"] += 1
-                log.info("not acking %s offset %d: its batch did not finish (skipped in a "
+                log.debug("not acking %s offset %d: its batch did not finish (skipped in a "
                          "rebalance, or abandoned at shutdown)", message.tp, message.offset)  # fmt: skip
                 return False
             self._done.discard(message)
@@ -210,6 +210,17 @@ class OffsetGuard:
         loop = asyncio.get_running_loop()
         assigned = c.assignment()
         now = self.clock()
+        for tp, (offset, when) in list(self._sought.items()):
+            waiting = self._next.get(tp)
+            if tp not in assigned or waiting is None or waiting[1] != offset:
+                del self._sought[tp]  # filled, or no longer ours
+            elif now - when >= self.hole_grace_s:
+                # faust can drop the re-fetched records as "behind its read offset" when
+                # records fetched earlier were still being delivered: seek again
+                self._sought[tp] = (offset, now)
+                self.metrics["holes_reread"] += 1
+                log.warning("%s: still waiting for offset %d; reading again from it", tp, offset)
+                await c.seek(tp, offset)
         for tp in list(c._acked):
             acked = c._acked.get(tp)
             if tp.topic not in self.topics or tp not in assigned or not acked:
