@@ -175,7 +175,19 @@ def worker() -> None:
     """Run a stream worker (price, match, aggregate, alert). Run several for scale-out."""
 
     def body() -> None:
+        import os
+
+        from spendstream.streams.app import RECOVERY_STUCK
+
         settings = _settings()
+        if os.environ.get("SPENDSTREAM_WORKER_CHILD") != "1":
+            from spendstream.processes import run_restarting
+
+            # the faust worker runs as a child, started again if its recovery gets stuck
+            code = run_restarting([sys.executable, "-m", "spendstream.cli", "worker"],
+                                  {**os.environ, "SPENDSTREAM_WORKER_CHILD": "1"},
+                                  RECOVERY_STUCK, "the faust worker")  # fmt: skip
+            raise typer.Exit(code)
         from spendstream.topics import ensure_topics, wait_for_broker
 
         wait_for_broker(settings.bootstrap_servers, 60)

@@ -96,6 +96,12 @@ class Settings(BaseSettings):
         description="A worker that stops heartbeating (crashed) loses its partitions to the "
         "others after this long.",
     )
+    worker_recovery_timeout_s: int = Field(
+        default=300,
+        ge=10,
+        le=86_400,
+        description="A worker whose table recovery makes no headway this long restarts.",
+    )
     worker_trace_batches: bool = Field(
         default=False,
         description="Log every batch's input offsets per topic-partition (traces a record "

@@ -114,3 +114,29 @@ def worker_metrics(port: int) -> dict[str, int] | None:
             return data
     except OSError:
         return None
+
+
+def run_restarting(argv: list[str], env: dict[str, str], restart_on: int, what: str) -> int:
+    """Run ``argv`` as a child in the foreground; start it again whenever it exits with
+    ``restart_on``; forward SIGTERM/SIGINT to it. Returns the child's final exit code."""
+    child: subprocess.Popen[bytes] | None = None
+    stopping = False
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        if child is not None and child.poll() is None:
+            child.send_signal(signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        while True:
+            child = subprocess.Popen(argv, env=env)
+            code = child.wait()
+            if code != restart_on or stopping:
+                return code
+            print(f"{what} exited with {code}; starting it again", file=sys.stderr, flush=True)
+            time.sleep(1)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)

@@ -43,6 +43,10 @@ from .processor import UsageProcessor
 log = logging.getLogger("spendstream.worker")
 
 
+#: exit code of a worker whose table recovery made no headway (the CLI starts it again)
+RECOVERY_STUCK = 75
+
+
 def _enc(name: str, model: Any, topic: str) -> bytes:
     return framed_codec(name, topic).encode(model.to_avro())
 
@@ -295,6 +299,25 @@ def create_app(settings: Settings) -> faust.App:
     @app.timer(interval=2.0)
     async def heal_offsets() -> None:
         await offset_guard.heal()
+
+    rebalancing_since: list[float | None] = [None]
+
+    @app.timer(interval=5.0)
+    async def recovery_watchdog() -> None:
+        """faust 0.15 can wait forever for changelog records of a partition that came
+        back to this worker ("No event received for active tp"): restart instead."""
+        if not app.rebalancing:
+            rebalancing_since[0] = None
+            return
+        now = time.monotonic()
+        since = rebalancing_since[0]
+        if since is None:
+            rebalancing_since[0] = now
+        elif now - since > settings.worker_recovery_timeout_s:
+            log.critical("rebalance/recovery made no headway for %.0fs; exiting to start "
+                         "again (code %d)", now - since, RECOVERY_STUCK)  # fmt: skip
+            logging.shutdown()
+            os._exit(RECOVERY_STUCK)
 
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:

@@ -185,7 +185,8 @@ class FaultRun:
         port = free_port()
         self.group.start(name, "worker", SPENDSTREAM_WORKER_WEB_PORT=str(port),
                          SPENDSTREAM_APP_ID=self.settings.app_id,
-                         SPENDSTREAM_WORKER_TRACE_BATCHES="true")  # fmt: skip
+                         SPENDSTREAM_WORKER_TRACE_BATCHES="true",
+                         SPENDSTREAM_WORKER_RECOVERY_TIMEOUT_S="30")  # fmt: skip
         return port
 
     def start_sink(self, *driver_args: str, name: str = "sink") -> None:
