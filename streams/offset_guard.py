@@ -125,8 +125,14 @@ class OffsetGuard:
                         "holding the later ones back and reading again from %d", tp, offset,
                         offset)  # fmt: skip
             if self.consumer is not None:
-                await self.consumer.seek(tp, offset)
+                await self._seek(tp, offset)
         return admitted
+
+    async def _seek(self, tp: Any, offset: int) -> None:
+        """Read ``tp`` again from ``offset``. Through the consumer's own thread (faust's
+        ``seek_wait``): a plain ``seek`` from the event loop raced aiokafka's fetcher
+        (KeyError in ``fetched_records``) and crashed the worker."""
+        await self.consumer.seek_wait({tp: offset})
 
     def _pass_over(self, tp: Any, start: int, end: int) -> None:
         """Offsets [start, end) hold no records: count them as done for the commit."""
@@ -150,7 +156,7 @@ class OffsetGuard:
 
     def install(self, consumer: Any) -> None:
         """Wrap the faust consumer's ack and next-commit decisions for our topics."""
-        needed = ("ack", "_new_offset", "_acked", "_acked_index", "_committed_offset", "seek")
+        needed = ("ack", "_new_offset", "_acked", "_acked_index", "_committed_offset", "seek_wait")
         missing = [name for name in needed if not hasattr(consumer, name)]
         if missing:  # faust internals this guard relies on (checked on 0.15)
             raise RuntimeError(f"this faust-streaming consumer lacks {missing}; the offset "
@@ -220,7 +226,7 @@ class OffsetGuard:
                 self._sought[tp] = (offset, now)
                 self.metrics["holes_reread"] += 1
                 log.warning("%s: still waiting for offset %d; reading again from it", tp, offset)
-                await c.seek(tp, offset)
+                await self._seek(tp, offset)
         for tp in list(c._acked):
             acked = c._acked.get(tp)
             if tp.topic not in self.topics or tp not in assigned or not acked:
@@ -253,6 +259,6 @@ class OffsetGuard:
                 log.warning("%s offsets %d..%d were fetched but never processed; reading "
                             "again from %d", tp, committed, first - 1, committed)  # fmt: skip
                 self._next.pop(tp, None)
-                await c.seek(tp, committed)
+                await self._seek(tp, committed)
             else:
                 self._pass_over(tp, committed, first)

@@ -51,8 +51,8 @@ class FakeConsumer:
     def _new_offset(self, tp: TP) -> int | None:
         return -1  # faust's own rule, used for topics the guard does not own
 
-    async def seek(self, tp: TP, offset: int) -> None:
-        self.seeks.append((tp, offset))
+    async def seek_wait(self, offsets: dict[TP, int]) -> None:
+        self.seeks.extend(offsets.items())
 
 
 class Clock:
