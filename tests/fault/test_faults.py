@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import os
 import random
+import re
 import threading
 import time
 from collections import Counter
@@ -25,7 +26,7 @@ from spendstream.schemas.budget import BudgetDefinition
 from spendstream.schemas.models import Attributes, LlmUsage, UsageEvent
 from spendstream.streams.pricing import Pricer
 
-from .harness import FaultRun, paced
+from .harness import FaultRun, oracle, paced
 
 pytestmark = pytest.mark.fault
 TEAMS = ("a", "b", "c")
@@ -233,11 +234,14 @@ def test_out_of_order_late_and_future_events(scenario):
     run.start_sink()
     run.start_worker()
     finish(run)
-    # the oracle's DLQ reasons are the ones expected: 200 too late, 100 from the future
+    # the DLQ reasons are the oracle's: the 200 old events too late, the 100 future ones
+    # "future" (near midnight UTC some of yesterday's fall two daily periods back, also
+    # too late, so the count comes from the oracle, not a constant)
     codes = Counter(
         code for (code,) in run.warehouse().query("SELECT error_code FROM dead_letters").rows
     )
-    assert codes == {"too_late": 200, "future": 100}
+    assert codes == Counter(oracle(run.settings, run.budgets).dead.values())
+    assert codes["future"] == 100 and codes["too_late"] >= 200
 
 
 def rewind(settings, group: str, topics: list[str]) -> None:  # type: ignore[no-untyped-def]
@@ -279,4 +283,5 @@ def test_full_replay_from_offset_zero(scenario):
     # the same ids (subscribers dedupe on alert_id), so the topic holds each one twice
     for invariant in ("accounted", "no_duplicates", "spend_exact"):
         assert after[invariant] == before[invariant]
-    assert "22 records on the topic" in after["alerts_once"][1]
+    published = int(re.search(r"(\d+) records on the topic", before["alerts_once"][1])[1])
+    assert f"{2 * published} records on the topic" in after["alerts_once"][1]
