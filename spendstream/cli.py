@@ -177,11 +177,9 @@ def worker() -> None:
     def body() -> None:
         import os
 
-        from spendstream.streams.app import RECOVERY_STUCK
-
         settings = _settings()
         if os.environ.get("SPENDSTREAM_WORKER_CHILD") != "1":
-            from spendstream.processes import run_restarting
+            from spendstream.processes import RECOVERY_STUCK, run_restarting
 
             # the faust worker runs as a child, started again if its recovery gets stuck
             code = run_restarting([sys.executable, "-m", "spendstream.cli", "worker"],

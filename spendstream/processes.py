@@ -116,6 +116,11 @@ def worker_metrics(port: int) -> dict[str, int] | None:
         return None
 
 
+#: exit code of a faust worker whose table recovery made no headway (streams/app.py);
+#: ``spendstream worker`` starts it again
+RECOVERY_STUCK = 75
+
+
 def run_restarting(argv: list[str], env: dict[str, str], restart_on: int, what: str) -> int:
     """Run ``argv`` as a child in the foreground; start it again whenever it exits with
     ``restart_on``; forward SIGTERM/SIGINT to it. Returns the child's final exit code."""

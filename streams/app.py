@@ -27,6 +27,7 @@ from typing import Any, cast
 import faust
 
 from spendstream.config import Settings
+from spendstream.processes import RECOVERY_STUCK
 from spendstream.schemas.avro import codec, configure_registry, framed_codec
 from spendstream.schemas.models import BudgetAlert, CostAllocation, DeadLetter, SourcePosition
 from spendstream.topics import committed_or_start, has_records
@@ -41,10 +42,6 @@ from .pricing import Catalog, Pricer
 from .processor import UsageProcessor
 
 log = logging.getLogger("spendstream.worker")
-
-
-#: exit code of a worker whose table recovery made no headway (the CLI starts it again)
-RECOVERY_STUCK = 75
 
 
 def _enc(name: str, model: Any, topic: str) -> bytes:
