@@ -41,6 +41,7 @@ from spendstream.config import Settings
 from spendstream.schemas.avro import codec, configure_registry, framed_codec
 from spendstream.schemas.models import DeadLetter, SourcePosition
 
+from .health import WriterHealth
 from .native_ingest import (
     INSERT_SETTINGS,
     NATIVE_TABLES,
@@ -118,6 +119,7 @@ class ClickHouseSink:
         with self.lock:
             migrate(self.client)
         self.stats = SinkStats()
+        self.health = WriterHealth()
         #: tables whose records ClickHouse decodes itself -> record type
         self.native = (
             {table: name for table, (name, _) in NATIVE_TABLES.items()}
@@ -372,10 +374,12 @@ class ClickHouseSink:
                     with self.lock:
                         self.client.raw_insert(staging, insert_block=data, fmt="Avro",
                                                settings=settings)  # fmt: skip
+                    self.health.succeeded()
                     done += 1
                     delay = self.retry_initial_s
                 except Exception as exc:
                     self.stats.insert_failures += 1
+                    self.health.failed(_first_line(exc))
                     if not _is_data_error(exc):
                         delay = self._backoff(staging, exc, delay)
                         continue
@@ -407,14 +411,19 @@ class ClickHouseSink:
         return rejected
 
     def _insert(self, table: str, rows: list[list[Any]], columns: list[str], token: str) -> None:
-        with self.lock:
-            self.client.insert(
-                table, rows, column_names=columns,
-                settings={
-                    "insert_deduplication_token": token,
-                    "deduplicate_blocks_in_dependent_materialized_views": 1,
-                },
-            )  # fmt: skip
+        try:
+            with self.lock:
+                self.client.insert(
+                    table, rows, column_names=columns,
+                    settings={
+                        "insert_deduplication_token": token,
+                        "deduplicate_blocks_in_dependent_materialized_views": 1,
+                    },
+                )  # fmt: skip
+        except Exception as exc:
+            self.health.failed(f"insert into {table}: {_first_line(exc)}")
+            raise
+        self.health.succeeded()
 
     def _insert_with_retry(
         self, table: str, rows: list[list[Any]], columns: list[str], token: str

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import errno
 import logging
-import threading
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -12,7 +12,7 @@ from spendstream.config import Settings
 
 from .clickhouse_sink import ClickHouseSink, SinkStats
 from .query_server import QueryServer
-from .warehouse import DirectWarehouse, connect_waiting, sink_lock_path
+from .warehouse import SinkEndpoint, connect_waiting, open_reader, sink_lock_path
 
 log = logging.getLogger("spendstream.sink")
 
@@ -25,25 +25,26 @@ def run_sink(
     wrap_client: Callable[[Any], Any] | None = None,
 ) -> SinkStats:
     """``wrap_client`` wraps the writer's client only (the fault suite injects outages
-    there); queries on the loopback port always use the real one."""
+    there); queries on the loopback port run in a read-only session of their own."""
     client = connect_waiting(settings)
-    lock = threading.Lock()
     writer = wrap_client(client) if wrap_client else client
-    sink = ClickHouseSink(settings, writer, client_lock=lock)
+    sink = ClickHouseSink(settings, writer)
     if handle_signals:
         sink.install_signal_handlers()
     server = None
     lock_file = sink_lock_path(settings)
     if settings.is_embedded_clickhouse:
+        token = SinkEndpoint.new_token()
+        reader = open_reader(settings)
         try:
-            server = QueryServer(DirectWarehouse(client), lock, settings.sink_query_port)
+            server = QueryServer(reader, token, sink.health.snapshot, settings.sink_query_port)
         except OSError as exc:
             if exc.errno != errno.EADDRINUSE:
                 raise
             log.warning("query port %s in use; using a free one", settings.sink_query_port)
-            server = QueryServer(DirectWarehouse(client), lock, 0)
+            server = QueryServer(reader, token, sink.health.snapshot, 0)
         server.start()
-        server.write_lock_file(lock_file)
+        SinkEndpoint(os.getpid(), server.port, token).write(lock_file)
         log.info("sink answers SQL on 127.0.0.1:%s while it holds %s", server.port,
                  settings.chdb_path)  # fmt: skip
     try:
@@ -51,4 +52,5 @@ def run_sink(
     finally:
         if server is not None:
             server.stop()
+            server.reader.close()
             lock_file.unlink(missing_ok=True)

@@ -1,9 +1,12 @@
 """ClickHouse access for the sink, the CLI and reports: chDB embedded or a server.
 
 chDB lets one process open a data directory. The sink, when it holds the directory,
-writes ``sink.json`` (pid and a loopback port) beside it and answers read-only SQL on
-that port; ``open_warehouse`` sends queries there while the sink runs and opens the
-directory itself otherwise. With a ClickHouse server every process connects directly.
+answers read-only SQL on a loopback port and writes ``sink.json`` beside it (pid, port
+and a bearer token, readable by the sink's user only); ``open_warehouse`` sends queries
+there while the sink runs and opens the directory itself otherwise. Either way an
+embedded read runs in a session of its own (never the writer's), with ``readonly=1``
+and through the guard of sql_guard.py. With a ClickHouse server every process connects
+directly and the server's own users and grants apply.
 """
 
 from __future__ import annotations
@@ -11,13 +14,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
-from decimal import Decimal
 from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,11 +29,13 @@ from clickhouse_connect.driver.client import Client
 
 from spendstream.config import Settings
 
+from .errors import QueryRefused, WarehouseError
+from .result_codec import decode_result, encode_parameters
+from .sql_guard import GuardedReader, ReadPolicy
+
+__all__ = ["QueryRefused", "WarehouseError"]
+
 log = logging.getLogger("spendstream.sink")
-
-
-class WarehouseError(RuntimeError):
-    """ClickHouse could not be reached or refused a query; the message says what to do."""
 
 
 @dataclass
@@ -139,7 +143,8 @@ def migrate(client: Client) -> list[str]:
 
 
 class DirectWarehouse:
-    """Queries through our own clickhouse-connect client."""
+    """Queries through a client of our own, each with ``readonly=2`` (data may not change).
+    For a ClickHouse server, where its users and grants decide the rest."""
 
     def __init__(self, client: Client) -> None:
         self.client = client
@@ -155,6 +160,49 @@ class DirectWarehouse:
         self.client.close()
 
 
+#: Session limits of an embedded reader, set before the session turns read-only: a
+#: runaway analyst query must not hold the sink's engine for ever.
+READER_SESSION = {"max_execution_time": 300}
+
+
+class ReaderWarehouse:
+    """Reads of the embedded ClickHouse in a session of their own.
+
+    The session is not the writer's (a ``SET`` or a refused statement there once turned
+    every later insert of the sink into "Cannot execute query in readonly mode"), it is
+    ``readonly=1`` for good, and every statement passes the guard (sql_guard.py) first.
+    """
+
+    def __init__(self, client: Client, database: str) -> None:
+        self.client = client
+        for name, value in READER_SESSION.items():
+            client.command(f"SET {name} = {int(value)}")
+        client.command("SET readonly = 1")
+        self.guard = GuardedReader(ReadPolicy(database), self._rows)
+
+    def _rows(self, sql: str, parameters: dict[str, Any] | None) -> list[tuple[Any, ...]]:
+        try:
+            return [tuple(r) for r in self.client.query(sql, parameters=parameters).result_rows]
+        except Exception as exc:
+            raise WarehouseError(_clean_error(exc)) from exc
+
+    def query(self, sql: str, parameters: dict[str, Any] | None = None) -> QueryResult:
+        canonical = self.guard.vet(sql, parameters)
+        try:
+            result = self.client.query(canonical, parameters=parameters)
+        except Exception as exc:
+            raise WarehouseError(_clean_error(exc)) from exc
+        return QueryResult(list(result.column_names), [tuple(r) for r in result.result_rows])
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def open_reader(settings: Settings) -> ReaderWarehouse:
+    """A new read-only session on the embedded engine this process holds (or opens)."""
+    return ReaderWarehouse(connect(settings), settings.clickhouse_database)
+
+
 def _clean_error(exc: Exception) -> str:
     text = str(exc).strip()
     return text.split("\n")[0][:500] if text else type(exc).__name__
@@ -165,88 +213,117 @@ def sink_lock_path(settings: Settings) -> Path:
     return settings.chdb_path.parent / "sink.json"
 
 
-def _encode_value(value: Any) -> Any:
-    if isinstance(value, Decimal):
-        return {"$decimal": str(value)}
-    if isinstance(value, datetime):
-        return {"$datetime": value.isoformat()}
-    if isinstance(value, (bytes, bytearray)):
-        return value.decode("utf-8", errors="replace")
-    if isinstance(value, (list, tuple)):
-        return [_encode_value(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _encode_value(v) for k, v in value.items()}
-    return value
+@dataclass(frozen=True)
+class SinkEndpoint:
+    """Where the running sink answers queries, and the token it wants."""
+
+    pid: int
+    port: int
+    token: str
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def write(self, path: Path) -> None:
+        """Write ``sink.json`` readable by this user only (mode 0600): the token in it is
+        what keeps other local users and web pages off the port."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            json.dump({"pid": self.pid, "port": self.port, "token": self.token}, out)
+        tmp.replace(path)
+
+    @staticmethod
+    def new_token() -> str:
+        return secrets.token_urlsafe(32)
 
 
-def _decode_value(value: Any) -> Any:
-    if isinstance(value, dict):
-        if "$decimal" in value:
-            return Decimal(value["$decimal"])
-        if "$datetime" in value:
-            return datetime.fromisoformat(value["$datetime"])
-        return {k: _decode_value(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_decode_value(v) for v in value]
-    return value
+def running_sink(settings: Settings) -> SinkEndpoint | None:
+    """The sink holding the chDB directory, if one is alive (and we may read its file)."""
+    try:
+        info = json.loads(sink_lock_path(settings).read_text())
+        endpoint = SinkEndpoint(int(info["pid"]), int(info["port"]), str(info["token"]))
+        os.kill(endpoint.pid, 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return endpoint
 
 
-def encode_result(result: QueryResult) -> bytes:
-    """JSON that keeps Decimals exact (as strings) and datetimes as ISO text."""
-    rows = [[_encode_value(v) for v in row] for row in result.rows]
-    return json.dumps({"columns": result.columns, "rows": rows}).encode()
+def running_sink_url(settings: Settings) -> str | None:
+    """Base URL of the running sink's port (``/query``, ``/health``), if one is alive."""
+    endpoint = running_sink(settings)
+    return endpoint.url if endpoint else None
+
+
+def sink_warehouse(settings: Settings) -> SinkWarehouse | None:
+    """Queries through the running sink, if one holds the chDB directory."""
+    endpoint = running_sink(settings)
+    return SinkWarehouse(endpoint.url, endpoint.token) if endpoint else None
 
 
 class SinkWarehouse:
     """Read-only SQL answered by the running sink over loopback HTTP."""
 
-    def __init__(self, url: str) -> None:
-        self.url = url
+    def __init__(self, base_url: str, token: str) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.token = token
 
-    def query(self, sql: str, parameters: dict[str, Any] | None = None) -> QueryResult:
-        body = json.dumps({"sql": sql, "parameters": _encode_value(parameters or {})}).encode()
-        request = urllib.request.Request(
-            self.url, data=body, headers={"Content-Type": "application/json"}
-        )
+    def _call(self, path: str, body: bytes | None = None, timeout: float = 330) -> bytes:
+        headers = {"Authorization": f"Bearer {self.token}"}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        request = urllib.request.Request(self.base_url + path, data=body, headers=headers)
         try:
-            with urllib.request.urlopen(request, timeout=120) as response:
-                data = json.loads(response.read())
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return bytes(response.read())
         except urllib.error.HTTPError as exc:
-            detail = json.loads(exc.read() or b"{}").get("error", str(exc))
-            raise WarehouseError(detail) from None
+            try:
+                detail = json.loads(exc.read() or b"{}").get("error", str(exc))
+            except ValueError:
+                detail = str(exc)
+            raise (QueryRefused if exc.code == 403 else WarehouseError)(detail) from None
         except (urllib.error.URLError, OSError) as exc:
             raise WarehouseError(
-                f"the sink's query port {self.url} did not answer: {exc}"
+                f"the sink's query port {self.base_url} did not answer: {exc}"
             ) from None
-        rows = [tuple(_decode_value(v) for v in row) for row in data["rows"]]
-        return QueryResult(data["columns"], rows)
+
+    def query(self, sql: str, parameters: dict[str, Any] | None = None) -> QueryResult:
+        body = json.dumps({"sql": sql, "parameters": encode_parameters(parameters or {})})
+        columns, rows = decode_result(self._call("/query", body.encode()))
+        return QueryResult(columns, rows)
+
+    def health(self) -> dict[str, Any]:
+        """The sink's own view of itself: is its writer inserting?"""
+        try:
+            data = json.loads(self._call("/health", timeout=10))
+        except WarehouseError as exc:
+            return {"ok": False, "error": str(exc)}
+        return data if isinstance(data, dict) else {"ok": False, "error": "bad answer"}
 
     def close(self) -> None:
         pass
 
 
-def running_sink_url(settings: Settings) -> str | None:
-    """URL of the sink holding the chDB directory, if one is alive."""
-    path = sink_lock_path(settings)
-    try:
-        info = json.loads(path.read_text())
-        os.kill(int(info["pid"]), 0)
-    except (OSError, ValueError, KeyError):
-        return None
-    return f"http://127.0.0.1:{int(info['port'])}/query"
-
-
 def open_warehouse(settings: Settings) -> Warehouse:
-    """Best way to query now: the running sink (embedded mode), else a direct client."""
+    """Best way to query now: the running sink (embedded mode), else a session of our own."""
     if settings.is_embedded_clickhouse:
-        url = running_sink_url(settings)
-        if url:
-            return SinkWarehouse(url)
+        through_sink = sink_warehouse(settings)
+        if through_sink is not None:
+            return through_sink
         if not settings.chdb_path.exists():
             raise WarehouseError(
                 f"no ClickHouse data at {settings.chdb_path} yet: run the sink (`spendstream "
                 "sink`) or `spendstream demo` first"
             )
+        writer = connect(settings)
+        try:
+            migrate(writer)
+            return open_reader(settings)
+        finally:
+            writer.close()
     client = connect(settings)
     migrate(client)
     return DirectWarehouse(client)

@@ -162,7 +162,7 @@ def run_demo(settings: Settings, *, events: int, timeout: float, console: Consol
     from spendstream.processes import ProcessGroup, wait_for
     from spendstream.producer import UsagePublisher, publish_budgets
     from spendstream.readback import read_alerts, read_statuses
-    from spendstream.sinks.warehouse import SinkWarehouse, running_sink_url
+    from spendstream.sinks.warehouse import running_sink_url, sink_warehouse
     from spendstream.topics import ensure_topics, wait_for_broker
 
     now = datetime.now(UTC)
@@ -199,10 +199,9 @@ def run_demo(settings: Settings, *, events: int, timeout: float, console: Consol
         services.start("worker", "worker")
         services.start("sink", "sink")
         with console.status("starting worker and sink..."):
-            url = wait_for(
-                "the sink's query port", lambda: running_sink_url(settings), 90, services
+            warehouse = wait_for(
+                "the sink's query port", lambda: sink_warehouse(settings), 90, services
             )
-        warehouse = SinkWarehouse(url) if url else None
 
         with Progress(console=console) as progress:
             task = progress.add_task("publishing usage events", total=len(plan.events))

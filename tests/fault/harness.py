@@ -42,7 +42,7 @@ from spendstream.readback import read_alerts, read_statuses
 from spendstream.schemas.budget import BudgetDefinition
 from spendstream.schemas.models import DeadLetter, SourcePosition, UsageEvent
 from spendstream.schemas.money import plain
-from spendstream.sinks.warehouse import SinkWarehouse, running_sink_url
+from spendstream.sinks.warehouse import SinkWarehouse, sink_warehouse
 from spendstream.streams.matching import BudgetRegistry
 from spendstream.streams.pricing import Catalog, Pricer
 from spendstream.streams.processor import UsageProcessor
@@ -250,9 +250,8 @@ class FaultRun:
             raise ServiceFailed(f"{exc}; worker partitions behind: {behind}") from exc
 
     def warehouse(self) -> SinkWarehouse:
-        url = wait_for("the sink's query port", lambda: running_sink_url(self.settings), 60,
-                       self.group)  # fmt: skip
-        return SinkWarehouse(url)
+        return wait_for("the sink's query port", lambda: sink_warehouse(self.settings), 60,
+                        self.group)  # fmt: skip
 
     def verify(self) -> dict[str, tuple[bool, str]]:
         """Check every invariant; record and return {invariant: (held, detail)}."""

@@ -138,8 +138,12 @@ def test_clickhouse_unreachable_for_a_while(scenario, tmp_path):
     run.publish(data)
     time.sleep(outage)
     run.group.check_alive()  # the sink held on, it did not exit
+    health = run.warehouse().health()  # ... and says its writer is failing, and why
+    assert health["ok"] is False and health["writer"] == "failing", health
+    assert health["failed_attempts"] >= 1 and health["last_error"], health
     down.unlink()
     finish(run)
+    assert run.warehouse().health()["ok"] is True
 
 
 def test_scale_workers_one_three_one_during_aggregation(scenario):
