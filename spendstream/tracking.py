@@ -10,6 +10,9 @@ The response is turned into a usage event by the matching builder (auto-detected
 ``source=`` to force one) and published. Tracking never breaks the caller: a payload that
 cannot be read or a publish that fails is logged and counted, and the response is returned
 unchanged. A call that raises publishes nothing (nothing was billed that we can see).
+
+A decorated function may live as long as the process, so the tracker keeps counts and only
+the ``recent`` last events and errors (for a look in a debugger or a test), never all.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, TypeVar
 
@@ -38,14 +42,18 @@ class track_llm:  # noqa: N801  (reads like a function at the call site)
         *,
         attributes: Mapping[str, Any] | None = None,
         source: str | None = None,
+        recent: int = 100,
         **builder_kwargs: Any,
     ) -> None:
         self.publisher = publisher
         self.attributes = dict(attributes or {})
         self.source = source
         self.builder_kwargs = builder_kwargs
-        self.events: list[UsageEvent] = []
-        self.errors: list[str] = []
+        #: the last ``recent`` events published and errors met; totals in the counters
+        self.events: deque[UsageEvent] = deque(maxlen=recent)
+        self.errors: deque[str] = deque(maxlen=recent)
+        self.tracked = 0
+        self.failed = 0
 
     # --- context manager ------------------------------------------------------------------
     def __enter__(self) -> track_llm:
@@ -66,15 +74,18 @@ class track_llm:  # noqa: N801  (reads like a function at the call site)
             event = build(response, self.source,
                           attributes={**self.attributes, **attributes}, **self.builder_kwargs)  # fmt: skip
         except (BuilderError, ValueError) as exc:
+            self.failed += 1
             self.errors.append(str(exc))
             log.warning("usage not tracked: %s", exc)
             return None
         try:
             self.publisher.publish(event)
         except Exception as exc:  # never fail the caller's LLM call over tracking
+            self.failed += 1
             self.errors.append(str(exc))
             log.warning("usage of %s not published: %s", event.event_id, exc)
             return None
+        self.tracked += 1
         self.events.append(event)
         return event
 

@@ -68,3 +68,23 @@ def test_a_failing_call_publishes_nothing():
     with pytest.raises(TimeoutError):
         ask()
     assert pub.events == []
+
+
+def test_a_long_lived_tracker_keeps_counts_not_every_event():
+    """A decorated function lives as long as the process: its tracker must not grow."""
+    pub = Collect()
+    tracker = track_llm(pub, recent=5)
+
+    @tracker
+    def ask():
+        return OPENAI_CHAT
+
+    for _ in range(1000):
+        ask()
+    assert len(pub.events) == 1000  # every call was published
+    assert tracker.tracked == 1000 and tracker.failed == 0
+    assert len(tracker.events) == 5 and tracker.events[-1] is pub.events[-1]
+    failing = track_llm(Collect(fail=True), recent=3)
+    for _ in range(10):
+        failing.record(OPENAI_CHAT)
+    assert failing.failed == 10 and len(failing.errors) == 3
