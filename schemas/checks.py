@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from .models import Attributes, Count, Currency, Money, OptStr, Source, Strict
+from .models import Attributes, Count, Currency, ExactDecimal, Money, OptStr, Source, Strict
 
 Decision = Literal["allow", "warn", "downgrade", "throttle", "block"]
 #: how binding each decision is; the overall answer is the most binding one
@@ -15,7 +15,9 @@ SEVERITY: dict[str, int] = {"allow": 0, "warn": 1, "downgrade": 2, "throttle": 3
 
 
 class CheckRequest(Strict):
-    """An estimated cost, or an LLM model plus estimated tokens to price, and attributes."""
+    """An estimated cost, or an LLM model plus estimated tokens to price, and attributes.
+
+    ``estimated_cost`` is Money: a JSON float is refused (quote it), like every amount."""
 
     estimated_cost: Money | None = None
     currency: Currency = "USD"
@@ -56,9 +58,9 @@ class BudgetVerdict(Strict):
     budget_name: str
     matched_via: str
     period_key: str
-    spent: Decimal
-    limit: Decimal
-    spent_after: Decimal
+    spent: ExactDecimal
+    limit: ExactDecimal
+    spent_after: ExactDecimal
     percent_after: Decimal
     decision: Decision
     threshold_percent: Decimal | None = None
@@ -69,7 +71,7 @@ class BudgetVerdict(Strict):
 
 class CheckResult(Strict):
     decision: Decision
-    estimated_cost: Decimal
+    estimated_cost: ExactDecimal
     currency: Currency
     downgrade_to: str | None = None
     reason: str

@@ -14,19 +14,30 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from .avro import NAMESPACE, codec
-from .money import money
+from .money import float_refusal, money
 
 ShortStr = Annotated[str, Field(min_length=1, max_length=256)]
 OptStr = Annotated[str | None, Field(default=None, max_length=256)]
 Count = Annotated[int, Field(default=0, ge=0, le=10**15)]
+
+
+def _refuse_float(value: Any) -> Any:
+    """Refuse a float before pydantic turns it into a Decimal (through its repr, so an
+    after-validator could no longer tell 10.1 typed as a number from "10.1" quoted).
+    Decimal (what fastavro decodes), int and decimal strings pass."""
+    if isinstance(value, float):
+        raise PydanticCustomError("float_money", float_refusal(value).replace("{", "{{"))
+    return value
 
 
 def _nonneg_money(value: Decimal) -> Decimal:
@@ -36,7 +47,10 @@ def _nonneg_money(value: Decimal) -> Decimal:
     return value
 
 
-Money = Annotated[Decimal, AfterValidator(_nonneg_money)]
+#: An amount from outside (or priced from one): exact, nano-units, not negative, no float.
+Money = Annotated[Decimal, BeforeValidator(_refuse_float), AfterValidator(_nonneg_money)]
+#: A money figure our own stages computed (costs, spend, projections): no float either.
+ExactDecimal = Annotated[Decimal, BeforeValidator(_refuse_float)]
 
 
 def _currency(value: str) -> str:
@@ -271,14 +285,14 @@ class SourcePosition(Strict):
 
 class CostComponent(Strict):
     name: str
-    quantity: Decimal
+    quantity: ExactDecimal
     unit: str
-    amount: Decimal
+    amount: ExactDecimal
 
 
 class PricedUsage(Strict):
     event: UsageEvent
-    cost: Decimal
+    cost: ExactDecimal
     currency: Currency
     priced: bool = True
     components: list[CostComponent] = Field(default_factory=list)
@@ -308,7 +322,7 @@ class CostAllocation(Strict):
     period_start: AwareDatetime
     period_end: AwareDatetime
     occurred_at: AwareDatetime
-    amount: Decimal
+    amount: ExactDecimal
     currency: Currency
     source: Source
     provider: str | None = None
@@ -328,6 +342,8 @@ ThresholdAction = Literal["notify", "throttle", "require-approval", "downgrade",
 
 
 class Threshold(Strict):
+    #: A share, not money: a float is accepted (pydantic reads it through its shortest repr,
+    #: so ``percent: 80.5`` is exactly 80.5), as people write tiers unquoted.
     percent: Annotated[Decimal, Field(gt=0, le=1000)]
     action: ThresholdAction = "notify"
     downgrade_to: OptStr = None
@@ -349,8 +365,8 @@ class BudgetAlert(Strict):
     action: ThresholdAction = "notify"
     downgrade_to: str | None = None
     severity: Literal["info", "warning", "critical"] = "warning"
-    spent: Decimal
-    limit: Decimal
+    spent: ExactDecimal
+    limit: ExactDecimal
     currency: Currency
     message: str
     triggered_by: str | None = None
@@ -370,17 +386,17 @@ class BudgetStatus(Strict):
     period_key: str
     period_start: AwareDatetime
     period_end: AwareDatetime
-    spent: Decimal
-    limit: Decimal
+    spent: ExactDecimal
+    limit: ExactDecimal
     currency: Currency
     event_count: int
     state: Literal["normal", "warning", "critical", "exceeded"]
     alerted_tiers: list[str] = Field(default_factory=list)
     updated_at: AwareDatetime
-    burn_rate_per_day: Decimal | None = None
-    projected_total: Decimal | None = None
-    projected_low: Decimal | None = None
-    projected_high: Decimal | None = None
+    burn_rate_per_day: ExactDecimal | None = None
+    projected_total: ExactDecimal | None = None
+    projected_low: ExactDecimal | None = None
+    projected_high: ExactDecimal | None = None
     days_left: Decimal | None = None
     days_to_limit: Decimal | None = None
     active_alerts: list[str] = Field(default_factory=list)

@@ -7,6 +7,7 @@ ClickHouse and the input agree to the last nano-unit.
 
 from __future__ import annotations
 
+import math
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 
 SCALE = 9
@@ -18,10 +19,25 @@ class MoneyError(ValueError):
     pass
 
 
+def float_refusal(value: float) -> str:
+    """Why a float amount is refused and how to fix it: JSON and YAML read an unquoted
+    ``10.1`` as a binary float, which is not 10.1 and keeps only about 16 digits."""
+    text = repr(value)
+    if not math.isfinite(value):
+        return f"{text} is not a finite amount"
+    digits = len(text.split("e")[0].replace("-", "").replace(".", "").strip("0"))
+    if digits >= 16:  # a float this long may already have lost digits of the input
+        return (
+            f"{text} is a float (inexact, digits may already be lost); quote the amount "
+            "exactly as written, as a string"
+        )
+    return f'{text} is a float (inexact); quote it: "{text}"'
+
+
 def money(value: Decimal | int | str) -> Decimal:
     """Round to nano-units. Floats are refused: they are not exact."""
     if isinstance(value, float):
-        raise MoneyError("money must not be a float; pass a Decimal, int or decimal string")
+        raise MoneyError(float_refusal(value))
     try:
         amount = Decimal(value).quantize(NANO, rounding=ROUND_HALF_EVEN)
     except (InvalidOperation, ValueError) as exc:

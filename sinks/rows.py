@@ -97,7 +97,8 @@ def alert_row(value: bytes, pos: Position) -> list[Any]:
 
 BUDGET_COLUMNS = [
     "budget_id", "name", "parent_id", "limit", "currency", "period", "timezone", "scope",
-    "thresholds", "deleted", "updated_at", "_topic", "_partition", "_offset",
+    "thresholds", "deleted", "updated_at", "custom_start", "custom_end",
+    "_topic", "_partition", "_offset",
 ]  # fmt: skip
 
 
@@ -108,12 +109,13 @@ def budget_row(value: bytes | None, pos: Position, key: bytes | None = None) -> 
     if value is None:  # tombstone: keep history, mark deleted
         budget_id = key.decode() if key else ""
         return [budget_id, "", "", Decimal(0), "", "", "", "{}", "[]", 1,
-                datetime.now(UTC), *pos]  # fmt: skip
+                datetime.now(UTC), None, None, *pos]  # fmt: skip
     b = BudgetDefinition.from_avro(codec("BudgetDefinition").decode(value))
     thresholds = [t.model_dump(mode="json") for t in b.thresholds]
     return [
         b.budget_id, b.name, b.parent_id or "", b.limit, b.currency, b.period, b.timezone,
-        json.dumps(b.scope, sort_keys=True), json.dumps(thresholds), 0, b.updated_at, *pos,
+        json.dumps(b.scope, sort_keys=True), json.dumps(thresholds), 0, b.updated_at,
+        b.custom_start, b.custom_end, *pos,
     ]  # fmt: skip
 
 

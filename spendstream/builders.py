@@ -11,15 +11,22 @@ contract: ``input_tokens`` is the whole prompt including cache reads and writes,
   ``cache_creation_input_tokens``; we add them back.
 * Google Gemini: ``promptTokenCount`` includes ``cachedContentTokenCount``;
   ``thoughtsTokenCount`` is billed as output but reported apart from candidates.
-Money that arrives as a JSON float (Apify's ``usageTotalUsd``) goes through ``str`` into
-Decimal, never through float arithmetic.
+Money that arrives as a JSON float in a provider's own payload (Apify's
+``usageTotalUsd``, which we cannot ask Apify to quote) goes through ``str`` into Decimal,
+never through float arithmetic. Our own usage events are different: their amounts must
+be quoted, and a float is refused (schemas/models.py).
+
+A usage event given as a dict (a line of ``spendstream publish``) may state its time
+relative to publishing: ``"occurred_at": "now"`` or ``"now-45m"`` (units s, m, h, d). The
+shipped examples use it, so they fall in open budget periods on any day.
 """
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -398,9 +405,34 @@ def from_power_automate_run(
     return _workflow("power_automate", what, fields, end or start, **kwargs)
 
 
+# --- relative event times ---------------------------------------------------------------------
+_RELATIVE = re.compile(r"now(?:\s*-\s*(\d{1,6})\s*([smhd]))?")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+def resolve_relative_time(data: dict[str, Any], now: datetime | None = None) -> dict[str, Any]:
+    """The event dict with ``occurred_at: "now"`` / ``"now-45m"`` made absolute (from
+    ``now``, default the wall clock); any other value is left to validation."""
+    value = data.get("occurred_at")
+    match = _RELATIVE.fullmatch(value.strip()) if isinstance(value, str) else None
+    if match is None:
+        return data
+    when = now or datetime.now(UTC)
+    amount, unit = match.groups()
+    if amount:
+        try:
+            when -= timedelta(**{_UNITS[unit]: int(amount)})
+        except OverflowError:
+            raise BuilderError(f"occurred_at '{value}' lies before the year 1") from None
+    return {**data, "occurred_at": when}
+
+
 # --- auto-detection ---------------------------------------------------------------------------
-def build(payload: Any, source: str | None = None, **kwargs: Any) -> UsageEvent:
-    """Build from any supported payload; ``source`` forces a builder by name."""
+def build(
+    payload: Any, source: str | None = None, *, now: datetime | None = None, **kwargs: Any
+) -> UsageEvent:
+    """Build from any supported payload; ``source`` forces a builder by name. ``now``
+    resolves a usage event's relative ``occurred_at`` (default: the wall clock)."""
     data = as_dict(payload)
     builders = {
         "openai-chat": from_openai_chat, "openai-responses": from_openai_responses,
@@ -411,7 +443,7 @@ def build(payload: Any, source: str | None = None, **kwargs: Any) -> UsageEvent:
     }  # fmt: skip
     if source:
         if source == "event":
-            return UsageEvent.model_validate(data)
+            return UsageEvent.model_validate(resolve_relative_time(data, now))
         if source not in builders:
             raise BuilderError(
                 f"unknown source '{source}'; use one of event, {', '.join(builders)}"
@@ -419,7 +451,7 @@ def build(payload: Any, source: str | None = None, **kwargs: Any) -> UsageEvent:
         return builders[source](data, **kwargs)  # type: ignore[operator]
     kind = detect(data)
     if kind == "event":
-        return UsageEvent.model_validate(data)
+        return UsageEvent.model_validate(resolve_relative_time(data, now))
     return builders[kind](data, **kwargs)  # type: ignore[operator]
 
 

@@ -39,7 +39,7 @@ from .matching import BudgetRegistry
 from .offset_guard import OffsetGuard
 from .output import OutputProducer
 from .pricing import Catalog, Pricer
-from .processor import UsageProcessor
+from .processor import MismatchLog, UsageProcessor
 
 log = logging.getLogger("spendstream.worker")
 
@@ -118,6 +118,7 @@ def create_app(settings: Settings) -> faust.App:
         late_periods=settings.late_periods,
     )
     policy = AlertPolicy.from_settings(settings)
+    mismatches = MismatchLog()
     from spendstream.producer import producer_config
 
     out = OutputProducer(producer_config(settings, **{"linger.ms": 2}))
@@ -208,8 +209,11 @@ def create_app(settings: Settings) -> faust.App:
             if outcome.dead is not None:
                 metrics["dlq"] += 1
                 out.send(topics.dlq, msg.key, _enc("DeadLetter", outcome.dead, topics.dlq), here)
-                continue
+                if outcome.priced is None:
+                    continue
+                metrics["too_late"] += 1  # priced and stored, counted toward no budget
             assert outcome.priced is not None
+            report_skipped(usage.event_id, outcome.priced.currency, outcome.skipped_budgets)
             out.send(
                 topics.priced,
                 usage.event_id.encode(),
@@ -278,6 +282,19 @@ def create_app(settings: Settings) -> faust.App:
                 status = status_of(budget, period_key, state, now, feed.resolved())
                 out.send(topics.status, key.encode(), _enc("BudgetStatus", status, topics.status))
         await out.drain()
+
+    def report_skipped(event_id: str, currency: str, budget_ids: list[str]) -> None:
+        """Count every event a budget skips for its currency; log each pair once."""
+        for budget_id in budget_ids:
+            metrics["skipped_currency_mismatch"] += 1
+            if mismatches.first(budget_id, currency):
+                budget = registry.get(budget_id)
+                log.warning(
+                    "budget '%s' is in %s: %s spend (first: event %s) does not count toward "
+                    "it, amounts are never converted; /metrics skipped_currency_mismatch "
+                    "counts every such event (logged once per budget and currency)",
+                    budget_id, budget.currency if budget else "?", currency, event_id,
+                )  # fmt: skip
 
     def first_sighting(event_id: str) -> str:
         windows = seen[event_id]

@@ -2,6 +2,11 @@
 
 No Kafka here: the faust agent hands in bytes and the record's position and sends what
 comes back. Every failure becomes a DeadLetter with a reason a person can act on.
+
+A too-late event is real spend: it is priced (and stored) like any other, but counts
+toward no budget, and a ``too_late`` dead letter says why. So an event that was priced
+either counts toward every budget it falls under or toward none, and ClickHouse's
+allocations always equal the stream's state.
 """
 
 from __future__ import annotations
@@ -30,11 +35,39 @@ from .pricing import Pricer, PricingError
 
 @dataclass
 class Outcome:
+    """What one raw record produced. ``priced`` and ``dead`` are both set for a too-late
+    event: it is priced, counts toward no budget, and the dead letter says why."""
+
     event: UsageEvent | None = None
     priced: PricedUsage | None = None
     allocations: list[CostAllocation] = field(default_factory=list)
     dead: DeadLetter | None = None
+    #: budgets the event matched but does not count toward because their currency differs
+    #: from the cost's (amounts are never converted)
     skipped_budgets: list[str] = field(default_factory=list)
+
+    @property
+    def too_late(self) -> bool:
+        return self.priced is not None and self.dead is not None
+
+
+class MismatchLog:
+    """Which (budget, currency) pairs were already reported: a currency mismatch is logged
+    once per pair, not once per event (the metric counts every event)."""
+
+    def __init__(self, max_pairs: int = 10_000) -> None:
+        self.max_pairs = max_pairs
+        self._seen: set[tuple[str, str]] = set()
+
+    def first(self, budget_id: str, currency: str) -> bool:
+        """True the first time this pair is seen (and after the memory was reset)."""
+        pair = (budget_id, currency)
+        if pair in self._seen:
+            return False
+        if len(self._seen) >= self.max_pairs:
+            self._seen.clear()
+        self._seen.add(pair)
+        return True
 
 
 def dead_letter(
@@ -166,23 +199,26 @@ class UsageProcessor:
             if period is None:
                 continue
             oldest = self.oldest_open(budget, arrived or now)
-            if oldest is not None and period.start < oldest:
+            if outcome.dead is None and oldest is not None and period.start < oldest:
                 # All or nothing: an event counts toward every budget it falls under or
-                # toward none, so ClickHouse and the budgets never disagree about it.
-                return Outcome(
-                    event=event,
-                    dead=dead_letter(
-                        "too_late",
-                        f"event of {event.occurred_at:%Y-%m-%d %H:%M} UTC falls in period "
-                        f"{period.key} of budget '{budget.budget_id}', which closed to late "
-                        f"events (SPENDSTREAM_LATE_PERIODS={self.late_periods} past periods "
-                        "count)",
-                        position,
-                        value=raw,
-                        event_id=event.event_id,
-                        now=now,
-                    ),
+                # toward none, so ClickHouse and the budgets never disagree about it. It
+                # is still priced (real spend, stored in priced_usage); the dead letter
+                # records why it counts nowhere. The loop goes on only to list every
+                # currency-skipped budget.
+                outcome.allocations.clear()
+                outcome.dead = dead_letter(
+                    "too_late",
+                    f"event of {event.occurred_at:%Y-%m-%d %H:%M} UTC falls in period "
+                    f"{period.key} of budget '{budget.budget_id}', which closed to late "
+                    f"events (SPENDSTREAM_LATE_PERIODS={self.late_periods} past periods "
+                    "count); it is priced but counts toward none of its budgets",
+                    position,
+                    value=raw,
+                    event_id=event.event_id,
+                    now=now,
                 )
+            if outcome.dead is not None:
+                continue
             outcome.allocations.append(
                 CostAllocation(
                     allocation_id=f"{event.event_id}/{budget.budget_id}",

@@ -5,7 +5,9 @@ something, lets the system recover and settle (consumer lag zero everywhere), th
 what every scenario must keep:
 
   accounted       every input record is priced (in ClickHouse), dead-lettered (in the
-                  DLQ table) or a duplicate of an earlier event id; never two of these
+                  DLQ table) or a duplicate of an earlier event id; never two of these,
+                  except a too-late event: priced (real spend) and dead-lettered as
+                  too_late (why it counts toward no budget), exactly the oracle's
   no_duplicates   ClickHouse holds each event and each allocation once: count() equals
                   uniqExact(id) without FINAL, and equals the oracle's count
   spend_exact     spend and event count per budget and period, in ClickHouse and in the
@@ -117,6 +119,8 @@ class Expected:
     inputs: set[Position] = field(default_factory=set)
     priced: dict[Position, str] = field(default_factory=dict)
     dead: dict[Position, str] = field(default_factory=dict)
+    #: too late for a budget period: priced and dead-lettered, no allocations
+    late: set[Position] = field(default_factory=set)
     duplicates: set[Position] = field(default_factory=set)
     spend: dict[str, Decimal] = field(default_factory=lambda: defaultdict(Decimal))
     count: Counter[str] = field(default_factory=Counter)
@@ -149,7 +153,10 @@ def oracle(settings: Settings, budgets: list[BudgetDefinition]) -> Expected:
         outcome = processor.process(decoded, source, r.timestamp, arrived=r.timestamp)
         if outcome.dead is not None:
             want.dead[pos] = outcome.dead.error_code
-            continue
+            if outcome.priced is None:
+                continue
+            assert outcome.dead.error_code == "too_late" and not outcome.allocations
+            want.late.add(pos)
         first[decoded.event_id] = pos
         want.priced[pos] = decoded.event_id
         for alloc in outcome.allocations:
@@ -267,7 +274,8 @@ class FaultRun:
         dead = {(t, int(p), int(o)): c for t, p, o, c in dead_rows if t in inputs}
         dead_count = sum(1 for t, *_ in dead_rows if t in inputs)
         overlap = set(priced) & set(dead)
-        accounted = (priced == want.priced and dead == want.dead and not overlap
+        accounted = (priced == want.priced and dead == want.dead and overlap == want.late
+                     and all(dead[p] == "too_late" for p in overlap)
                      and set(priced) | set(dead) | want.duplicates == want.inputs)  # fmt: skip
 
         n, ids = ch.query("SELECT count(), uniqExact(event_id) FROM priced_usage").rows[0]
@@ -307,7 +315,8 @@ class FaultRun:
         checks = {
             "accounted": (accounted, f"{len(want.inputs)} inputs: {len(priced)} priced "
                           f"(want {len(want.priced)}), {len(dead)} dead (want {len(want.dead)}),"
-                          f" {len(want.duplicates)} duplicates, {len(overlap)} in both"
+                          f" {len(want.duplicates)} duplicates, {len(overlap)} in both "
+                          f"(want {len(want.late)} too late)"
                           + (f"; missing {missing[:5]}" if missing else "")),
             "no_duplicates": (no_dups, f"priced {n} rows/{ids} ids, allocations {an} rows/"
                               f"{aids} ids (want {want.allocations}), DLQ rows {dead_count}"),

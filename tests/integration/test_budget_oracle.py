@@ -4,7 +4,8 @@ Budgets are created through the worker's HTTP API; events spread over the last d
 (several daily periods in a non-UTC zone, hierarchical monthly budgets, two providers,
 some too late to count). Per budget and period the stream's spend and count must equal
 the oracle exactly, threshold alerts must be exactly the crossings the oracle expects,
-too-late events must sit in the DLQ, and the API must answer checks, alert actions and
+too-late events must be priced and stored in ClickHouse (real spend) with no allocation
+and a too_late record in the DLQ, and the API must answer checks, alert actions and
 deletions from the same state.
 """
 
@@ -28,6 +29,7 @@ from spendstream.schemas.avro import codec
 from spendstream.schemas.budget import BudgetDefinition
 from spendstream.schemas.models import Attributes, DeadLetter, LlmUsage, UsageEvent
 from spendstream.schemas.money import plain
+from spendstream.sinks.warehouse import sink_warehouse
 from spendstream.streams.matching import BudgetRegistry
 from spendstream.streams.periods import budget_period, open_since
 from spendstream.streams.pricing import Pricer
@@ -73,6 +75,7 @@ def test_totals_and_alerts_match_the_oracle_and_the_api_acts_on_them(settings, s
     zone = quiet_zone(now)
     ensure_topics(settings)
     services.start("worker", "worker", SPENDSTREAM_API_TOKEN=TOKEN)
+    services.start("sink", "sink")
     wait_for("worker HTTP API", lambda: api_up(settings), 90, services)
 
     # --- budgets through the API (child within parent, tiers with actions) --------------
@@ -162,6 +165,27 @@ def test_totals_and_alerts_match_the_oracle_and_the_api_acts_on_them(settings, s
     dead = wait_for("too-late events in the DLQ", dlq_complete, 60, services)
     assert {d.event_id for d in dead} == too_late
     assert {d.error_code for d in dead} == {"too_late"}
+
+    # too late to count is still spend: every event is priced and stored in ClickHouse,
+    # the too-late ones with no allocation; ClickHouse's allocations equal the stream's
+    warehouse = wait_for("sink query port", lambda: sink_warehouse(settings), 90, services)
+    wait_for("every event in priced_usage", lambda: warehouse.query(
+        "SELECT count() FROM priced_usage FINAL").scalar() == 800, 120, services)  # fmt: skip
+    costs = {e.event_id: pricer.price(e).total for e in events}
+    stored = dict(warehouse.query("SELECT event_id, cost FROM priced_usage FINAL").rows)
+    assert stored == costs
+    want_allocations = sum(count.values())
+    wait_for("allocations in ClickHouse", lambda: warehouse.query(
+        "SELECT count() FROM cost_allocations FINAL").scalar() == want_allocations, 120,
+        services)  # fmt: skip
+    late_allocated = warehouse.query(
+        "SELECT count() FROM cost_allocations FINAL WHERE event_id IN {ids:Array(String)}",
+        {"ids": sorted(too_late)},
+    ).scalar()
+    assert late_allocated == 0
+    rows = warehouse.query("SELECT budget_id, period_key, sum(amount) FROM cost_allocations "
+                           "FINAL GROUP BY budget_id, period_key").rows  # fmt: skip
+    assert {f"{b}|{k}": v for b, k, v in rows} == dict(spent)
 
     def tiers_in():
         got: dict[str, set[str]] = defaultdict(set)

@@ -1,4 +1,5 @@
-"""The price stage turns every bad input into a dead letter with an actionable reason."""
+"""The price stage turns every bad input into a dead letter with an actionable reason;
+a too-late event is still priced (real spend) but counts toward no budget."""
 
 from datetime import UTC, datetime, timedelta
 
@@ -8,7 +9,7 @@ from spendstream.schemas.budget import BudgetDefinition
 from spendstream.schemas.models import DeadLetter, SourcePosition, UsageEvent
 from spendstream.streams.matching import BudgetRegistry
 from spendstream.streams.pricing import Pricer
-from spendstream.streams.processor import UsageProcessor
+from spendstream.streams.processor import MismatchLog, UsageProcessor
 from tests.conftest import llm_event
 
 NOW = datetime(2026, 11, 15, 13, 0, tzinfo=UTC)
@@ -87,12 +88,15 @@ def test_late_event_counts_toward_its_own_period_within_the_allowed_past_periods
     assert [a.period_key for a in out.allocations] == ["2026-10"]  # its own period, not now's
 
 
-def test_event_older_than_the_allowed_periods_goes_to_dlq_as_too_late():
+def test_event_older_than_the_allowed_periods_is_priced_but_counts_nowhere():
     event = llm_event(org="acme", when=datetime(2026, 9, 30, 23, tzinfo=UTC))
     out = late_processor(1).process(event, POS, NOW)
     assert out.dead is not None and out.dead.error_code == "too_late"
     assert "2026-09" in out.dead.reason and "month" in out.dead.reason
-    assert out.allocations == [] and out.priced is None
+    assert out.dead.event_id == "e-1" and out.dead.origin == POS
+    # real spend: priced like any event (stored in priced_usage), but no budget counts it
+    assert out.priced is not None and out.priced.cost == Pricer().price(event).total > 0
+    assert out.allocations == [] and out.too_late
     assert late_processor(2).process(event, POS, NOW).dead is None  # two past months allowed
 
 
@@ -102,7 +106,7 @@ def test_lateness_uses_the_budget_time_zone_and_all_budgets_or_none():
     out = late_processor(1).process(event, POS, NOW)
     assert out.dead is not None and "'day'" in out.dead.reason and "2026-11-13" in out.dead.reason
     # the monthly budget would have accepted it, but it is not half-counted
-    assert out.allocations == []
+    assert out.allocations == [] and out.priced is not None
     assert late_processor(2).process(event, POS, NOW).dead is None
 
 
@@ -111,3 +115,24 @@ def test_lateness_is_judged_against_arrival_so_a_replay_decides_alike():
     months_later = datetime(2027, 3, 1, tzinfo=UTC)
     replay = late_processor(1).process(event, POS, months_later, arrived=NOW)
     assert replay.dead is None and replay.allocations[0].period_key == "2026-10"
+
+
+def test_currency_mismatch_is_listed_even_for_a_too_late_event():
+    registry = BudgetRegistry([
+        BudgetDefinition(budget_id="day", name="d", limit="100", period="daily",
+                         scope={"org": "acme"}),
+        BudgetDefinition(budget_id="eur", name="e", limit="100", currency="EUR",
+                         scope={"org": "acme"}),
+    ])  # fmt: skip
+    old = llm_event(org="acme", when=datetime(2026, 11, 10, tzinfo=UTC))
+    out = UsageProcessor(Pricer(), registry, late_periods=1).process(old, POS, NOW)
+    assert out.too_late and out.skipped_budgets == ["eur"]
+
+
+def test_mismatch_log_says_it_once_per_budget_and_currency():
+    log = MismatchLog(max_pairs=3)
+    assert log.first("eur", "USD") and not log.first("eur", "USD")
+    assert log.first("eur", "GBP") and log.first("chf", "USD")
+    assert not log.first("eur", "GBP")
+    assert log.first("new", "USD")  # memory bounded: full, so it starts again
+    assert not log.first("new", "USD")
