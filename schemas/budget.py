@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -41,8 +42,14 @@ class BudgetError(ValueError):
     """A budget definition that cannot be accepted, with the reason."""
 
 
+#: Safe budget ids: letters, digits, ``.``, ``_`` and ``-``, starting with a letter or digit.
+#: Alert ids are ``budget:period:kind[:tier]`` and are split on ``:``; ids end up in URL
+#: paths (``/budgets/ID``), so ``:``, ``/``, ``.`` and ``..`` are refused.
+BUDGET_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+
+
 class BudgetDefinition(Strict):
-    budget_id: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")]
+    budget_id: str
     name: Annotated[str, Field(min_length=1, max_length=256)]
     parent_id: str | None = None
     limit: Money
@@ -58,6 +65,16 @@ class BudgetDefinition(Strict):
     allocations: dict[str, Money] = Field(default_factory=dict)
     owner: str | None = None
     updated_at: AwareDatetime = Field(default_factory=lambda: datetime.now(UTC))
+
+    @field_validator("budget_id")
+    @classmethod
+    def _safe_id(cls, value: str) -> str:
+        if not re.fullmatch(BUDGET_ID_PATTERN, value):
+            raise ValueError(
+                f"'{value}' is not a valid budget id: use 1-128 letters, digits, '.', '_' "
+                "or '-', starting with a letter or digit"
+            )
+        return value
 
     @field_validator("timezone")
     @classmethod
@@ -176,7 +193,7 @@ def load_budgets_file(
             budgets.append(BudgetDefinition.model_validate(item))
         except ValidationError as exc:
             ident = item.get("budget_id", f"#{index + 1}") if isinstance(item, dict) else index + 1
-            raise BudgetError(f"{path}: budget {ident}: {explain(exc)}") from None
+            raise BudgetError(f"{path}: budget {ident}: {explain(exc, '')}") from None
     ids = [b.budget_id for b in budgets]
     dupes = {i for i in ids if ids.count(i) > 1}
     if dupes:

@@ -454,10 +454,16 @@ class DeadLetter(Strict):
         return cls.model_validate(record)
 
 
-def explain(exc: ValidationError) -> str:
-    """One line per problem, with the field path: what a producer needs to fix its input."""
+def explain(exc: ValidationError, label: str = "event") -> str:
+    """One line per problem, with the field path: what a producer needs to fix its input.
+
+    A problem with the whole object (no field path) is labelled ``label``: a budget's
+    rule broken must not read as an event's. An empty label leaves it unlabelled (when
+    the caller already said which object it is)."""
     parts = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
-        parts.append(f"{loc or 'event'}: {err['msg']}")
+        where = loc or label
+        msg = str(err["msg"]).removeprefix("Value error, ")  # pydantic's wrapper, not news
+        parts.append(f"{where}: {msg}" if where else msg)
     return "; ".join(parts)

@@ -296,11 +296,19 @@ class SinkWarehouse:
         return QueryResult(columns, rows)
 
     def health(self) -> dict[str, Any]:
-        """The sink's own view of itself: is its writer inserting?"""
+        """The sink's own view of itself: is its writer inserting? (503 carries the why.)"""
+        request = urllib.request.Request(self.base_url + "/health")
         try:
-            data = json.loads(self._call("/health", timeout=10))
-        except WarehouseError as exc:
-            return {"ok": False, "error": str(exc)}
+            with urllib.request.urlopen(request, timeout=10) as response:
+                body = response.read()
+        except urllib.error.HTTPError as exc:
+            body = exc.read()
+        except (urllib.error.URLError, OSError) as exc:
+            return {"ok": False, "error": f"the sink's port {self.base_url} did not answer: {exc}"}
+        try:
+            data = json.loads(body)
+        except ValueError:
+            data = None
         return data if isinstance(data, dict) else {"ok": False, "error": "bad answer"}
 
     def close(self) -> None:

@@ -10,6 +10,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
+import click
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -88,11 +89,15 @@ def _run(action: Callable[[], T]) -> T:
         PricingError,
         ReportError,
     ) as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        # one line, unwrapped: a message to read, grep and paste, whatever the terminal width
+        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         err.print("interrupted")
         raise typer.Exit(130) from None
+    except click.exceptions.Abort:  # a prompt that got no answer (Ctrl-D, no terminal)
+        err.print("[red]error:[/red] aborted: nothing was changed", highlight=False)
+        raise typer.Exit(1) from None
     except typer.Exit:
         raise
     except Exception as exc:  # last resort: still no bare traceback
@@ -233,6 +238,124 @@ def sink(
     _run(body)
 
 
+@app.command("status")
+def status_cmd(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object, for machines.")] = False,
+) -> None:
+    """Health at a glance: Kafka reachable, worker and sink consumer lag per topic, the
+    sink's writer, the last alert. Exit code 1 when Kafka cannot be reached.
+
+    Lag is the records a group has not committed (a group that never committed lags by
+    the whole topic); in --json a topic that does not exist has lag null."""
+
+    def body() -> None:
+        from confluent_kafka import KafkaError, KafkaException
+
+        from spendstream.readback import decode_alert, read_newest
+        from spendstream.topics import (
+            sink_group,
+            sink_inputs,
+            topic_lags,
+            wait_for_broker,
+            worker_group,
+            worker_inputs,
+        )
+
+        settings = _settings()
+        address = settings.bootstrap_servers
+        wait_for_broker(address, BROKER_CHECK_S)
+        try:
+            worker_lag = topic_lags(settings, worker_group(settings), worker_inputs(settings))
+            sink_lag = topic_lags(settings, sink_group(settings), sink_inputs(settings))
+            alert = read_newest(settings, settings.topics.alerts, decode_alert)
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            reason = error.str() if isinstance(error, KafkaError) else str(exc)
+            raise CliError(f"Kafka at {address} stopped answering: {reason}") from None
+        report = {
+            "broker": {"address": address, "reachable": True},
+            "worker": {"group": worker_group(settings), "lag": worker_lag,
+                       "total_lag": sum(v or 0 for v in worker_lag.values()),
+                       "http": _worker_http(settings)},
+            "sink": {"group": sink_group(settings), "lag": sink_lag,
+                     "total_lag": sum(v or 0 for v in sink_lag.values()),
+                     **_sink_process(settings)},
+            "last_alert": None if alert is None else {
+                "alert_id": alert.alert_id, "budget_id": alert.budget_id, "kind": alert.kind,
+                "triggered_at": alert.triggered_at.isoformat(), "message": alert.message},
+        }  # fmt: skip
+        if as_json:
+            print(json.dumps(report, indent=2))
+            return
+        _print_status(report)
+
+    _run(body)
+
+
+def _worker_http(settings: Settings) -> dict[str, Any]:
+    """Whether a worker answers on the configured web port (lag alone cannot tell an idle
+    pipeline from a stopped one)."""
+    from spendstream.processes import worker_metrics
+
+    metrics = worker_metrics(settings.worker_web_port)
+    return {"port": settings.worker_web_port, "answering": metrics is not None}
+
+
+def _sink_process(settings: Settings) -> dict[str, Any]:
+    """The sink as ``sink.json`` and its ``GET /health`` describe it (embedded ClickHouse);
+    with a server the sink has no port to ask."""
+    if not settings.is_embedded_clickhouse:
+        return {"running": None, "note": "ClickHouse server: the sink has no query port; "
+                "see its lag"}  # fmt: skip
+    from spendstream.sinks.warehouse import SinkWarehouse, running_sink
+
+    endpoint = running_sink(settings)
+    if endpoint is None:
+        return {"running": False}
+    health = SinkWarehouse(endpoint.url, endpoint.token).health()
+    return {"running": True, "pid": endpoint.pid, "port": endpoint.port, "health": health}
+
+
+def _print_status(report: dict[str, Any]) -> None:
+    worker, sink = report["worker"], report["sink"]
+    console.print(f"broker      reachable at {report['broker']['address']}", highlight=False)
+    http = worker["http"]
+    console.print(f"worker      group {worker['group']}; HTTP on port {http['port']}: "
+                  + ("answering" if http["answering"] else "not answering"),
+                  highlight=False)  # fmt: skip
+    if sink["running"] is None:
+        state = sink["note"]
+    elif not sink["running"]:
+        state = "not running"
+    else:
+        health = sink["health"]
+        verdict = "healthy" if health.get("ok") else "NOT healthy"
+        said = ", ".join(f"{k} {v}" for k, v in health.items() if k != "ok")  # what it says
+        state = f"running (pid {sink['pid']}, port {sink['port']}); {verdict}: {said}"
+    console.print(f"sink        group {sink['group']}; {state}", highlight=False, markup=False)
+    table = Table("topic", "worker lag", "sink lag", title="consumer lag (records not committed)")
+    topics = list(dict.fromkeys([*worker["lag"], *sink["lag"]]))
+
+    def cell(lags: dict[str, int | None], topic: str) -> str:
+        if topic not in lags:
+            return ""
+        return "missing" if lags[topic] is None else str(lags[topic])
+
+    for topic in topics:
+        table.add_row(topic, cell(worker["lag"], topic), cell(sink["lag"], topic))
+    table.add_row("[bold]total[/bold]", str(worker["total_lag"]), str(sink["total_lag"]))
+    console.print(table)
+    if None in [*worker["lag"].values(), *sink["lag"].values()]:
+        console.print("missing topics: create them with `spendstream topics create` (a worker "
+                      "or the sink also does at start)")  # fmt: skip
+    alert = report["last_alert"]
+    if alert is None:
+        console.print("last alert  none")
+    else:
+        console.print(f"last alert  {alert['alert_id']} at {alert['triggered_at']}: "
+                      f"{alert['message']}", highlight=False, markup=False)  # fmt: skip
+
+
 # --- budgets -------------------------------------------------------------------------------
 @budgets_app.command("apply")
 def budgets_apply(file: Path) -> None:
@@ -337,6 +460,10 @@ def budgets_delete(
     def body() -> None:
         from spendstream.producer import publish_budgets
 
+        if not yes and not sys.stdin.isatty():
+            # no terminal to ask on: refuse before touching anything, and say the way out
+            raise CliError(f"not deleted: pass --yes to delete budget '{budget_id}' without a "
+                           "prompt (no terminal to ask on)")  # fmt: skip
         settings = _settings()
         registry = _read_budgets(settings).registry
         if registry.get(budget_id) is None:
@@ -456,7 +583,7 @@ def check_cmd(
                 "output_tokens": output_tokens, "attributes": attrs,
             })  # fmt: skip
         except ValidationError as exc:
-            raise CliError(explain(exc)) from None
+            raise CliError(explain(exc, "check")) from None
         settings = _settings()
         feed = _read_budgets(settings, follow_status=True)
         pricer = Pricer(Catalog.for_settings(settings.price_catalog))
@@ -522,19 +649,19 @@ def _alert_action(alert_id: str, action: str, actor: str | None, note: str | Non
 
         from spendstream.producer import publish_alert_action
         from spendstream.schemas.models import AlertAction, explain
+        from spendstream.streams.api import alert_known
 
         settings = _settings()
         budget_id = alert_id.split(":", 1)[0]
         feed = _read_budgets(settings, follow_status=True)
-        known = {a for s in feed.statuses.values() for a in s.active_alerts}
-        if alert_id not in known and alert_id not in feed.actions:
+        if not alert_known(feed, alert_id):  # the same rule as the HTTP API
             raise CliError(f"no alert '{alert_id}' (see `spendstream alerts list`)")
         try:
             act = AlertAction(alert_id=alert_id, budget_id=budget_id, action=action,
                               actor=actor or getpass.getuser(), note=note,
                               at=datetime.now(UTC))  # fmt: skip
         except ValidationError as exc:
-            raise CliError(explain(exc)) from None
+            raise CliError(explain(exc, "alert action")) from None
         publish_alert_action(settings, act)
         console.print(
             f"{action}d {alert_id}" if action == "resolve" else f"acknowledged {alert_id}"
@@ -573,6 +700,11 @@ def status_table(statuses: list[Any], *, names: bool = False) -> Table:
 
 
 # --- publishing & analytics ----------------------------------------------------------------
+#: seconds a one-shot command waits for Kafka before saying it is unreachable (the producer
+#: alone would retry for minutes and log every failed connection)
+BROKER_CHECK_S = 5.0
+
+
 @app.command()
 def publish(
     file: Annotated[
@@ -588,23 +720,35 @@ def publish(
         from spendstream.builders import BuilderError, build
         from spendstream.producer import UsagePublisher
         from spendstream.schemas.models import explain
+        from spendstream.topics import wait_for_broker
 
         settings = _settings()
         try:
-            lines = file.read_text().splitlines()
+            # bytes: one line that is not UTF-8 is one bad line, not a bad file
+            lines = file.read_bytes().splitlines()
         except OSError as exc:
             raise CliError(f"cannot read {file}: {exc.strerror}") from None
+        # without a broker the producer would retry for minutes, logging every attempt
+        wait_for_broker(settings.bootstrap_servers, BROKER_CHECK_S)
         rejected: list[str] = []
         with UsagePublisher(settings) as publisher:
-            for number, line in track(list(enumerate(lines, 1)), description="publishing"):
-                if not line.strip():
+            for number, raw in track(list(enumerate(lines, 1)), description="publishing"):
+                if not raw.strip():
                     continue
                 try:
+                    line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
                     publisher.publish(build(json.loads(line)))
+                except UnicodeDecodeError as exc:
+                    rejected.append(f"line {number}: not valid UTF-8 (byte 0x"
+                                    f"{exc.object[exc.start]:02x} at position {exc.start + 1})")  # fmt: skip
                 except ValidationError as exc:
                     rejected.append(f"line {number}: {explain(exc)}")
-                except (BuilderError, json.JSONDecodeError) as exc:
+                except json.JSONDecodeError as exc:
+                    rejected.append(f"line {number}: not JSON: {exc}")
+                except BuilderError as exc:
                     rejected.append(f"line {number}: {exc}")
+                except RecursionError:
+                    rejected.append(f"line {number}: JSON nested too deeply")
             report = publisher.flush()
         console.print(f"sent {report.sent}, failed {report.failed}, rejected {len(rejected)}")
         for reason in rejected[:20] + report.errors[:20]:
@@ -617,7 +761,10 @@ def publish(
 
 @app.command()
 def price(
-    file: Annotated[str, typer.Argument(help="A JSON payload file, or - for standard input.")],
+    file: Annotated[
+        str,
+        typer.Argument(help="A JSON payload, or JSON lines (one payload a line); - for stdin."),
+    ],
     source: Annotated[
         str | None,
         typer.Option(
@@ -626,9 +773,14 @@ def price(
             "power-automate."
         ),  # fmt: skip
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="JSON on stdout (JSON lines: one object a line).")
+    ] = False,
 ) -> None:
-    """Price one raw provider payload: the normalized usage event and its cost breakdown."""
+    """Price raw provider payloads: the normalized usage event and its cost breakdown.
+
+    A file of JSON lines is priced line by line: one result per line, and a bad line is
+    reported with its number (exit code 1) while the others are still priced."""
 
     def body() -> None:
         from spendstream.builders import build
@@ -636,28 +788,26 @@ def price(
 
         settings = _settings()
         try:
-            text = sys.stdin.read() if file == "-" else Path(file).read_text()
+            text = sys.stdin.read() if file == "-" else Path(file).read_text(encoding="utf-8-sig")
         except OSError as exc:
             raise CliError(f"cannot read {file}: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:
+            raise CliError(f"{file} is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
+        pricer = Pricer(Catalog.for_settings(settings.price_catalog))
         try:
             payload = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise CliError(f"{file} is not JSON: {exc}") from None
+            if not _json_lines(text, exc):
+                raise CliError(f"{file} is not JSON: {exc}") from None
+            if not _price_lines(text, source, pricer, as_json):
+                raise typer.Exit(1) from None
+            return
+        except RecursionError:
+            raise CliError(f"{file}: JSON nested too deeply") from None
         event = build(payload, source)
-        cost = Pricer(Catalog.for_settings(settings.price_catalog)).price(event)
+        cost = pricer.price(event)
         if as_json:
-            print(json.dumps({
-                "event": event.model_dump(mode="json"),
-                "total_cost": format(cost.total, "f"),
-                "currency": cost.currency,
-                "price_source": cost.source,
-                "price_version": cost.version,
-                "components": [
-                    {"name": c.name, "quantity": format(c.quantity.normalize(), "f"),
-                     "unit": c.unit, "amount": format(c.amount, "f")}
-                    for c in cost.components
-                ],
-            }, indent=2))  # fmt: skip
+            print(json.dumps(_priced_json(event, cost), indent=2))
             return
         console.print_json(event.model_dump_json())
         table = Table("line", "quantity", "unit", "amount", title="cost breakdown")
@@ -670,12 +820,99 @@ def price(
     _run(body)
 
 
+def _json_lines(text: str, exc: json.JSONDecodeError) -> bool:
+    """Whether ``text``, which is not one JSON document, reads as JSON lines: more than
+    one value ("Extra data"), or a first line that is JSON on its own."""
+    if exc.msg == "Extra data":
+        return True
+    lines = [line for line in text.split("\n") if line.strip()]
+    if len(lines) < 2:
+        return False
+    try:
+        json.loads(lines[0])
+    except (json.JSONDecodeError, RecursionError):
+        return False
+    return True
+
+
+def _priced_json(event: Any, cost: Any) -> dict[str, Any]:
+    return {
+        "event": event.model_dump(mode="json"),
+        "total_cost": format(cost.total, "f"),
+        "currency": cost.currency,
+        "price_source": cost.source,
+        "price_version": cost.version,
+        "components": [
+            {"name": c.name, "quantity": format(c.quantity.normalize(), "f"), "unit": c.unit,
+             "amount": format(c.amount, "f")}
+            for c in cost.components
+        ],
+    }  # fmt: skip
+
+
+def _what(payload: Any) -> str:
+    """What a payload is, in a few words: provider and model, actor, workflow, category."""
+    names = ("provider", "model", "actor_id", "platform", "workflow_id", "category")
+    return " ".join(str(v) for v in (getattr(payload, n, None) for n in names) if v)
+
+
+def _price_lines(text: str, source: str | None, pricer: Any, as_json: bool) -> bool:
+    """Price each line of JSON lines; prints one result per line. True if all priced."""
+    from pydantic import ValidationError
+
+    from spendstream.builders import BuilderError, build
+    from spendstream.schemas.models import explain
+    from spendstream.streams.pricing import PricingError
+
+    table = Table("line", "event", "what", "total", "currency", "priced by")
+    failures: list[str] = []
+    totals: dict[str, Decimal] = {}
+    for number, line in enumerate(text.split("\n"), 1):  # JSON strings may hold U+2028
+        if not line.strip():
+            continue
+        try:
+            event = build(json.loads(line), source)
+            cost = pricer.price(event)
+        except json.JSONDecodeError as exc:
+            reason = f"not JSON: {exc}"
+        except (BuilderError, PricingError) as exc:
+            reason = str(exc)
+        except ValidationError as exc:
+            reason = explain(exc)
+        except RecursionError:
+            reason = "JSON nested too deeply"
+        else:
+            if as_json:
+                print(json.dumps({"line": number, **_priced_json(event, cost)}))
+            else:
+                table.add_row(str(number), event.event_id, _what(event.payload),
+                              format(cost.total, "f"), cost.currency, cost.source)  # fmt: skip
+                totals[cost.currency] = totals.get(cost.currency, Decimal(0)) + cost.total
+            continue
+        failures.append(f"line {number}: {reason}")
+        if as_json:
+            print(json.dumps({"line": number, "error": reason}))
+    if not as_json:
+        for currency, total in sorted(totals.items()):
+            table.add_row("[bold]total[/bold]", "", "", f"[bold]{format(total, 'f')}[/bold]",
+                          currency, "")  # fmt: skip
+        console.print(table)
+        for failure in failures:
+            err.print(failure, highlight=False, markup=False, soft_wrap=True)
+    return not failures
+
+
 @app.command()
 def sql(
     query: str,
     fmt: Annotated[str, typer.Option("--format", help="table | csv | json")] = "table",
 ) -> None:
-    """Run read-only SQL against ClickHouse (through the running sink when it holds chDB)."""
+    """Run read-only SQL against ClickHouse (through the running sink when it holds chDB).
+
+    JSON is always valid JSON: Decimals are exact strings (also inside arrays, tuples and
+    maps), dates, times, UUIDs and IP addresses strings, NaN and +/-Infinity null (JSON has
+    no such numbers), bytes UTF-8 text with undecodable bytes as \\xNN. CSV lines end in
+    \\n, nested values are JSON text."""
 
     def body() -> None:
         from spendstream.sinks.warehouse import open_warehouse
@@ -690,24 +927,42 @@ def sql(
     _run(body)
 
 
+def _exact(value: Decimal) -> str:
+    """A Decimal as ClickHouse gave it, without exponent: 0.000000001, never 1E-9."""
+    return format(value, "f")
+
+
+def _cell(value: Any) -> str:
+    """One value as text for CSV and tables: scalars as in JSON, nested values as JSON."""
+    from spendstream.streams.api import jsonable
+
+    converted = jsonable(value, _exact)
+    if converted is None:
+        return ""
+    if isinstance(converted, (list, dict)):
+        return json.dumps(converted, ensure_ascii=False)
+    return str(converted)
+
+
 def print_result(columns: list[str], rows: list[tuple[Any, ...]], fmt: str) -> None:
+    """Print a query result; every format is parseable whatever types ClickHouse returns."""
     if fmt == "json":
+        from spendstream.streams.api import jsonable
 
-        def conv(v: Any) -> Any:
-            return str(v) if isinstance(v, Decimal) else v.isoformat() if hasattr(
-                v, "isoformat") else v  # fmt: skip
-
-        print(json.dumps([{c: conv(v) for c, v in zip(columns, r, strict=True)} for r in rows]))
+        print(json.dumps([{c: jsonable(v, _exact) for c, v in zip(columns, r, strict=True)}
+                          for r in rows], allow_nan=False))  # fmt: skip
     elif fmt == "csv":
         import csv
 
-        writer = csv.writer(sys.stdout)
+        writer = csv.writer(sys.stdout, lineterminator="\n")  # not CRLF, also on a terminal
         writer.writerow(columns)
-        writer.writerows(rows)
+        writer.writerows([_cell(v) for v in row] for row in rows)
     elif fmt == "table":
+        from rich.text import Text
+
         table = Table(*columns)
-        for row in rows:
-            table.add_row(*(str(v) for v in row))
+        for row in rows:  # cells as Text: data, never rich markup
+            table.add_row(*(Text("NULL", "dim") if v is None else Text(_cell(v)) for v in row))
         console.print(table)
     else:
         raise CliError(f"unknown format '{fmt}': use table, csv or json")
@@ -777,12 +1032,25 @@ def report(
             raise CliError(f"unknown report '{kind}': use one of {', '.join(builders)}")
         warehouse = open_warehouse(settings)
         try:
+            if budget is not None:
+                _require_stored_budget(warehouse, budget)
             result = builders[kind](warehouse)
         finally:
             warehouse.close()
         sys.stdout.write(result.render(fmt))
 
     _run(body)
+
+
+def _require_stored_budget(warehouse: Any, budget_id: str) -> None:
+    """A report for a budget ClickHouse never heard of would show zeros as if it were real:
+    say the name is wrong instead. Deleted budgets still count (their spend stays)."""
+    known = warehouse.query(
+        "SELECT count() FROM budgets WHERE budget_id = {b:String}", {"b": budget_id}
+    ).scalar()
+    if not known:
+        raise CliError(f"no budget '{budget_id}' in ClickHouse (see `spendstream budgets list`; "
+                       "a new budget reaches ClickHouse through the sink)")  # fmt: skip
 
 
 @app.command()

@@ -13,6 +13,8 @@ from spendstream.schemas.avro import codec
 from spendstream.schemas.models import BudgetAlert, BudgetStatus
 
 T = TypeVar("T")
+#: records read back from the end of each partition to find the newest one
+TAIL_RECORDS = 16
 
 
 def read_topic(
@@ -57,6 +59,57 @@ def read_topic(
         consumer.close()
 
 
+def read_newest(
+    settings: Settings, topic: str, decode: Callable[[bytes], T], timeout: float = 10
+) -> T | None:
+    """The newest record of ``topic`` (latest record timestamp over all partitions),
+    reading only the last few records of each partition, not the whole topic. Records
+    that do not decode are passed over. None when the topic is empty or missing."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.bootstrap_servers,
+            "logger": logging.getLogger("spendstream.kafka"),
+            "group.id": "spendstream-readback",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+        }
+    )
+    try:
+        meta = consumer.list_topics(topic, timeout=timeout)
+        if topic not in meta.topics or meta.topics[topic].error is not None:
+            return None
+        starts = []
+        for p in meta.topics[topic].partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
+            if high > low:  # a few back: the last offsets may be transaction markers
+                starts.append(TopicPartition(topic, p, max(low, high - TAIL_RECORDS)))
+        pending = {tp.partition for tp in starts}
+        consumer.assign(starts)
+        newest: tuple[int, T] | None = None
+        while pending:
+            msg = consumer.poll(timeout)
+            if msg is None:
+                break
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    pending.discard(msg.partition())
+                continue
+            value = msg.value()
+            if value is None:
+                continue
+            try:
+                decoded = decode(value)
+            except Exception:  # a foreign or corrupt record: not the answer
+                continue
+            stamp = msg.timestamp()[1]
+            if newest is None or stamp >= newest[0]:
+                newest = (stamp, decoded)
+        return newest[1] if newest else None
+    finally:
+        consumer.close()
+
+
 def newer_status(old: BudgetStatus | None, new: BudgetStatus) -> bool:
     """Whether ``new`` supersedes ``old`` for the same budget and period. Spend only grows,
     so the status that counted more events is the newer one: a worker that lost the
@@ -78,12 +131,9 @@ def read_statuses(settings: Settings) -> list[BudgetStatus]:
     return list(latest.values())
 
 
+def decode_alert(value: bytes) -> BudgetAlert:
+    return BudgetAlert.from_avro(codec("BudgetAlert").decode(value))
+
+
 def read_alerts(settings: Settings) -> list[BudgetAlert]:
-    return [
-        alert
-        for _, alert in read_topic(
-            settings,
-            settings.topics.alerts,
-            lambda v: BudgetAlert.from_avro(codec("BudgetAlert").decode(v)),
-        )
-    ]
+    return [alert for _, alert in read_topic(settings, settings.topics.alerts, decode_alert)]

@@ -19,16 +19,17 @@ def wait_for_broker(bootstrap: str, timeout: float = 60) -> None:
     """Block until the cluster answers metadata requests, or fail with what to do."""
     admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
     deadline = time.monotonic() + timeout
-    last: Exception | None = None
+    reason = "no answer"
     while time.monotonic() < deadline:
         try:
             admin.list_topics(timeout=min(5.0, max(deadline - time.monotonic(), 0.5)))
             return
         except KafkaException as exc:
-            last = exc
+            error = exc.args[0] if exc.args else None
+            reason = error.str() if isinstance(error, KafkaError) else str(exc)
             time.sleep(0.5)
     raise TopicsError(
-        f"Kafka at {bootstrap} did not answer within {timeout:.0f}s ({last}). Is the broker "
+        f"Kafka at {bootstrap} did not answer within {timeout:g}s ({reason}): is the broker "
         "running? Start the local one with `spendstream kafka start`, or set "
         "SPENDSTREAM_KAFKA_BOOTSTRAP_SERVERS to your cluster."
     )
@@ -64,6 +65,28 @@ def ensure_topics(settings: Settings, timeout: float = 30) -> list[str]:
     return sorted(created)
 
 
+def worker_group(settings: Settings) -> str:
+    """The consumer group of the workers (faust's app id, prefixed like the topics)."""
+    return f"{settings.topic_prefix}{settings.app_id}"
+
+
+def sink_group(settings: Settings) -> str:
+    """The consumer group of the sink."""
+    return f"{settings.topic_prefix}{settings.sink_group}"
+
+
+def worker_inputs(settings: Settings) -> list[str]:
+    """Topics the worker group consumes and commits: raw usage and the allocations."""
+    t = settings.topics
+    return [*t.sources, t.allocations]
+
+
+def sink_inputs(settings: Settings) -> list[str]:
+    """Topics the sink group consumes (as sinks/clickhouse_sink.py subscribes)."""
+    t = settings.topics
+    return [t.priced, t.allocations, t.alerts, t.budgets, t.dlq, t.alert_actions]
+
+
 def group_lag(settings: Settings, group: str, topics: Iterable[str]) -> int:
     """Records of ``topics`` the consumer ``group`` has not committed yet (all partitions)."""
     return sum(partition_lags(settings, group, topics).values())
@@ -80,6 +103,8 @@ def partition_lags(settings: Settings, group: str, topics: Iterable[str]) -> dic
     try:
         parts = [TopicPartition(t, p) for t in topics
                  for p in consumer.list_topics(t, timeout=30).topics[t].partitions]  # fmt: skip
+        if not parts:  # none of the topics exists (yet)
+            return {}
         for attempt in range(20):  # a new group's coordinator may still be loading
             try:
                 committed = consumer.committed(parts, timeout=30)
@@ -97,13 +122,23 @@ def partition_lags(settings: Settings, group: str, topics: Iterable[str]) -> dic
         consumer.close()
 
 
+def topic_lags(settings: Settings, group: str, topics: Iterable[str]) -> dict[str, int | None]:
+    """Uncommitted records of ``group`` per topic (all partitions summed); None for a topic
+    that does not exist. A group that never committed lags by the whole topic."""
+    names = list(topics)
+    lags: dict[str, int | None] = dict.fromkeys(names)
+    for key, lag in partition_lags(settings, group, names).items():
+        topic = key.rsplit(":", 1)[0]
+        lags[topic] = (lags[topic] or 0) + lag
+    return lags
+
+
 def pipeline_lags(settings: Settings) -> dict[str, int]:
     """Uncommitted input of the workers (usage and allocations) and of the sink."""
     t = settings.topics
     return {
-        "worker": group_lag(settings, f"{settings.topic_prefix}{settings.app_id}",
-                            [*t.sources, t.allocations]),
-        "sink": group_lag(settings, f"{settings.topic_prefix}{settings.sink_group}",
+        "worker": group_lag(settings, worker_group(settings), worker_inputs(settings)),
+        "sink": group_lag(settings, sink_group(settings),
                           [t.priced, t.allocations, t.alerts, t.dlq]),
     }  # fmt: skip
 

@@ -14,8 +14,9 @@ import asyncio
 import hmac
 import json
 import logging
+import math
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, time
 from decimal import Decimal
 from typing import Any, cast
 
@@ -41,21 +42,52 @@ ActionWriter = Callable[[AlertAction], None]
 UsageReader = Callable[[str, int], list[dict[str, Any]] | None]
 
 
+#: request bodies above this get a JSON 413 (aiohttp's default ``client_max_size``)
+MAX_BODY = 1024**2
+
+
 def dump(model: BaseModel) -> dict[str, Any]:
     """JSON-ready dict; money is an exact decimal string such as "0.25" (never a float)."""
-    return cast(dict[str, Any], _plain(model.model_dump(mode="python")))
+    return cast(dict[str, Any], jsonable(model.model_dump(mode="python")))
 
 
-def _plain(value: Any) -> Any:
+def jsonable(value: Any, exact: Callable[[Decimal], str] = plain) -> Any:
+    """``value`` as plain JSON types, for anything pydantic or ClickHouse hands us.
+
+    Decimals become exact strings (``exact``: shortest by default), also inside lists,
+    tuples and maps; dates and times ISO text; NaN and infinities ``null`` (JSON has no
+    such numbers, and ``json.dumps`` would write invalid ``NaN``); bytes UTF-8 text with
+    undecodable bytes as ``\\xNN``; anything else (UUID, IP addresses) its text."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
     if isinstance(value, Decimal):
-        return plain(value)
-    if isinstance(value, datetime):
+        return exact(value) if value.is_finite() else None
+    if isinstance(value, (datetime, date, time)):
         return value.isoformat()
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).decode("utf-8", errors="backslashreplace")
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
+        return {_key(k, exact): jsonable(v, exact) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [jsonable(v, exact) for v in value]
+    return str(value)
+
+
+def _key(key: Any, exact: Callable[[Decimal], str]) -> str:
+    """JSON object keys are strings: a map keyed by UUID, Decimal or a tuple still prints."""
+    converted = jsonable(key, exact)
+    return converted if isinstance(converted, str) else json.dumps(converted)
+
+
+def alert_known(feed: BudgetFeed, alert_id: str) -> bool:
+    """Whether ``alert_id`` ever fired (it is in some status's active alerts) or was already
+    acted on. Acting on any other id would create an action for an alert that then is
+    born acknowledged or resolved, and never shows as open."""
+    if alert_id in feed.actions:
+        return True
+    return any(alert_id in s.active_alerts for s in feed.statuses.values())
 
 
 def error(status: int, message: str, **extra: Any) -> Reply:
@@ -98,6 +130,8 @@ class BudgetApi:
             return json.loads(body or b"null")
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise ApiError(400, "request body is nested too deeply") from None
 
     def statuses_of(self, budget_id: str) -> list[BudgetStatus]:
         resolved = self.feed.resolved()
@@ -134,7 +168,7 @@ class BudgetApi:
         try:
             budget = BudgetDefinition.model_validate(data)
         except ValidationError as exc:
-            return error(422, explain(exc))
+            return error(422, explain(exc, "budget"))
         exists = self.registry.get(budget.budget_id) is not None
         if budget_id is None and exists:
             return error(409, f"budget '{budget.budget_id}' exists; PUT /budgets/"
@@ -194,14 +228,15 @@ class BudgetApi:
         if not isinstance(data, dict):
             return error(400, 'expected a JSON object such as {"actor": "ana"}')
         budget_id = alert_id.split(":", 1)[0]
-        if self.registry.get(budget_id) is None and not self.statuses_of(budget_id):
-            return error(404, f"alert '{alert_id}' names no known budget")
+        if not alert_known(self.feed, alert_id):
+            return error(404, f"no alert '{alert_id}': only alerts that fired can be "
+                              "acknowledged or resolved")  # fmt: skip
         try:
             act = AlertAction(alert_id=alert_id, budget_id=budget_id, action=action,
                               actor=data.get("actor") or "api", note=data.get("note"),
                               at=datetime.now(UTC))  # fmt: skip
         except ValidationError as exc:
-            return error(422, explain(exc))
+            return error(422, explain(exc, "alert action"))
         self.write_action(act)
         self.feed.actions[alert_id] = act
         return 200, dump(act)
@@ -216,7 +251,7 @@ class BudgetApi:
             result = check(request, self.registry, spent_from(self.feed.statuses), self.pricer,
                            datetime.now(UTC))  # fmt: skip
         except ValidationError as exc:
-            return error(422, explain(exc))
+            return error(422, explain(exc, "check"))
         except PricingError as exc:
             return error(422, str(exc))
         return 200, dump(result)
@@ -242,8 +277,40 @@ async def guarded(handler: Callable[[], Reply | Awaitable[Reply]]) -> Reply:
         return error(500, f"internal error: {type(exc).__name__}: {exc}")
 
 
-def mount(app: Any, api: BudgetApi) -> None:
-    """Register the routes on a faust app's web server."""
+async def read_body(request: Any) -> bytes:
+    """The request body; one over ``MAX_BODY`` is the caller's error as JSON (aiohttp would
+    answer its own plain-text 413)."""
+    from aiohttp import web
+
+    try:
+        return cast(bytes, await request.read())
+    except web.HTTPRequestEntityTooLarge:
+        raise ApiError(413, f"request body is larger than {MAX_BODY} bytes") from None
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "[::1]", "::1")
+
+
+def browser_refusal(headers: Any, bind: str = "127.0.0.1") -> Reply | None:
+    """Why a request looks like a web page's (and is refused), or None.
+
+    The API is for programs and people at a terminal, never for a page in someone's
+    browser: a cross-origin request carries ``Origin`` (or a cross-site
+    ``Sec-Fetch-Site``); a DNS-rebinding page reaches a loopback port under its own host
+    name, so on a loopback bind the ``Host`` must be a loopback name."""
+    if headers.get("Origin") is not None:
+        return error(403, "cross-origin requests are refused")
+    if headers.get("Sec-Fetch-Site", "none") not in ("none", "same-origin"):
+        return error(403, "cross-site requests are refused")
+    if bind in LOOPBACK:
+        host = (headers.get("Host") or "").rsplit(":", 1)[0]
+        if host not in LOOPBACK:
+            return error(403, f"Host must be a loopback name on a loopback bind, not '{host}'")
+    return None
+
+
+def mount(app: Any, api: BudgetApi, bind: str = "127.0.0.1") -> None:
+    """Register the routes on a faust app's web server (``bind``: its listen address)."""
     from faust.web import View
 
     def respond(view: Any, reply: Reply) -> Any:
@@ -254,58 +321,65 @@ def mount(app: Any, api: BudgetApi) -> None:
         # writes flush to Kafka: keep them off the event loop
         return await asyncio.to_thread(fn, *args)
 
+    async def with_body(request: Any, fn: Callable[[bytes], Reply]) -> Reply:
+        # read inside ``guarded``, so an oversized body is a JSON 413 like any other error
+        return await blocking(fn, await read_body(request))
+
     def auth(request: Any) -> str | None:
         return request.headers.get("Authorization")
+
+    async def serve(request: Any, handler: Callable[[], Reply | Awaitable[Reply]]) -> Reply:
+        return browser_refusal(request.headers, bind) or await guarded(handler)
 
     @app.page("/budgets")
     class Budgets(View):
         async def get(self, request: Any) -> Any:
-            return respond(self, await guarded(api.list_budgets))
+            return respond(self, await serve(request, api.list_budgets))
 
         async def post(self, request: Any) -> Any:
-            body = await request.read()
-            return respond(self, await guarded(lambda: blocking(api.put_budget, None, body,
-                                                                 auth(request))))  # fmt: skip
+            return respond(self, await serve(request, lambda: with_body(
+                request, lambda body: api.put_budget(None, body, auth(request)))))  # fmt: skip
 
     @app.page("/budgets/{budget_id}")
     class OneBudget(View):
         async def get(self, request: Any, budget_id: str) -> Any:
-            return respond(self, await guarded(lambda: api.get_budget(budget_id)))
+            return respond(self, await serve(request, lambda: api.get_budget(budget_id)))
 
         async def put(self, request: Any, budget_id: str) -> Any:
-            body = await request.read()
-            return respond(self, await guarded(lambda: blocking(api.put_budget, budget_id, body,
-                                                                 auth(request))))  # fmt: skip
+            return respond(self, await serve(request, lambda: with_body(
+                request, lambda body: api.put_budget(budget_id, body, auth(request)))))  # fmt: skip
 
         async def delete(self, request: Any, budget_id: str) -> Any:
-            return respond(self, await guarded(lambda: blocking(api.delete_budget, budget_id,
+            return respond(self, await serve(request, lambda: blocking(api.delete_budget, budget_id,
                                                                  auth(request))))  # fmt: skip
 
     @app.page("/budgets/{budget_id}/status")
     class Status(View):
         async def get(self, request: Any, budget_id: str) -> Any:
-            return respond(self, await guarded(lambda: api.status(budget_id)))
+            return respond(self, await serve(request, lambda: api.status(budget_id)))
 
     @app.page("/budgets/{budget_id}/usage")
     class Usage(View):
         async def get(self, request: Any, budget_id: str) -> Any:
             def run() -> Reply:
                 raw = request.query.get("limit", "50")
-                if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+                if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 1000:
                     return error(400, "limit must be a whole number from 1 to 1000")
                 return api.usage(budget_id, int(raw))
 
-            return respond(self, await guarded(lambda: blocking(run)))
+            return respond(self, await serve(request, lambda: blocking(run)))
 
     @app.page("/alerts/{alert_id}/{action}")
     class Alerts(View):
         async def post(self, request: Any, alert_id: str, action: str) -> Any:
-            body = await request.read()
-            return respond(self, await guarded(lambda: blocking(
-                api.alert_action, alert_id, action, body, auth(request))))  # fmt: skip
+            return respond(self, await serve(request, lambda: with_body(
+                request, lambda body: api.alert_action(alert_id, action, body,
+                                                       auth(request)))))  # fmt: skip
 
     @app.page("/check")
     class Check(View):
         async def post(self, request: Any) -> Any:
-            body = await request.read()
-            return respond(self, await guarded(lambda: api.check(body)))
+            async def run() -> Reply:
+                return api.check(await read_body(request))  # local state only: no thread
+
+            return respond(self, await serve(request, run))

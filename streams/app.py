@@ -33,7 +33,7 @@ from spendstream.schemas.models import BudgetAlert, CostAllocation, DeadLetter, 
 from spendstream.topics import committed_or_start, has_records
 
 from .aggregation import AlertPolicy, PeriodState, due_alerts, state_key, status_of
-from .api import BudgetApi, mount
+from .api import BudgetApi, jsonable, mount
 from .budget_feed import BudgetFeed
 from .matching import BudgetRegistry
 from .offset_guard import OffsetGuard
@@ -337,7 +337,7 @@ def create_app(settings: Settings) -> faust.App:
     async def metrics_page(web: Any, request: Any) -> Any:
         return web.json({**metrics, "budgets": len(registry)})
 
-    mount(app, make_api(settings, feed, pricer))
+    mount(app, make_api(settings, feed, pricer), settings.worker_web_bind)
 
     def close_output(app: Any, *args: Any, **kwargs: Any) -> None:
         out.close()
@@ -391,31 +391,34 @@ def make_api(settings: Settings, feed: BudgetFeed, pricer: Pricer) -> BudgetApi:
 
 def recent_usage(settings: Settings, budget_id: str, limit: int) -> list[dict[str, Any]] | None:
     """Newest allocations of a budget, from the running sink (embedded ClickHouse) or the
-    server. A worker never opens the chDB directory itself: the sink holds it."""
-    from spendstream.sinks.warehouse import SinkWarehouse, connect, running_sink_url
+    server; None when neither answers. A worker never opens the chDB directory itself:
+    the sink holds it. Rows are JSON-ready, money as exact decimal strings."""
+    from spendstream.sinks.warehouse import (
+        DirectWarehouse,
+        Warehouse,
+        connect,
+        sink_warehouse,
+    )
 
+    warehouse: Warehouse
     try:
         if settings.is_embedded_clickhouse:
-            url = running_sink_url(settings)
-            if url is None:
+            through_sink = sink_warehouse(settings)
+            if through_sink is None:
                 return None
-            warehouse: Any = SinkWarehouse(url)
+            warehouse = through_sink
         else:
-            warehouse = connect(settings, create_database=False)
-        result = warehouse.query(
-            "SELECT event_id, occurred_at, period_key, amount, currency, source, provider, "
-            "model, team, project, user FROM cost_allocations FINAL "
-            "WHERE budget_id = {b:String} ORDER BY occurred_at DESC LIMIT {n:UInt32}",
-            parameters={"b": budget_id, "n": limit},
-        )
+            warehouse = DirectWarehouse(connect(settings, create_database=False))
+        try:
+            result = warehouse.query(
+                "SELECT event_id, occurred_at, period_key, amount, currency, source, provider, "
+                "model, team, project, user FROM cost_allocations FINAL "
+                "WHERE budget_id = {b:String} ORDER BY occurred_at DESC LIMIT {n:UInt32}",
+                parameters={"b": budget_id, "n": limit},
+            )
+        finally:
+            warehouse.close()
     except Exception as exc:
         log.warning("recent usage for %s unavailable: %s", budget_id, exc)
         return None
-    names = list(result.column_names)
-    return [
-        {
-            k: (str(v) if not isinstance(v, (int, str)) else v)
-            for k, v in zip(names, row, strict=True)
-        }
-        for row in result.result_rows
-    ]
+    return [jsonable(row) for row in result.as_dicts()]

@@ -80,3 +80,127 @@ def test_price_reads_stdin_and_reports_bad_input():
                              input='{"model": "gpt-99", "usage": {"prompt_tokens": 1}}')  # fmt: skip
     assert unpriced.exit_code == 1 and "unknown model" in unpriced.output
     assert "Traceback" not in unknown.output + not_json.output + unpriced.output
+
+
+def test_sql_json_is_valid_for_every_clickhouse_value(capsys):
+    import json
+    import math
+    from datetime import UTC, date, datetime
+    from decimal import Decimal
+    from ipaddress import IPv4Address, IPv6Address
+    from uuid import UUID
+
+    from spendstream.cli import print_result
+
+    uid = UUID("61f0c404-5cb3-11e7-907b-a6006ad3dba0")
+    row = (
+        [Decimal("1.500000000"), Decimal("0.000000001")],  # Array(Decimal)
+        uid,
+        IPv4Address("1.2.3.4"),
+        IPv6Address("::1"),
+        date(2026, 11, 24),
+        datetime(2026, 11, 24, 10, 0, 0, 123456, tzinfo=UTC),
+        math.nan,
+        math.inf,
+        -math.inf,
+        b"ab\x00",  # FixedString
+        {uid: (Decimal("2.50"), "x")},  # Map(UUID, Tuple(Decimal, String))
+        Decimal("0.000000001"),
+    )
+    columns = [f"c{i}" for i in range(len(row))]
+    print_result(columns, [row], "json")
+
+    def no_constants(name: str) -> None:
+        raise AssertionError(f"invalid JSON constant {name}")
+
+    data = json.loads(capsys.readouterr().out, parse_constant=no_constants)
+    assert list(data[0].values()) == [
+        ["1.500000000", "0.000000001"],
+        str(uid),
+        "1.2.3.4",
+        "::1",
+        "2026-11-24",
+        "2026-11-24T10:00:00.123456+00:00",
+        None,
+        None,
+        None,
+        "ab\x00",
+        {str(uid): ["2.50", "x"]},
+        "0.000000001",  # exact, never 1E-9
+    ]
+
+
+def test_sql_csv_ends_lines_with_newline_and_keeps_money_exact(capsys):
+    from decimal import Decimal
+
+    from spendstream.cli import print_result
+
+    print_result(["a", "b"], [(Decimal("0.000000001"), [Decimal("1.50")]), (None, [])], "csv")
+    out = capsys.readouterr().out
+    assert "\r" not in out
+    assert out == 'a,b\n0.000000001,"[""1.50""]"\n,[]\n'
+
+
+def test_budgets_delete_without_a_terminal_asks_for_yes(tmp_path):
+    # CliRunner's stdin is not a TTY: no prompt can be answered; nothing else is touched
+    result = invoke("budgets", "delete", "acme", env={
+        "SPENDSTREAM_DATA_DIR": str(tmp_path),
+        "SPENDSTREAM_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"})  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert "--yes" in result.output and "unexpected" not in result.output
+
+
+def test_an_unanswered_prompt_is_a_clear_error_not_an_unexpected_one():
+    import click
+    import pytest
+    import typer
+
+    from spendstream.cli import _run
+
+    def prompt() -> None:
+        raise click.exceptions.Abort()
+
+    with pytest.raises(typer.Exit) as exit_info:
+        _run(prompt)
+    assert exit_info.value.exit_code == 1
+
+
+def test_price_prices_each_line_of_json_lines(tmp_path):
+    import json
+
+    from tests.unit.test_builders import ANTHROPIC, OPENAI_CHAT
+
+    lines = tmp_path / "payloads.jsonl"
+    lines.write_text(json.dumps(ANTHROPIC) + "\n" + '{"a": 1}\n\n' + json.dumps(OPENAI_CHAT) + "\n")
+    table = invoke("price", str(lines))
+    assert table.exit_code == 1  # one line could not be priced
+    assert "Extra data" not in table.output
+    assert "line 2:" in table.output and "--source" in table.output
+    assert "0.018195000" in table.output  # line 1 priced
+    as_json = invoke("price", str(lines), "--json")
+    assert as_json.exit_code == 1
+    results = [json.loads(line) for line in as_json.stdout.splitlines()]
+    assert [r["line"] for r in results] == [1, 2, 4]
+    assert results[0]["total_cost"] == "0.018195000" and "error" in results[1]
+    assert results[2]["event"]["payload"]["model"]
+
+
+def test_price_of_one_broken_document_is_still_not_json(tmp_path):
+    broken = tmp_path / "one.json"
+    broken.write_text('{\n  "model": "gpt-4o",\n  "usage": {\n')
+    result = invoke("price", str(broken))
+    assert result.exit_code == 1 and "is not JSON" in result.output
+
+
+def test_budget_file_errors_name_the_rule_not_an_event(tmp_path):
+    bad_id = tmp_path / "ids.yaml"
+    bad_id.write_text("budgets:\n  - budget_id: 'a:b'\n    name: A\n    limit: '10'\n")
+    result = invoke("budgets", "apply", str(bad_id), env={"SPENDSTREAM_DATA_DIR": str(tmp_path)})
+    assert result.exit_code == 1
+    assert "budget_id:" in result.output and "letters, digits" in result.output
+    zero = tmp_path / "zero.yaml"
+    zero.write_text("budgets:\n  - budget_id: a\n    name: A\n    limit: '0'\n")
+    result = invoke("budgets", "apply", str(zero), env={"SPENDSTREAM_DATA_DIR": str(tmp_path)})
+    assert result.exit_code == 1
+    assert "budget a: limit must be greater than zero" in result.output
+    assert "event" not in result.output
