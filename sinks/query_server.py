@@ -126,6 +126,10 @@ class QueryServer:
                 except ValueError:
                     length = -1
                 if not 0 <= length <= MAX_BODY:
+                    # read (a bounded amount of) it first, so the client sees the answer
+                    # instead of a broken pipe
+                    self.rfile.read(min(max(length, 0), 4 * MAX_BODY))
+                    self.close_connection = True
                     self._error(413, f"request body must be at most {MAX_BODY} bytes")
                     return
                 try:
