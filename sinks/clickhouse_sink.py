@@ -49,7 +49,7 @@ from .native_ingest import (
     container,
     position_prefix,
 )
-from .rows import TABLES
+from .rows import ALLOCATION_COLUMNS, DLQ_COLUMNS, PRICED_COLUMNS, TABLES, reader
 from .warehouse import connect, migrate
 
 log = logging.getLogger("spendstream.sink")
@@ -63,7 +63,9 @@ class SinkStopped(Exception):
 class PartitionBuffer:
     table: str
     rows: list[list[Any]] = field(default_factory=list)
-    #: (key, value, offset) of every buffered row, for the DLQ and the decoding fallback
+    #: index in ``raws`` of the record each row came from (a batch record has many rows)
+    row_record: list[int] = field(default_factory=list)
+    #: (key, value, offset) of every buffered record, for the DLQ and the decoding fallback
     raws: list[tuple[bytes | None, bytes | None, int]] = field(default_factory=list)
     #: set instead of ``rows`` when the table is ingested natively
     native: NativeBatch | None = None
@@ -80,6 +82,8 @@ class SinkStats:
     skipped_origin_replays: int = 0
     poison: int = 0
     insert_failures: int = 0
+    #: batch records partly replayed (stored without the outputs already stored)
+    partial_origin_replays: int = 0
     #: native batches ClickHouse refused as data, written by decoding row by row instead
     native_fallbacks: int = 0
     batches: int = 0
@@ -120,16 +124,12 @@ class ClickHouseSink:
             migrate(self.client)
         self.stats = SinkStats()
         self.health = WriterHealth()
-        #: tables whose records ClickHouse decodes itself -> record type
-        self.native = (
-            {table: name for table, (name, _) in NATIVE_TABLES.items()}
-            if settings.sink_native_avro
-            else {}
-        )
+        #: tables whose records ClickHouse decodes itself -> {record type: staging table}
+        self.native = NATIVE_TABLES if settings.sink_native_avro else {}
         self.buffers: dict[tuple[str, int], PartitionBuffer] = {}
         self.stored: dict[tuple[str, int], int] = {}
-        #: (topic, partition) -> {(origin topic, origin partition, scope): highest offset}
-        self.origin_marks: dict[tuple[str, int], dict[tuple[str, int, str], int]] = {}
+        #: (topic, partition) -> {(origin topic, origin partition): highest offset stored}
+        self.origin_marks: dict[tuple[str, int], dict[tuple[str, int], int]] = {}
         self._buffered = 0
         self._paused = False
         self._assigned_at: float | None = None
@@ -212,14 +212,14 @@ class ClickHouseSink:
             if table in ORIGIN_SCOPED:
                 with self.lock:
                     rows = self.client.query(
-                        "SELECT origin_topic, origin_partition, scope, max(max_offset) "
+                        "SELECT origin_topic, origin_partition, max(max_offset) "
                         "FROM origin_watermarks WHERE table_name = {n:String} AND "
                         "_topic = {t:String} AND _partition = {p:Int32} "
-                        "GROUP BY origin_topic, origin_partition, scope",
+                        "GROUP BY origin_topic, origin_partition",
                         parameters={"n": table, "t": tp.topic, "p": tp.partition},
                     ).result_rows
                 self.origin_marks[(tp.topic, tp.partition)] = {
-                    (t, int(p), scope): int(o) for t, p, scope, o in rows
+                    (t, int(p)): int(o) for t, p, o in rows
                 }
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -234,9 +234,6 @@ class ClickHouseSink:
         offset = msg.offset()
         if self.stats.first_record_at is None:
             self.stats.first_record_at = time.monotonic()
-        if offset <= self.stored.get(tp, -1):
-            self.stats.skipped_replays += 1
-            return
         table = self.topic_table[msg.topic()]
         buf = self.buffers.get(tp)
         if buf is None:
@@ -245,19 +242,37 @@ class ClickHouseSink:
             buf.first_offset = offset
             buf.started = time.monotonic()
         buf.last_offset = offset
-        if table in ORIGIN_SCOPED and self._replayed_output(tp, table, msg):
-            self.stats.skipped_origin_replays += 1
-            if len(buf.raws) >= self.settings.sink_batch_rows:
-                self._flush(tp, buf)
+        if offset <= self.stored.get(tp, -1):
+            # stored by a run that died before committing: skip it, and let the next
+            # flush commit past it (a partition whose tail is all replays must not lag)
+            self.stats.skipped_replays += 1
             return
+        keep: dict[tuple[str, int], int] | None = None
+        if table in ORIGIN_SCOPED:
+            verdict = self._origins(tp, msg)
+            if not isinstance(verdict, dict) and verdict is not None:  # SKIP
+                self.stats.skipped_origin_replays += 1
+                if len(buf.raws) >= self.settings.sink_batch_rows:
+                    self._flush(tp, buf)
+                return
+            keep = verdict
         value = msg.value()
+        index = len(buf.raws)
         try:
             if table in self.native:
                 if buf.native is None:
-                    buf.native = NativeBatch(codec(self.native[table]), position_prefix(*tp))
-                buf.native.add(value, offset, len(buf.raws))
+                    staging = self.native[table]
+                    buf.native = NativeBatch(reader(*staging), position_prefix(*tp), staging)
+                if keep is None:
+                    buf.native.add(value, offset, index)
+                else:
+                    value = self._native_filtered(buf.native, value, offset, index, keep)
             else:
-                buf.rows.append(TABLES[table][1](value, (*tp, offset), msg.key()))
+                rows = TABLES[table][1](value, (*tp, offset), msg.key())
+                if keep is not None:
+                    rows = [r for r in rows if _newer(r, ORIGIN_COLUMNS[table], keep)]
+                buf.rows.extend(rows)
+                buf.row_record.extend([index] * len(rows))
         except Exception as exc:  # poison record: park it in the DLQ, never stop
             self._poison(msg, exc)
         else:
@@ -268,24 +283,54 @@ class ClickHouseSink:
         if len(buf.raws) >= self.settings.sink_batch_rows:
             self._flush(tp, buf)
 
-    def _replayed_output(self, tp: tuple[str, int], table: str, msg: Any) -> bool:
-        """True when ``msg`` restates a stored output of an input position; otherwise the
-        position becomes the watermark. Records without an origin header always count."""
+    def _origins(self, tp: tuple[str, int], msg: Any) -> dict[tuple[str, int], int] | object | None:
+        """What of ``msg`` is new: None (all of it), SKIP (nothing: every input position it
+        was computed from is stored already), or the watermarks before it, per input
+        partition, when it is partly a replay (a worker re-batched replayed input
+        differently): then only outputs of positions above them are stored. The record's
+        input ranges then become the watermarks. No ``origin`` header: all of it counts.
+
+        The header lists "topic:partition:first-last" per input partition (one offset for
+        a single record). Each worker emits the outputs of an input partition in input
+        order, and a batch's outputs are in Kafka before its input offsets commit, so
+        anything at or below the watermark is a replay of a stored output."""
         origin = next((v for k, v in msg.headers() or () if k == "origin"), None)
         if not origin:
-            return False
+            return None
         try:
-            topic, partition, offset = origin.decode().rsplit(":", 2)
-            key = msg.key() or b""
-            mark = (topic, int(partition), key.decode() if ORIGIN_SCOPED[table] else "")
-            at = int(offset)
+            ranges = parse_origins(origin.decode())
         except ValueError:
-            return False
+            return None
         marks = self.origin_marks.setdefault(tp, {})
-        if at <= marks.get(mark, -1):
-            return True
-        marks[mark] = at
-        return False
+        before = {(t, p): marks.get((t, p), -1) for t, p, _, _ in ranges}
+        if all(last <= before[(t, p)] for t, p, _, last in ranges):
+            return SKIP
+        for t, p, _, last in ranges:
+            marks[(t, p)] = max(last, marks.get((t, p), -1))
+        if all(first > before[(t, p)] for t, p, first, _ in ranges):
+            return None
+        self.stats.partial_origin_replays += 1
+        return before
+
+    def _native_filtered(
+        self, batch: NativeBatch, value: bytes, offset: int, index: int,
+        keep: dict[tuple[str, int], int],
+    ) -> bytes:  # fmt: skip
+        """Add the part of a batch record above the watermarks; returns the value stored
+        (re-encoded without the replayed allocations)."""
+        name, _, _ = batch.split(value)
+        if name != "CostAllocationBatch":  # a single allocation: the range said it all
+            batch.add(value, offset, index)
+            return value
+        kind = reader("CostAllocationBatch", "CostAllocation")
+        _, record = kind.decode(value)
+        fresh = [a for a in record["allocations"] if a["origin"]["offset"] >
+                 keep.get((a["origin"]["topic"], a["origin"]["partition"]), -1)]  # fmt: skip
+        batch_codec = codec("CostAllocationBatch")
+        filtered = batch_codec.encode({"allocations": fresh})
+        writer, body = batch_codec.split(filtered)
+        batch.add_body(name, writer, body, offset, index)
+        return filtered
 
     def _poison(self, msg: Any, exc: Exception) -> None:
         self._dead_letter(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(),
@@ -332,7 +377,8 @@ class ClickHouseSink:
                 rejected = self._insert_native(tp, buf, token)
             else:
                 columns = TABLES[buf.table][0]
-                rejected = self._insert_with_retry(buf.table, buf.rows, columns, token)
+                failed = self._insert_with_retry(buf.table, buf.rows, columns, token)
+                rejected = _records_of(failed, buf.row_record)
             for index, reason in rejected:
                 key, value, offset = buf.raws[index]
                 self._dead_letter(tp[0], tp[1], offset, key, value, reason, "sink_insert")
@@ -342,6 +388,7 @@ class ClickHouseSink:
         self.stored[tp] = buf.last_offset
         self._buffered -= len(buf.raws)
         buf.rows = []
+        buf.row_record = []
         buf.raws = []
         buf.native = None
         buf.first_offset = buf.last_offset = -1
@@ -356,13 +403,12 @@ class ClickHouseSink:
         not yet written are decoded row by row, which finds the records at fault.
         """
         assert buf.native is not None
-        staging = NATIVE_TABLES[buf.table][1]
         groups = list(buf.native.groups.values())
         done = 0
         delay = self.retry_initial_s
         try:
             while done < len(groups):
-                writer, bodies = groups[done]
+                writer, bodies, staging = groups[done]
                 part = token if len(groups) == 1 else f"{token}.w{done}"
                 settings = {
                     "insert_deduplication_token": part,
@@ -397,17 +443,21 @@ class ClickHouseSink:
     ) -> list[tuple[int, str]]:
         """Decode the buffered records at ``indices`` in Python and insert them as rows."""
         columns, builder = TABLES[buf.table]
-        rows, kept, rejected = [], [], []
+        rows: list[list[Any]] = []
+        row_record: list[int] = []
+        rejected: list[tuple[int, str]] = []
         for index in indices:
             key, value, offset = buf.raws[index]
             try:
-                rows.append(builder(value, (*tp, offset), key))
-                kept.append(index)
+                built = builder(value, (*tp, offset), key)
             except Exception as exc:
                 rejected.append((index, f"sink could not decode {tp[0]} record: {exc}"))
+                continue
+            rows.extend(built)
+            row_record.extend([index] * len(built))
         if rows:
             failed = self._insert_with_retry(buf.table, rows, columns, token)
-            rejected += [(kept[i], reason) for i, reason in failed]
+            rejected += _records_of(failed, row_record)
         return rejected
 
     def _insert(self, table: str, rows: list[list[Any]], columns: list[str], token: str) -> None:
@@ -508,9 +558,50 @@ class ClickHouseSink:
         self.stats.last_commit_at = time.monotonic()
 
 
-#: tables whose rows the worker derives from one input position each -> whether the
-#: watermark is per Kafka key as well (allocations: one per event and budget, keyed by budget)
-ORIGIN_SCOPED = {"priced_usage": False, "cost_allocations": True, "dead_letters": False}
+#: tables whose rows the workers derive from input positions, and where each row keeps its
+#: input position (origin_topic, origin_partition, origin_offset) among its columns
+ORIGIN_SCOPED = frozenset({"priced_usage", "cost_allocations", "dead_letters"})
+
+
+def _origin_columns(columns: list[str]) -> tuple[int, int, int]:
+    return (columns.index("origin_topic"), columns.index("origin_partition"),
+            columns.index("origin_offset"))  # fmt: skip
+
+
+ORIGIN_COLUMNS: dict[str, tuple[int, int, int]] = {
+    "priced_usage": _origin_columns(PRICED_COLUMNS),
+    "cost_allocations": _origin_columns(ALLOCATION_COLUMNS),
+    "dead_letters": _origin_columns(DLQ_COLUMNS),
+}  # fmt: skip
+#: ``_origins`` verdict: the whole record is a replay
+SKIP = object()
+
+
+def parse_origins(header: str) -> list[tuple[str, int, int, int]]:
+    """(topic, partition, first, last) per "topic:partition:offset" or
+    "topic:partition:first-last" item of a comma-separated origin header."""
+    ranges = []
+    for item in header.split(","):
+        topic, partition, span = item.rsplit(":", 2)
+        first, _, last = span.partition("-")
+        ranges.append((topic, int(partition), int(first), int(last or first)))
+    return ranges
+
+
+def _newer(
+    row: list[Any], columns: tuple[int, int, int], marks: dict[tuple[str, int], int]
+) -> bool:
+    t, p, o = columns
+    return bool(row[o] > marks.get((row[t], row[p]), -1))
+
+
+def _records_of(failed: list[tuple[int, str]], row_record: list[int]) -> list[tuple[int, str]]:
+    """Rows refused for good -> their records (once each: a record goes to the DLQ whole)."""
+    seen: dict[int, str] = {}
+    for row, reason in failed:
+        seen.setdefault(row_record[row], reason)
+    return list(seen.items())
+
 
 #: ClickHouse error codes that are conditions of the server, not of the data.
 TRANSIENT_CODES = {159, 202, 209, 210, 236, 241, 242, 252, 425, 999, 1000}

@@ -21,11 +21,15 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from spendstream.schemas.avro import AvroCodec, schema_json
+from spendstream.schemas.avro import AvroCodec, RecordReader, schema_json
 
-#: real table -> (record type on its topic, staging table of migration 0004)
-NATIVE_TABLES: dict[str, tuple[str, str]] = {
-    "cost_allocations": ("CostAllocation", "cost_allocations_avro"),
+#: real table -> {record type on its topic: staging table} (migrations 0004 and 0007:
+#: batch records, and the single records written before batches existed)
+NATIVE_TABLES: dict[str, dict[str, str]] = {
+    "cost_allocations": {
+        "CostAllocationBatch": "cost_allocation_batches_avro",
+        "CostAllocation": "cost_allocations_avro",
+    },
 }
 
 #: sent with every native insert: fields an older writer schema lacks take the column default
@@ -88,21 +92,36 @@ def container(writer: dict[str, Any], bodies: list[bytes]) -> bytes:
 
 @dataclass
 class NativeBatch:
-    """Wrapper bodies of one partition's batch, grouped by the schema that wrote them."""
+    """Wrapper bodies of one partition's batch, grouped by the schema that wrote them
+    (each group goes to the staging table of its record type)."""
 
-    codec: AvroCodec
+    reader: AvroCodec | RecordReader
     prefix: bytes
-    #: id(writer schema) -> (writer schema, wrapper bodies)
-    groups: dict[int, tuple[dict[str, Any], list[bytes]]] = field(default_factory=dict)
+    #: record type -> staging table (one type: ``reader`` is that type's codec)
+    staging: dict[str, str] = field(default_factory=dict)
+    #: id(writer schema) -> (writer schema, wrapper bodies, staging table)
+    groups: dict[int, tuple[dict[str, Any], list[bytes], str]] = field(default_factory=dict)
     #: id(writer schema) -> index of each body in the sink's batch (for the fallback)
     indices: dict[int, list[int]] = field(default_factory=dict)
 
+    def split(self, value: bytes) -> tuple[str, dict[str, Any], bytes]:
+        """(record type, writer schema, body); AvroDecodeError when the framing is not ours."""
+        if isinstance(self.reader, RecordReader):
+            return self.reader.split(value)
+        writer, body = self.reader.split(value)
+        return self.reader.name, writer, body
+
     def add(self, value: bytes, offset: int, index: int) -> None:
         """Add one Kafka value; raises AvroDecodeError when its framing is not ours."""
-        writer, body = self.codec.split(value)
+        name, writer, body = self.split(value)
+        self.add_body(name, writer, body, offset, index)
+
+    def add_body(
+        self, name: str, writer: dict[str, Any], body: bytes, offset: int, index: int
+    ) -> None:
         group = self.groups.get(id(writer))
         if group is None:
-            group = self.groups[id(writer)] = (writer, [])
+            group = self.groups[id(writer)] = (writer, [], self.staging.get(name, ""))
             self.indices[id(writer)] = []
         group[1].append(self.prefix + avro_long(offset) + body)
         self.indices[id(writer)].append(index)

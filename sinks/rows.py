@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from spendstream.schemas.avro import codec
+from spendstream.schemas.avro import RecordReader, codec
 from spendstream.schemas.budget import BudgetDefinition
 from spendstream.schemas.models import AlertAction, BudgetAlert, DeadLetter, payload_kind
 
@@ -26,12 +26,37 @@ PRICED_COLUMNS = [
 ]  # fmt: skip
 
 
+_readers: dict[tuple[str, ...], tuple[Any, RecordReader]] = {}
+
+
+def reader(*names: str) -> RecordReader:
+    """A RecordReader for ``names``, made again when the registry configuration changed."""
+    current = codec(names[0])
+    found = _readers.get(names)
+    if found is None or found[0] is not current:
+        found = _readers[names] = (current, RecordReader(*names))
+    return found[1]
+
+
+def priced_rows(value: bytes, pos: Position) -> list[list[Any]]:
+    """Rows from a usage.priced record: a batch of priced events (each event as the bytes
+    it arrived in), or a single PricedUsage written before batches existed. These records
+    come from our own workers and were validated there; Avro decoding enforces their types,
+    so the hot path reads the decoded dicts without a second pydantic validation."""
+    name, record = reader("PricedUsageBatch", "PricedUsage").decode(value)
+    if name == "PricedUsage":
+        return [priced_row_of(record, record["event"], pos)]
+    events = codec("UsageEvent")
+    return [priced_row_of(item, events.decode(item["event"]), pos) for item in record["items"]]
+
+
 def priced_row(value: bytes, pos: Position) -> list[Any]:
-    """Row from a usage.priced record. These records come from our own workers and were
-    validated there; Avro decoding already enforces their types, so the hot path skips a
-    second pydantic validation and reads the decoded dict directly."""
+    """Row from a single PricedUsage record."""
     p = codec("PricedUsage").decode(value)
-    e = p["event"]
+    return priced_row_of(p, p["event"], pos)
+
+
+def priced_row_of(p: dict[str, Any], e: dict[str, Any], pos: Position) -> list[Any]:
     pl = e["payload"]
     kind = payload_kind(pl)
     llm, apify, wf = kind == "llm", kind == "apify", kind == "workflow"
@@ -65,9 +90,21 @@ ALLOCATION_COLUMNS = [
 ]  # fmt: skip
 
 
+def allocation_rows(value: bytes, pos: Position) -> list[list[Any]]:
+    """Rows from a cost-allocations record: a batch, or a single allocation written before
+    batches existed (hot path of the decoding fallback; see priced_rows)."""
+    name, record = reader("CostAllocationBatch", "CostAllocation").decode(value)
+    if name == "CostAllocation":
+        return [allocation_row_of(record, pos)]
+    return [allocation_row_of(a, pos) for a in record["allocations"]]
+
+
 def allocation_row(value: bytes, pos: Position) -> list[Any]:
-    """Row from a cost-allocations record (hot path; see priced_row)."""
-    a = codec("CostAllocation").decode(value)
+    """Row from a single CostAllocation record."""
+    return allocation_row_of(codec("CostAllocation").decode(value), pos)
+
+
+def allocation_row_of(a: dict[str, Any], pos: Position) -> list[Any]:
     at = a["attributes"]
     origin = a["origin"]
     return [
@@ -144,13 +181,13 @@ def dlq_row(value: bytes, pos: Position) -> list[Any]:
     ]  # fmt: skip
 
 
-#: table name -> (columns, row builder taking (value, position, key))
-RowBuilder = Callable[[Any, Position, Any], list[Any]]
+#: table name -> (columns, builder of the rows of one record, taking (value, position, key))
+RowBuilder = Callable[[Any, Position, Any], list[list[Any]]]
 TABLES: dict[str, tuple[list[str], RowBuilder]] = {
-    "priced_usage": (PRICED_COLUMNS, lambda v, p, k: priced_row(v, p)),
-    "cost_allocations": (ALLOCATION_COLUMNS, lambda v, p, k: allocation_row(v, p)),
-    "budget_alerts": (ALERT_COLUMNS, lambda v, p, k: alert_row(v, p)),
-    "budgets": (BUDGET_COLUMNS, lambda v, p, k: budget_row(v, p, k)),
-    "dead_letters": (DLQ_COLUMNS, lambda v, p, k: dlq_row(v, p)),
-    "alert_actions": (ACTION_COLUMNS, lambda v, p, k: action_row(v, p)),
+    "priced_usage": (PRICED_COLUMNS, lambda v, p, k: priced_rows(v, p)),
+    "cost_allocations": (ALLOCATION_COLUMNS, lambda v, p, k: allocation_rows(v, p)),
+    "budget_alerts": (ALERT_COLUMNS, lambda v, p, k: [alert_row(v, p)]),
+    "budgets": (BUDGET_COLUMNS, lambda v, p, k: [budget_row(v, p, k)]),
+    "dead_letters": (DLQ_COLUMNS, lambda v, p, k: [dlq_row(v, p)]),
+    "alert_actions": (ACTION_COLUMNS, lambda v, p, k: [action_row(v, p)]),
 }

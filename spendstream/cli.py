@@ -176,41 +176,50 @@ def topics_create() -> None:
 
 # --- services ------------------------------------------------------------------------------
 @app.command()
-def worker() -> None:
-    """Run a stream worker (price, match, aggregate, alert). Run several for scale-out."""
+def worker(
+    stage: Annotated[str | None, typer.Option(hidden=True, help="Internal: run one stage.")] = None,
+) -> None:
+    """Run a stream worker: the price stage (price, dedupe, match) and the aggregator
+    (spend per budget and period, alerts, status, HTTP API), each a supervised process
+    started again if it crashes. Run several workers for scale-out (same groups)."""
 
     def body() -> None:
         import os
 
         settings = _settings()
-        if os.environ.get("SPENDSTREAM_WORKER_CHILD") != "1":
-            from spendstream.processes import RECOVERY_STUCK, run_restarting
+        if stage is None:
+            from spendstream.processes import supervise
+            from spendstream.topics import ensure_topics, wait_for_broker
 
-            # the faust worker runs as a child, started again if its recovery gets stuck
-            code = run_restarting([sys.executable, "-m", "spendstream.cli", "worker"],
-                                  {**os.environ, "SPENDSTREAM_WORKER_CHILD": "1"},
-                                  RECOVERY_STUCK, "the faust worker")  # fmt: skip
+            wait_for_broker(settings.bootstrap_servers, 60)
+            ensure_topics(settings)  # before either stage: no stage races topic creation
+            if settings.budgets_file:
+                from spendstream.producer import publish_budgets
+                from spendstream.schemas.budget import load_budgets_file
+
+                budgets = load_budgets_file(settings.budgets_file)
+                publish_budgets(settings, budgets)
+                logging.getLogger("spendstream").info("published %d budgets", len(budgets))
+            me = [sys.executable, "-m", "spendstream.cli", "worker", "--stage"]
+            env = {**os.environ, "SPENDSTREAM_WORKER_CHILD": "1"}
+            code = supervise({"price": [*me, "price"], "aggregate": [*me, "aggregate"]}, env)
             raise typer.Exit(code)
-        from spendstream.topics import ensure_topics, wait_for_broker
+        if stage == "price":
+            from spendstream.streams.price_worker import run_price_worker
 
-        wait_for_broker(settings.bootstrap_servers, 60)
-        ensure_topics(settings)
-        if settings.budgets_file:
-            from spendstream.producer import publish_budgets
-            from spendstream.schemas.budget import load_budgets_file
-
-            budgets = load_budgets_file(settings.budgets_file)
-            publish_budgets(settings, budgets)
-            logging.getLogger("spendstream").info("published %d budgets", len(budgets))
+            run_price_worker(settings)
+            return
+        if stage != "aggregate":
+            raise CliError(f"unknown stage '{stage}': price or aggregate")
         from faust import Worker
 
-        from spendstream.streams.app import create_app
+        from spendstream.streams.app import create_worker
 
-        faust_app = create_app(settings)
-        faust_app.spendstream_start_feed()
+        aggregator = create_worker(settings)
+        aggregator.start_feed()
         sys.argv = [sys.argv[0]]
         Worker(
-            faust_app, loglevel=settings.log_level.lower(), quiet=True
+            aggregator.app, loglevel=settings.log_level.lower(), quiet=True
         ).execute_from_commandline()
 
     _run(body)
@@ -258,14 +267,14 @@ def status_cmd(
             topic_lags,
             wait_for_broker,
             worker_group,
-            worker_inputs,
+            worker_lags,
         )
 
         settings = _settings()
         address = settings.bootstrap_servers
         wait_for_broker(address, BROKER_CHECK_S)
         try:
-            worker_lag = topic_lags(settings, worker_group(settings), worker_inputs(settings))
+            worker_lag = worker_lags(settings)
             sink_lag = topic_lags(settings, sink_group(settings), sink_inputs(settings))
             alert = read_newest(settings, settings.topics.alerts, decode_alert)
         except KafkaException as exc:

@@ -121,6 +121,75 @@ def worker_metrics(port: int) -> dict[str, int] | None:
 RECOVERY_STUCK = 75
 
 
+#: exit codes after which a supervised child is not started again: a clean stop, and a
+#: CLI error (bad settings, Kafka unreachable at start): starting again would only repeat it
+FINAL_CODES = (0, 1)
+
+
+def supervise(
+    children: dict[str, list[str]],
+    env: dict[str, str],
+    *,
+    backoff: tuple[float, float] = (1.0, 30.0),
+    settle_s: float = 60.0,
+) -> int:
+    """Run each named child and start it again when it crashes (crash-only: any exit but
+    ``FINAL_CODES``, kills included), with a doubling back-off that resets once a child
+    has run ``settle_s``; forward SIGTERM/SIGINT to all. Ends when every child has ended
+    for good; returns the worst exit code.
+
+    ``spendstream worker`` runs the price stage and the faust aggregator this way: a
+    crashed stage comes back on its own, and its uncommitted input is replayed."""
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    delays = dict.fromkeys(children, backoff[0])
+    started: dict[str, float] = {}
+    due: dict[str, float] = dict.fromkeys(children, 0.0)
+    codes: dict[str, int] = {}
+    stopping = False
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        while True:
+            now = time.monotonic()
+            for name, argv in children.items():
+                if name in codes or name in procs or stopping or now < due[name]:
+                    continue
+                procs[name] = subprocess.Popen(argv, env=env)
+                started[name] = now
+            for name, proc in list(procs.items()):
+                code = proc.poll()
+                if code is None:
+                    continue
+                del procs[name]
+                if stopping or code in FINAL_CODES:
+                    codes[name] = code
+                    if not stopping:  # one stage ended for good: so does the worker
+                        print(f"the {name} stage ended with code {code}; stopping the "
+                              "others", file=sys.stderr, flush=True)  # fmt: skip
+                        forward(signal.SIGTERM, None)
+                    continue
+                ran = time.monotonic() - started[name]
+                delay = backoff[0] if ran >= settle_s else delays[name]
+                delays[name] = min(delay * 2, backoff[1])
+                due[name] = time.monotonic() + delay
+                print(f"the {name} stage exited with code {code} after {ran:.0f}s; starting "
+                      f"it again in {delay:.0f}s", file=sys.stderr, flush=True)  # fmt: skip
+            if not procs and (stopping or len(codes) == len(children)):
+                bad = [c for c in codes.values() if c]
+                return bad[0] if bad else 0
+            time.sleep(0.2)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
 def run_restarting(argv: list[str], env: dict[str, str], restart_on: int, what: str) -> int:
     """Run ``argv`` as a child in the foreground; start it again whenever it exits with
     ``restart_on``; forward SIGTERM/SIGINT to it. Returns the child's final exit code."""

@@ -36,9 +36,10 @@ def wait_for_broker(bootstrap: str, timeout: float = 60) -> None:
 
 
 def ensure_topics(settings: Settings, timeout: float = 30) -> list[str]:
-    """Create every missing topic; returns the names created. Existing topics are kept."""
+    """Create every missing topic, the workers' internal ones included; returns the names
+    created. Existing topics are kept."""
     admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
-    wanted = settings.topics.all_topics()
+    wanted = {**settings.topics.all_topics(), **worker_topics(settings)}
     existing = set(admin.list_topics(timeout=timeout).topics)
     new = [
         NewTopic(name, settings.topic_partitions, settings.topic_replication, config=config)
@@ -66,8 +67,43 @@ def ensure_topics(settings: Settings, timeout: float = 30) -> list[str]:
 
 
 def worker_group(settings: Settings) -> str:
-    """The consumer group of the workers (faust's app id, prefixed like the topics)."""
+    """The consumer group of the aggregating workers (faust's app id, prefixed like the
+    topics); it consumes cost-allocations."""
     return f"{settings.topic_prefix}{settings.app_id}"
+
+
+def price_group(settings: Settings) -> str:
+    """The consumer group of the workers' price stage; it consumes the raw usage topics."""
+    return f"{worker_group(settings)}-price"
+
+
+def seen_topic(settings: Settings) -> str:
+    """The price stage's dedupe changelog (SeenEvents records)."""
+    return f"{worker_group(settings)}-seen-events"
+
+
+def spend_changelog(settings: Settings) -> str:
+    """faust's changelog of the spend table ("<app id>-<table>-changelog")."""
+    return f"{worker_group(settings)}-budget-spend-changelog"
+
+
+def worker_topics(settings: Settings) -> dict[str, dict[str, str]]:
+    """The workers' internal topics, created with the others before any worker starts:
+    faust declaring its changelog itself raced the first table write (PartitionsMismatch,
+    "changelog topic has 0 partitions") on a fresh broker."""
+    keep_ms = max(2 * settings.dedupe_window_s * 1000, 3_600_000)
+    return {
+        seen_topic(settings): {"cleanup.policy": "delete", "retention.ms": str(keep_ms)},
+        spend_changelog(settings): {"cleanup.policy": "compact"},
+    }
+
+
+def worker_lags(settings: Settings) -> dict[str, int | None]:
+    """Uncommitted input of the workers per topic: raw usage by the price stage's group,
+    allocations by the aggregating group."""
+    t = settings.topics
+    return {**topic_lags(settings, price_group(settings), t.sources),
+            **topic_lags(settings, worker_group(settings), [t.allocations])}  # fmt: skip
 
 
 def sink_group(settings: Settings) -> str:
@@ -137,7 +173,7 @@ def pipeline_lags(settings: Settings) -> dict[str, int]:
     """Uncommitted input of the workers (usage and allocations) and of the sink."""
     t = settings.topics
     return {
-        "worker": group_lag(settings, worker_group(settings), worker_inputs(settings)),
+        "worker": sum(v or 0 for v in worker_lags(settings).values()),
         "sink": group_lag(settings, sink_group(settings),
                           [t.priced, t.allocations, t.alerts, t.dlq]),
     }  # fmt: skip

@@ -115,16 +115,27 @@ class PeriodState:
 
     def apply(self, alloc: CostAllocation) -> bool:
         """Count an allocation once; False when its origin position was already counted."""
-        origin = f"{alloc.origin.topic}:{alloc.origin.partition}"
-        if alloc.origin.offset <= self.watermarks.get(origin, -1):
+        return self.apply_fields(
+            f"{alloc.origin.topic}:{alloc.origin.partition}",
+            alloc.origin.offset,
+            to_nanos(alloc.amount),
+            to_micros(alloc.occurred_at),
+            to_micros(alloc.period_start),
+            to_micros(alloc.period_end),
+        )
+
+    def apply_fields(
+        self, origin: str, offset: int, nanos: int, when: int, start_us: int, end_us: int
+    ) -> bool:
+        """``apply`` on plain values (the hot path reads fastavro dicts, not models):
+        ``origin`` is "topic:partition" of the raw input, times are epoch microseconds."""
+        if offset <= self.watermarks.get(origin, -1):
             return False
-        self.watermarks[origin] = alloc.origin.offset
-        nanos = to_nanos(alloc.amount)
-        when = to_micros(alloc.occurred_at)
+        self.watermarks[origin] = offset
         self.spent_nanos += nanos
         self.count += 1
-        self.period_start_us = to_micros(alloc.period_start)
-        self.period_end_us = to_micros(alloc.period_end)
+        self.period_start_us = start_us
+        self.period_end_us = end_us
         self.last_event_us = max(self.last_event_us, when)
         self.first_event_us = min(self.first_event_us or when, when)
         day = (when - self.period_start_us) // US_PER_DAY
@@ -179,10 +190,20 @@ def due_alerts(
     the same crossing always has the same id, and ``state.alerted`` makes sure it is not
     produced twice. Forecast and anomaly rules run on event time (replays agree).
     """
-    policy = policy or AlertPolicy()
+    return tier_alerts(budget, period_key, state, now, triggered_by) + trend_alerts(
+        budget, period_key, state, now, triggered_by, policy
+    )
+
+
+def _firing(
+    budget: BudgetDefinition,
+    period_key: str,
+    state: PeriodState,
+    now: datetime,
+    triggered_by: str | None,
+    alerts: list[BudgetAlert],
+) -> Any:
     spent, limit = state.spent, budget.limit
-    pct = percent_of(spent, limit)
-    alerts: list[BudgetAlert] = []
 
     def fire(tag: str, kind: str, severity: str, message: str, **extra: Any) -> None:
         state.alerted.append(tag)
@@ -205,6 +226,22 @@ def due_alerts(
             )
         )
 
+    return fire
+
+
+def tier_alerts(
+    budget: BudgetDefinition,
+    period_key: str,
+    state: PeriodState,
+    now: datetime,
+    triggered_by: str | None,
+) -> list[BudgetAlert]:
+    """Threshold tiers and 'exceeded' now crossed and not fired yet (cheap: run it after
+    each allocation, so the alert names the event that crossed)."""
+    spent, limit = state.spent, budget.limit
+    pct = percent_of(spent, limit)
+    alerts: list[BudgetAlert] = []
+    fire = _firing(budget, period_key, state, now, triggered_by, alerts)
     for tier in budget.thresholds:
         tag = f"threshold:{plain(tier.percent)}"
         if pct < tier.percent or tag in state.alerted:
@@ -219,6 +256,23 @@ def due_alerts(
         fire("exceeded", "exceeded", "critical",
              f"limit {limit} {budget.currency} exceeded in {period_key}: spent {spent} "
              f"{budget.currency}")  # fmt: skip
+    return alerts
+
+
+def trend_alerts(
+    budget: BudgetDefinition,
+    period_key: str,
+    state: PeriodState,
+    now: datetime,
+    triggered_by: str | None,
+    policy: AlertPolicy | None = None,
+) -> list[BudgetAlert]:
+    """Forecast overrun and anomaly, on event time (replays agree); once per batch is
+    enough, they look at the period's shape, not at one event."""
+    policy = policy or AlertPolicy()
+    spent, limit = state.spent, budget.limit
+    alerts: list[BudgetAlert] = []
+    fire = _firing(budget, period_key, state, now, triggered_by, alerts)
     if spent <= limit and "forecast" not in state.alerted and state.period_end_us:
         proj = state.projection(limit)
         if proj.elapsed_fraction >= policy.forecast_min_elapsed and proj.projected > limit:

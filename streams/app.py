@@ -1,16 +1,18 @@
-"""The faust worker: thin wiring of the pure stages to Kafka topics and tables.
+"""The aggregating worker on faust: spend per budget and period, alerts, status, and the
+HTTP API. Thin wiring of ``AggregateStage`` (aggregate_stage.py) to Kafka and a table.
 
-Two agents:
-  price:     usage.* (raw bytes)  -> usage.priced, cost-allocations, usage.dlq
-  aggregate: cost-allocations     -> spend table, budget-alerts, budget-status
+  aggregate: cost-allocations -> budget-spend table, budget-alerts, budget-status
 
-Raw bytes are consumed and decoded inside the agent, so a bad record reaches the DLQ
-before its offset is committed. Micro-batches (``stream.take``) write each table key at
-most once per batch. Processing is idempotent (see aggregation.py and the dedupe note
-below), so at-least-once delivery gives an exactly-once effect. A batch that fails for
-any reason other than bad input ends the process before faust can ack it (crash-only):
-on restart the batch is replayed and the idempotent state absorbs it. Outputs go through
-librdkafka (output.py) and are flushed before a batch returns, i.e. before faust acks it.
+The price stage (raw usage -> usage.priced, cost-allocations, usage.dlq) runs in its own
+process on librdkafka's batch consumer (price_loop.py, price_worker.py); ``spendstream
+worker`` supervises both. faust stays the runtime here because this is the stateful part:
+a table with a changelog, recovered and moved on rebalances.
+
+Micro-batches (``stream.take``) write each table key at most once per batch. Processing
+is idempotent (per-origin watermarks in the state), so at-least-once delivery gives an
+exactly-once effect. A batch that fails for any reason other than bad input ends the
+process before faust can ack it (crash-only): on restart the batch is replayed and the
+idempotent state absorbs it. ``commit_aggregates`` is the order of the writes.
 """
 
 from __future__ import annotations
@@ -21,27 +23,35 @@ import os
 import time
 import weakref
 from collections import Counter
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, cast
 
 import faust
 
 from spendstream.config import Settings
 from spendstream.processes import RECOVERY_STUCK
-from spendstream.schemas.avro import codec, configure_registry, framed_codec
-from spendstream.schemas.models import BudgetAlert, CostAllocation, DeadLetter, SourcePosition
-from spendstream.topics import committed_or_start, has_records
+from spendstream.schemas.avro import AvroDecodeError, RecordReader, configure_registry, framed_codec
+from spendstream.schemas.models import SourcePosition
+from spendstream.topics import committed_or_start, has_records, worker_group
 
-from .aggregation import AlertPolicy, PeriodState, due_alerts, state_key, status_of
+from .aggregate_stage import AggregateResult, AggregateStage
+from .aggregation import AlertPolicy
 from .api import BudgetApi, jsonable, mount
 from .budget_feed import BudgetFeed
 from .matching import BudgetRegistry
 from .offset_guard import OffsetGuard
 from .output import OutputProducer
+from .price_loop import price_metrics_path
 from .pricing import Catalog, Pricer
-from .processor import MismatchLog, UsageProcessor
+from .processor import dead_letter
 
 log = logging.getLogger("spendstream.worker")
+
+#: the faust table of spend per "budget|period" (its changelog is created before faust
+#: starts, with the topics' partition count: topics.worker_topics)
+SPEND_TABLE = "budget-spend"
 
 
 def _enc(name: str, model: Any, topic: str) -> bytes:
@@ -66,15 +76,54 @@ class WorkerApp(faust.App):
         return consumer
 
 
-def create_app(settings: Settings) -> faust.App:
+@dataclass
+class Worker:
+    """The aggregating worker: its faust app and what the CLI and tests reach into."""
+
+    app: WorkerApp
+    registry: BudgetRegistry
+    feed: BudgetFeed
+    metrics: Metrics
+    price_metrics: Path
+    #: wall-clock time of the last batch that counted something (benchmarks time to it)
+    last_aggregated_at: float | None = None
+
+    def start_feed(self) -> None:
+        """Read every budget before faust starts: an agent that waits for budgets inside
+        its stream can miss its partitions when a rebalance lands meanwhile (found by the
+        fault suite: a third worker joining left two partitions unconsumed)."""
+        if not self.feed.is_alive():
+            self.feed.start()
+        if not self.feed.ready.wait(120):
+            raise RuntimeError(
+                f"budgets topic {self.feed.settings.topics.budgets} not read within 120 s; "
+                "is Kafka reachable?"
+            )
+        if self.feed.error:
+            log.error("budget feed: %s", self.feed.error)
+        log.info("budget feed ready: %d budgets", len(self.registry))
+
+    def all_metrics(self) -> dict[str, Any]:
+        """This process's counters plus the price stage's (its own process writes them)."""
+        import json
+
+        try:
+            price = json.loads(self.price_metrics.read_text())
+        except (OSError, ValueError):
+            price = {}
+        return {**price, **self.metrics, "budgets": len(self.registry),
+                "aggregated_last_at": self.last_aggregated_at}  # fmt: skip
+
+
+def create_worker(settings: Settings) -> Worker:
     topics = settings.topics
     configure_registry(settings.schema_registry_url or None)
     datadir = settings.worker_dir / f"w{settings.worker_web_port}"
     datadir.mkdir(parents=True, exist_ok=True)
     metrics = Metrics()
-    group = f"{settings.topic_prefix}{settings.app_id}"
+    group = worker_group(settings)
     offset_guard = OffsetGuard(
-        [*topics.sources, topics.allocations],
+        [topics.allocations],
         metrics,
         start_of=lambda topic, partition: committed_or_start(settings, group, topic, partition),
         has_records=lambda topic, partition, start, end: has_records(
@@ -110,54 +159,17 @@ def create_app(settings: Settings) -> faust.App:
     registry = BudgetRegistry()
     feed = BudgetFeed(settings, registry, follow_status=True)
     pricer = Pricer(Catalog.for_settings(settings.price_catalog))
-    processor = UsageProcessor(
-        pricer,
-        registry,
-        max_skew=timedelta(seconds=settings.max_clock_skew_s),
-        unknown_price=settings.unknown_price,
-        late_periods=settings.late_periods,
-    )
-    policy = AlertPolicy.from_settings(settings)
-    mismatches = MismatchLog()
+    stage = AggregateStage(registry, AlertPolicy.from_settings(settings))
     from spendstream.producer import producer_config
 
     out = OutputProducer(producer_config(settings, **{"linger.ms": 2}))
-
-    def raw_topic(*names: str) -> faust.TopicT:
-        return app.topic(*names, key_serializer="raw", value_serializer="raw")
-
-    sources = raw_topic(*topics.sources)
-    alloc_topic = raw_topic(topics.allocations)
-
-    # event_id -> "topic:partition:offset|unix time" of its first sighting, remembered for
-    # one to two dedupe windows (tumbling windows, expired by faust). A replay of the same
-    # record (same position) is processed again; only a different position is a duplicate,
-    # so marking an id never hides a record whose outputs were not written yet.
-    window = float(settings.dedupe_window_s)
-    seen = (
-        app.Table("seen-events", default=str, key_type=str, value_type=str)
-        .tumbling(window, expires=2 * window)
-        .relative_to_now()
-    )
+    alloc_topic = app.topic(topics.allocations, key_serializer="raw", value_serializer="raw")
     # State as a JSON string: faust's changelog recovery cannot rebuild a dict value_type.
-    spend = app.Table("budget-spend", default=None, key_type=str, value_type=str)
-
-    def start_budget_feed() -> None:
-        """Read every budget before faust starts: an agent that waits for budgets inside
-        its stream can miss its partitions when a rebalance lands meanwhile (found by the
-        fault suite: a third worker joining left two partitions unconsumed)."""
-        if not feed.is_alive():
-            feed.start()
-        if not feed.ready.wait(120):
-            raise RuntimeError(
-                f"budgets topic {topics.budgets} not read within 120 s; is Kafka reachable?"
-            )
-        if feed.error:
-            log.error("budget feed: %s", feed.error)
-        log.info("budget feed ready: %d budgets", len(registry))
+    spend = app.Table(SPEND_TABLE, default=None, key_type=str, value_type=str)
+    allocations = RecordReader("CostAllocationBatch", "CostAllocation")
 
     def batches(stream: faust.StreamT) -> Any:
-        """Micro-batches of events (acked by faust after the batch body returns)."""
+        """Micro-batches of records (acked by faust after the batch body returns)."""
         return cast(Any, stream).take_events(settings.batch_size, settings.batch_linger_ms / 1000)
 
     async def run_batch(events: list[faust.EventT], process: Any) -> None:
@@ -182,123 +194,67 @@ def create_app(settings: Settings) -> faust.App:
             logging.shutdown()
             os._exit(70)
 
-    @app.agent(sources)
-    async def price(stream: faust.StreamT) -> None:
-        async for events in batches(stream):
-            await run_batch(events, price_batch)
-
-    async def price_batch(events: list[faust.EventT]) -> None:
-        now = datetime.now(UTC)
-        now_tag = str(int(time.time()))
-        for event in events:
-            msg = event.message
-            pos = SourcePosition(topic=msg.topic, partition=msg.partition, offset=msg.offset)
-            here = f"{pos.topic}:{pos.partition}:{pos.offset}"
-            decoded = processor.decode(msg.key, msg.value, pos, now)
-            if isinstance(decoded, DeadLetter):
-                metrics["dlq"] += 1
-                out.send(topics.dlq, msg.key, _enc("DeadLetter", decoded, topics.dlq), here)
-                continue
-            usage = decoded
-            first = with_event(event, lambda k=usage.event_id: first_sighting(k))
-            if first and first.split("|", 1)[0] != here:
-                metrics["duplicates"] += 1
-                continue
-            arrived = datetime.fromtimestamp(msg.timestamp, UTC) if msg.timestamp else None
-            outcome = processor.process(usage, pos, now, raw=msg.value, arrived=arrived)
-            if outcome.dead is not None:
-                metrics["dlq"] += 1
-                out.send(topics.dlq, msg.key, _enc("DeadLetter", outcome.dead, topics.dlq), here)
-                if outcome.priced is None:
-                    continue
-                metrics["too_late"] += 1  # priced and stored, counted toward no budget
-            assert outcome.priced is not None
-            report_skipped(usage.event_id, outcome.priced.currency, outcome.skipped_budgets)
-            out.send(
-                topics.priced,
-                usage.event_id.encode(),
-                _enc("PricedUsage", outcome.priced, topics.priced),
-                here,
-            )
-            for alloc in outcome.allocations:
-                out.send(
-                    topics.allocations,
-                    alloc.budget_id.encode(),
-                    _enc("CostAllocation", alloc, topics.allocations),
-                    here,
-                )
-            metrics["priced"] += 1
-            metrics["allocations"] += len(outcome.allocations)
-            if not first:
-                mark = f"{here}|{now_tag}"
-                with_event(event, lambda k=usage.event_id, v=mark: seen.__setitem__(k, v))
-        # every output of the batch is stored before faust may commit its input offsets
-        await out.drain()
-        if settings.worker_trace_batches:
-            log.info("batch price %s", offset_spans(events))
-
     @app.agent(alloc_topic)
     async def aggregate(stream: faust.StreamT) -> None:
         async for events in batches(stream):
             await run_batch(events, aggregate_batch)
 
+    def decoded(events: list[faust.EventT]) -> list[tuple[faust.EventT, list[dict[str, Any]]]]:
+        """Each record's allocations; a record that is not ours goes to the DLQ (an
+        undecodable record on an internal topic must not stop the aggregation)."""
+        records = []
+        for event in events:
+            msg = event.message
+            try:
+                kind, record = allocations.decode(msg.value)
+            except AvroDecodeError as exc:
+                pos = SourcePosition(topic=msg.topic, partition=msg.partition, offset=msg.offset)
+                dead = dead_letter("decode", f"not a cost allocation: {exc}", pos,
+                                   key=msg.key, value=msg.value)  # fmt: skip
+                out.send(topics.dlq, msg.key, _enc("DeadLetter", dead, topics.dlq))
+                metrics["dlq"] += 1
+                continue
+            records.append(
+                (event, record["allocations"] if kind == "CostAllocationBatch" else [record])
+            )
+        return records
+
     async def aggregate_batch(events: list[faust.EventT]) -> None:
         now = datetime.now(UTC)
-        states: dict[str, PeriodState] = {}
-        last_event: dict[str, faust.EventT] = {}
-        alerts: list[BudgetAlert] = []
-        for event in events:
-            alloc = CostAllocation.from_avro(codec("CostAllocation").decode(event.message.value))
-            budget = registry.get(alloc.budget_id)
-            key = state_key(alloc.budget_id, alloc.period_key)
-            state = states.get(key)
-            if state is None:
-                state = PeriodState.loads(spend.get(key))
-                states[key] = state
-            if not state.apply(alloc):
-                metrics["replayed_allocations"] += 1
-                continue
-            metrics["aggregated"] += 1
-            last_event[key] = event
-            if budget is not None:
-                alerts.extend(
-                    due_alerts(budget, alloc.period_key, state, now, alloc.event_id, policy)
-                )
-        # Alerts are delivered before the state that records them is written: a crash in
-        # between re-sends an alert with the same alert_id rather than losing it.
-        for a in alerts:
-            out.send(topics.alerts, a.budget_id.encode(), _enc("BudgetAlert", a, topics.alerts))
-        await out.drain()
-        metrics["alerts"] += len(alerts)
+        result = stage.process(decoded(events), spend.get, now)
+        await commit_aggregates(result, now)
         if settings.worker_trace_batches:
             log.info("batch aggregate %s", offset_spans(events))
-        for key, state in states.items():
-            if key not in last_event:
-                continue
-            with_event(last_event[key], lambda k=key, s=state: spend.__setitem__(k, s.dumps()))
-            budget_id, period_key = key.split("|", 1)
-            budget = registry.get(budget_id)
-            if budget is not None:
-                status = status_of(budget, period_key, state, now, feed.resolved())
-                out.send(topics.status, key.encode(), _enc("BudgetStatus", status, topics.status))
+
+    async def commit_aggregates(result: AggregateResult[faust.EventT], now: datetime) -> None:
+        """Write what a batch changed, in an order that loses nothing on a crash.
+
+        1. Deliver the alerts now due and wait for the broker's acks. Crash after: the
+           state that records them was not written, so the replayed batch fires them
+           again, with the same alert ids (subscribers and the sink dedupe on them).
+        2. Write each changed (budget, period) state to the table, in the context of the
+           record it last came from (so the changelog record goes to that record's
+           partition). faust sends changelog records and flushes them before it commits
+           the batch's offsets. Crash after: the batch is replayed; the per-origin
+           watermarks in whichever state was restored skip what it already counted.
+        3. Publish each changed status, and wait for the acks. Crash after: as after 2;
+           the statuses are published again, equal or newer (readers keep the newest).
+        4. Return: the offset guard marks the batch finished and faust may commit its
+           offsets (after flushing its producer, i.e. the changelog of step 2).
+        """
+        for alert in result.alerts:  # 1.
+            out.send(topics.alerts, alert.budget_id.encode(),
+                     _enc("BudgetAlert", alert, topics.alerts))  # fmt: skip
         await out.drain()
-
-    def report_skipped(event_id: str, currency: str, budget_ids: list[str]) -> None:
-        """Count every event a budget skips for its currency; log each pair once."""
-        for budget_id in budget_ids:
-            metrics["skipped_currency_mismatch"] += 1
-            if mismatches.first(budget_id, currency):
-                budget = registry.get(budget_id)
-                log.warning(
-                    "budget '%s' is in %s: %s spend (first: event %s) does not count toward "
-                    "it, amounts are never converted; /metrics skipped_currency_mismatch "
-                    "counts every such event (logged once per budget and currency)",
-                    budget_id, budget.currency if budget else "?", currency, event_id,
-                )  # fmt: skip
-
-    def first_sighting(event_id: str) -> str:
-        windows = seen[event_id]
-        return cast(str, windows.now() or windows.delta(window))
+        for key, state in result.states.items():  # 2.
+            with_event(result.sources[key], lambda k=key, s=state: spend.__setitem__(k, s.dumps()))
+        for key, status in result.statuses(registry, now, feed.resolved()).items():  # 3.
+            out.send(topics.status, key.encode(), _enc("BudgetStatus", status, topics.status))
+        await out.drain()
+        metrics.update(result.counters)
+        metrics["alerts"] += len(result.alerts)
+        if result.counters["aggregated"]:
+            worker.last_aggregated_at = time.time()
 
     def with_event(event: faust.EventT, action: Any) -> Any:
         """Run a table access in the context of ``event`` so it uses that event's partition."""
@@ -333,9 +289,11 @@ def create_app(settings: Settings) -> faust.App:
             logging.shutdown()
             os._exit(RECOVERY_STUCK)
 
+    worker = Worker(app, registry, feed, metrics, price_metrics_path(settings))
+
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:
-        return web.json({**metrics, "budgets": len(registry)})
+        return web.json(worker.all_metrics())
 
     mount(app, make_api(settings, feed, pricer), settings.worker_web_bind)
 
@@ -343,11 +301,7 @@ def create_app(settings: Settings) -> faust.App:
         out.close()
 
     app.on_before_shutdown.connect(close_output)  # type: ignore[arg-type]
-
-    app.spendstream_start_feed = start_budget_feed  # type: ignore[attr-defined]
-    app.spendstream_registry = registry  # type: ignore[attr-defined]
-    app.spendstream_metrics = metrics  # type: ignore[attr-defined]
-    return app
+    return worker
 
 
 def offset_spans(events: list[Any]) -> str:

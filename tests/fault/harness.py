@@ -48,7 +48,15 @@ from spendstream.sinks.warehouse import SinkWarehouse, sink_warehouse
 from spendstream.streams.matching import BudgetRegistry
 from spendstream.streams.pricing import Catalog, Pricer
 from spendstream.streams.processor import UsageProcessor
-from spendstream.topics import ensure_topics, partition_lags, pipeline_lags
+from spendstream.topics import (
+    ensure_topics,
+    partition_lags,
+    pipeline_lags,
+    price_group,
+    sink_group,
+    sink_inputs,
+    worker_group,
+)
 
 Position = tuple[str, int, int]
 
@@ -251,10 +259,15 @@ class FaultRun:
             wait_for(f"{self.name}: consumer lag zero", quiet, timeout, self.group, interval=1.0)
         except ServiceFailed as exc:
             t = self.settings.topics
-            worker = partition_lags(self.settings, f"{self.settings.topic_prefix}{self.settings.app_id}",
-                                    [*t.sources, t.allocations])  # fmt: skip
+            worker = {**partition_lags(self.settings, price_group(self.settings), t.sources),
+                      **partition_lags(self.settings, worker_group(self.settings),
+                                       [t.allocations])}  # fmt: skip
             behind = {k: v for k, v in worker.items() if v}
-            raise ServiceFailed(f"{exc}; worker partitions behind: {behind}") from exc
+            sink = partition_lags(self.settings, sink_group(self.settings),
+                                  sink_inputs(self.settings))  # fmt: skip
+            sink_behind = {k: v for k, v in sink.items() if v}
+            raise ServiceFailed(f"{exc}; worker partitions behind: {behind}; sink partitions "
+                                f"behind: {sink_behind}") from exc  # fmt: skip
 
     def warehouse(self) -> SinkWarehouse:
         return wait_for("the sink's query port", lambda: sink_warehouse(self.settings), 60,

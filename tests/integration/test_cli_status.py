@@ -24,6 +24,7 @@ from spendstream.topics import (
     topic_lags,
     worker_group,
     worker_inputs,
+    worker_lags,
 )
 from tests.integration.test_pipeline import known_events
 
@@ -70,7 +71,7 @@ def test_status_shows_broker_lag_sink_and_last_alert(settings, services):
     services.start("sink", "sink")
 
     def settled() -> bool:
-        lags = [*topic_lags(settings, worker_group(settings), worker_inputs(settings)).values(),
+        lags = [*worker_lags(settings).values(),
                 *topic_lags(settings, sink_group(settings), sink_inputs(settings)).values()]  # fmt: skip
         return all(lag == 0 for lag in lags) and bool(read_alerts(settings)) and \
             running_sink(settings) is not None  # fmt: skip

@@ -41,7 +41,7 @@ def test_container_reads_back_as_the_records_with_their_kafka_positions() -> Non
     values = [c.encode(allocation(i).to_avro()) for i in range(5)]
     for index, value in enumerate(values):
         batch.add(value, 1000 + index, index)
-    [(writer, bodies)] = batch.groups.values()
+    [(writer, bodies, _)] = batch.groups.values()
     read = list(fastavro.reader(io.BytesIO(container(writer, bodies))))
     assert [r["_offset"] for r in read] == [1000, 1001, 1002, 1003, 1004]
     assert {(r["_topic"], r["_partition"]) for r in read} == {("cost-allocations", 3)}

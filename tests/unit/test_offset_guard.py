@@ -13,7 +13,7 @@ from faust.types import TP
 from faust.types.tuples import ConsumerMessage
 
 from spendstream.config import load_settings
-from spendstream.streams.app import create_app
+from spendstream.streams.app import create_worker
 from spendstream.streams.offset_guard import OffsetGuard
 
 T = "usage.llm"
@@ -162,10 +162,11 @@ def test_worker_app_installs_the_guard_on_its_consumer(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = load_settings(data_dir=tmp_path, topic_prefix="guard.")
-    app = create_app(settings)
-    # acks count for subscribed source topics; there is no subscription without a broker
+    worker = create_worker(settings)
+    app = worker.app
+    # acks count for subscribed topics; there is no subscription without a broker
     monkeypatch.setattr(app.topics, "acks_enabled_for", lambda topic: True)
-    source = settings.topics.sources[0]
+    source = settings.topics.allocations
     consumer, tp = app.consumer, TP(source, 0)
     first, second = message(0, source), message(1, source)
     assert consumer.ack(first) is False  # its batch has not finished
@@ -174,7 +175,7 @@ def test_worker_app_installs_the_guard_on_its_consumer(
     assert consumer._acked[tp] == [0, 1]
     consumer._committed_offset[tp] = 0
     assert consumer._new_offset(tp) == 2
-    assert app.spendstream_metrics["acks_refused"] == 1
+    assert worker.metrics["acks_refused"] == 1
 
 
 def test_batch_traces_show_exact_offset_runs() -> None:

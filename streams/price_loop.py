@@ -1,0 +1,263 @@
+"""The price stage on librdkafka's batch consumer: consume a batch, price it, deliver its
+outputs, then commit its input offsets.
+
+Why not faust here: faust's per-message path costs ~80 us a record on this machine even
+for an agent that does nothing, more than the whole per-event budget of this stage
+(docs/design.md has the figures). This stage is stateless but for its dedupe ids, which
+live in ``DedupeState`` and a changelog topic of our own, so it needs none of faust's
+tables; the stateful aggregation stays on faust.
+
+``commit`` is the protocol, one function with numbered steps; the invariant it keeps is
+that an input offset is committed only after every output computed from it is stored.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka import TopicPartition as KafkaTopicPartition
+
+from spendstream.producer import produce_waiting
+from spendstream.schemas.avro import codec
+
+from .dedupe import DedupeState
+
+log = logging.getLogger("spendstream.price")
+
+
+@dataclass(slots=True)
+class InputRecord:
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes | None
+
+
+@dataclass(slots=True)
+class OutputRecord:
+    topic: str
+    partition: int | None
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]] | None = None
+
+
+@dataclass
+class PricedBatch:
+    """What one input batch produced: every output record, and per input partition the
+    offset to commit (last processed + 1)."""
+
+    outputs: list[OutputRecord] = field(default_factory=list)
+    commits: dict[tuple[str, int], int] = field(default_factory=dict)
+    counters: Counter[str] = field(default_factory=Counter)
+
+
+class Stage(Protocol):
+    """What the loop needs of the price stage (price_stage.py; a fake in tests)."""
+
+    dedupe: DedupeState
+
+    def process(self, records: list[InputRecord]) -> PricedBatch: ...
+
+
+class DeliveryFailed(RuntimeError):
+    """Outputs of a batch could not be stored; its input offsets must not be committed."""
+
+
+class PriceLoop:
+    def __init__(
+        self,
+        stage: Stage,
+        consumer: Consumer,
+        producer: Producer,
+        *,
+        sources: list[str],
+        load_changelog: Callable[[str, int], list[tuple[int, list[str], list[int]]]],
+        batch_size: int = 2000,
+        linger_s: float = 0.02,
+        metrics_path: Path | None = None,
+    ) -> None:
+        self.stage = stage
+        self.consumer = consumer
+        self.producer = producer
+        self.sources = sources
+        self.load_changelog = load_changelog
+        self.batch_size = batch_size
+        self.linger_s = linger_s
+        self.metrics_path = metrics_path
+        self.metrics: Counter[str] = Counter()
+        self.first_record_at: float | None = None
+        self._errors: list[str] = []
+        self._stop = threading.Event()
+        self._metrics_written = 0.0
+
+    # --- the commit protocol -------------------------------------------------------------
+    def commit(self, batch: PricedBatch) -> None:
+        """Store a batch's outputs, then commit its input offsets.
+
+        1. Produce every output record (priced-usage and allocation batch records, dead
+           letters, the dedupe changelog record), in input order per output partition.
+           Crash after: some outputs may be in Kafka, no input offset moved; the batch is
+           read and priced again after restart. The aggregator and the sink skip outputs
+           whose origin positions they already hold (origin watermarks), and the dedupe
+           changelog entries at or above the committed offset are not loaded again.
+        2. Flush: wait until the broker acknowledged every output (acks=all, idempotent
+           producer: a retried send is stored once). A failed delivery raises here, before
+           step 3, and the process exits (crash-only). Crash after: as after 1, with every
+           output stored.
+        3. Commit the input offsets, synchronously. Crash after: nothing is replayed. A
+           failed commit (a rebalance took the partition) is logged, not fatal: the new
+           owner replays from the last commit, and step 1's rule absorbs it.
+        """
+        for out in batch.outputs:  # 1.
+            produce_waiting(self.producer, out.topic, out.key, out.value,
+                            **({"partition": out.partition} if out.partition is not None else {}),
+                            headers=out.headers, on_delivery=self._on_delivery)  # fmt: skip
+        left = self.producer.flush(120)  # 2.
+        errors, self._errors = self._errors, []
+        if left or errors:
+            raise DeliveryFailed(f"{left} outputs still queued; errors: {errors[:5]}")
+        if batch.commits:  # 3.
+            offsets = [KafkaTopicPartition(t, p, o) for (t, p), o in batch.commits.items()]
+            try:
+                self.consumer.commit(offsets=offsets, asynchronous=False)
+            except KafkaException as exc:
+                self.metrics["commit_failures"] += 1
+                log.warning("offset commit failed (%s); the next owner replays the batch",
+                            exc.args[0].str() if exc.args else exc)  # fmt: skip
+        self.metrics.update(batch.counters)
+
+    def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
+        if err is not None:
+            self._errors.append(f"{msg.topic()}: {err.str()}")
+
+    # --- partitions ----------------------------------------------------------------------
+    def _on_assign(self, consumer: Consumer, partitions: list[KafkaTopicPartition]) -> None:
+        """Rebuild the dedupe ids of each new partition from the changelog, below the
+        offset the group resumes from."""
+        if not partitions:
+            return
+        committed = consumer.committed(partitions, timeout=30)
+        for tp in committed:
+            start = tp.offset
+            if start < 0:  # never committed: everything is new
+                start = consumer.get_watermark_offsets(tp, timeout=30)[0]
+            entries = self.load_changelog(tp.topic, tp.partition)
+            loaded = self.stage.dedupe.assign((tp.topic, tp.partition), start, entries)
+            log.info("assigned %s:%s from offset %s (%d dedupe ids)", tp.topic, tp.partition,
+                     start, loaded)  # fmt: skip
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[KafkaTopicPartition]) -> None:
+        for tp in partitions:
+            self.stage.dedupe.revoke((tp.topic, tp.partition))
+
+    # --- running -------------------------------------------------------------------------
+    def stop(self, *_: object) -> None:
+        self._stop.set()
+
+    def run(self, *, handle_signals: bool = True) -> None:
+        if handle_signals:
+            signal.signal(signal.SIGTERM, self.stop)
+            signal.signal(signal.SIGINT, self.stop)
+        self.consumer.subscribe(
+            self.sources, on_assign=self._on_assign, on_revoke=self._on_revoke,
+            on_lost=self._on_revoke,
+        )  # fmt: skip
+        try:
+            while not self._stop.is_set():
+                self.step()
+        finally:
+            self.write_metrics(force=True)
+            self.consumer.close()
+
+    def step(self) -> None:
+        messages = self.consumer.consume(self.batch_size, timeout=self.linger_s)
+        owned = self.stage.dedupe
+        records = []
+        for msg in messages:
+            err = msg.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:
+                    log.warning("kafka: %s", err.str())
+                continue
+            topic, partition = str(msg.topic()), int(msg.partition() or 0)
+            if not owned.owns((topic, partition)):
+                continue  # fetched before a rebalance took it: the new owner reads it
+            records.append(InputRecord(topic, partition, int(msg.offset() or 0),
+                                       msg.timestamp()[1], msg.key(), msg.value()))  # fmt: skip
+        if records:
+            if self.first_record_at is None:
+                self.first_record_at = time.time()
+            self.commit(self.stage.process(records))
+        self.write_metrics()
+
+    def write_metrics(self, *, force: bool = False) -> None:
+        """Counters for the worker's /metrics (the faust process serves them)."""
+        now = time.monotonic()
+        if self.metrics_path is None or (not force and now - self._metrics_written < 0.25):
+            return
+        self._metrics_written = now
+        data = {**self.metrics, "price_first_record_at": self.first_record_at,
+                "dedupe_ids": len(self.stage.dedupe), "price_pid": os.getpid()}  # fmt: skip
+        tmp = self.metrics_path.with_suffix(".tmp")
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(data))
+        tmp.replace(self.metrics_path)
+
+
+def price_metrics_path(settings: Any) -> Path:
+    """Where a worker's price stage writes its counters for the faust process's /metrics
+    (one file per worker web port)."""
+    return Path(settings.worker_dir) / f"price-{settings.worker_web_port}.json"
+
+
+def changelog_reader(
+    bootstrap: str, changelog: str, partitions: int
+) -> Callable[[str, int], list[tuple[int, list[str], list[int]]]]:
+    """``load(topic, partition)``: the SeenEvents entries of an input partition, read from
+    its changelog partition up to the end as it is now."""
+    decoder = codec("SeenEvents")
+
+    def load(topic: str, partition: int) -> list[tuple[int, list[str], list[int]]]:
+        consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "spendstream-dedupe",
+                             "enable.auto.commit": False, "enable.partition.eof": True,
+                             "log_level": 0})  # fmt: skip
+        try:
+            tp = KafkaTopicPartition(changelog, partition % partitions)
+            low, high = consumer.get_watermark_offsets(tp, timeout=30)
+            if high <= low:
+                return []
+            consumer.assign([KafkaTopicPartition(changelog, tp.partition, OFFSET_BEGINNING)])
+            entries: list[tuple[int, list[str], list[int]]] = []
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline:
+                for msg in consumer.consume(5000, timeout=1.0):
+                    err = msg.error()
+                    if err is not None:
+                        if err.code() == KafkaError._PARTITION_EOF:
+                            return entries
+                        continue
+                    record = decoder.decode(msg.value() or b"")
+                    if record["topic"] == topic and record["partition"] == partition:
+                        seen_at = int(record["seen_at"].timestamp() * 1000)
+                        entries.append((seen_at, record["event_ids"], record["offsets"]))
+                    if (msg.offset() or 0) >= high - 1:
+                        return entries
+            raise TimeoutError(f"dedupe changelog {changelog} not read within 300 s")
+        finally:
+            consumer.close()
+
+    return load

@@ -1,0 +1,487 @@
+"""The price stage as plain Python: raw input records in, output records out.
+
+Decode, validate, dedupe, price and allocate a batch of raw usage records, and build what
+the batch produces: one ``PricedUsageBatch`` record per input partition (usage.priced),
+one ``CostAllocationBatch`` record per partition of cost-allocations, a dead letter per
+rejected record, and one ``SeenEvents`` changelog record per input partition. No Kafka
+here (price_loop.py delivers and commits); a test drives it with a list of records.
+
+The rules are those of ``UsageProcessor`` (processor.py), which stays the readable
+reference and the fault suite's oracle; this is the same decision on fastavro dicts
+instead of pydantic models, because per-event work must cost microseconds. A property
+test holds the two to the same outcome. What the fast path cannot decide alone goes
+through the reference: a payload other than an LLM call, anything pydantic would
+normalise or refuse, a model the compiled prices do not cover.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from pydantic import ValidationError
+
+from spendstream.schemas.avro import AvroDecodeError, codec, framed_codec
+from spendstream.schemas.models import (
+    EARLIEST,
+    LATEST,
+    UsageEvent,
+    explain,
+    from_micros,
+    payload_kind,
+)
+from spendstream.schemas.money import from_nanos
+
+from .compiled_pricing import CompiledPricer
+from .dedupe import DedupeState
+from .matching import BudgetRegistry
+from .partitioner import KeyPartitioner
+from .periods import Period, budget_period, open_since
+from .price_loop import InputRecord, OutputRecord, PricedBatch
+from .pricing import Pricer, PricingError
+from .processor import MismatchLog
+
+log = logging.getLogger("spendstream.price")
+
+SOURCES = ("llm", "apify", "workflow", "custom")
+OPERATIONS = ("chat", "responses", "embedding", "image", "audio")
+ATTRIBUTE_NAMES = ("org", "team", "project", "user", "department", "session", "feature")
+COUNT_FIELDS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
+                "reasoning_tokens", "input_audio_tokens", "output_audio_tokens", "images")  # fmt: skip
+MAX_COUNT = 10**15
+
+
+def _short(value: Any, low: int, high: int) -> bool:
+    """A string pydantic would keep as it is: in length bounds, nothing to strip."""
+    return (
+        type(value) is str
+        and low <= len(value) <= high
+        and not (value and (value[0].isspace() or value[-1].isspace()))
+    )
+
+
+def _opt(value: Any) -> bool:
+    return value is None or _short(value, 0, 256)
+
+
+def fast_valid_llm(event: dict[str, Any]) -> bool:
+    """True when pydantic would accept this decoded LLM event unchanged. False means
+    "ask pydantic" (it may still accept it, normalised, or refuse it with the reason)."""
+    payload = event["payload"]
+    if event["source"] != "llm" or "model" not in payload:
+        return False
+    if not (_short(event["event_id"], 1, 128) and _opt(event.get("producer"))):
+        return False
+    when = event["occurred_at"]
+    if when.tzinfo is None or not EARLIEST <= when < LATEST:
+        return False
+    attrs = event["attributes"]
+    for name in ATTRIBUTE_NAMES:
+        if not _opt(attrs[name]):
+            return False
+    tags = attrs["tags"]
+    if len(tags) > 64 or not all(_short(k, 1, 128) and _short(v, 0, 256) for k, v in tags.items()):
+        return False
+    if not (_short(payload["provider"], 1, 256) and _short(payload["model"], 1, 256)):
+        return False
+    if payload["operation"] not in OPERATIONS:
+        return False
+    if not (_opt(payload["image_size"]) and _opt(payload["request_id"])):
+        return False
+    for name in COUNT_FIELDS:
+        count = payload[name]
+        if type(count) is not int or not 0 <= count <= MAX_COUNT:
+            return False
+    return (
+        payload["cache_read_tokens"] + payload["cache_write_tokens"] <= payload["input_tokens"]
+        and payload["reasoning_tokens"] <= payload["output_tokens"]
+    )
+
+
+class EventView:
+    """A decoded event as budget matching sees it (``Matchable``)."""
+
+    __slots__ = ("event", "payload")
+
+    def __init__(self, event: dict[str, Any]) -> None:
+        self.event = event
+        self.payload = event["payload"]
+
+    def field(self, name: str) -> str | None:
+        if name == "source":
+            return str(self.event["source"])
+        if name in ("provider", "model", "platform", "actor_id", "category", "operation"):
+            value = self.payload.get(name)
+            return value if isinstance(value, str) else None
+        attrs = self.event["attributes"]
+        if name in ATTRIBUTE_NAMES:
+            found: str | None = attrs[name]
+            return found
+        tag: str | None = attrs["tags"].get(name)
+        return tag
+
+
+@dataclass
+class Priced:
+    """One priced event: what goes into its PricedUsageBatch item and its allocations."""
+
+    event: dict[str, Any]
+    raw: bytes  # the event as stored: the input bytes when pydantic changed nothing
+    total: Decimal
+    currency: str
+    priced: bool
+    lines: list[tuple[str, Decimal, str, Decimal]]
+    source: str
+    version: str
+    fallback: str | None = None
+
+
+@dataclass
+class Rejected:
+    code: str
+    reason: str
+    event_id: str | None = None
+
+
+class PriceRules:
+    """The decisions of ``UsageProcessor`` on dicts. Every method is pure but for caches."""
+
+    def __init__(
+        self,
+        budgets: BudgetRegistry,
+        pricer: CompiledPricer,
+        *,
+        max_skew: timedelta = timedelta(minutes=5),
+        unknown_price: str = "dlq",
+        late_periods: int | None = None,
+    ) -> None:
+        self.budgets = budgets
+        self.compiled = pricer
+        self.reference: Pricer = pricer.pricer
+        self.max_skew = max_skew
+        self.unknown_price = unknown_price
+        self.late_periods = late_periods
+        self._codec = codec("UsageEvent")
+        self._open: dict[tuple[str, datetime], tuple[datetime, datetime]] = {}
+        self._periods: dict[tuple[str, datetime], Period] = {}
+
+    # --- decode and validate -----------------------------------------------------------
+    def decode(
+        self, record: InputRecord, now: datetime
+    ) -> tuple[dict[str, Any], bytes, UsageEvent | None] | Rejected:
+        """(event dict, bytes to store, model when pydantic was asked) or the rejection."""
+        value = record.value
+        if value is None:
+            return Rejected("empty", "message has no value")
+        try:
+            event = self._codec.decode(value)
+        except AvroDecodeError as exc:
+            return Rejected("decode", str(exc))
+        model: UsageEvent | None = None
+        raw = value
+        if not fast_valid_llm(event):
+            try:
+                payload = event["payload"]
+                model = UsageEvent.model_validate(
+                    {**event, "payload": {**payload, "kind": payload_kind(payload)}}
+                )
+            except ValidationError as exc:
+                return Rejected("invalid", explain(exc))
+            except ValueError as exc:  # payload_kind: no known payload record
+                return Rejected("invalid", f"payload: {exc}")
+            normal = model.to_avro()
+            normal["payload"] = normal["payload"][1]
+            if normal != event:
+                raw = self._codec.encode(model.to_avro())
+            event = normal
+        if event["occurred_at"] > now + self.max_skew:
+            return Rejected(
+                "future",
+                f"occurred_at {event['occurred_at'].isoformat()} is more than "
+                f"{int(self.max_skew.total_seconds())} s in the future; check the producer's "
+                "clock",
+                event["event_id"],
+            )
+        expected = record.topic.rsplit("usage.", 1)[-1]
+        if expected in SOURCES and expected != event["source"]:
+            return Rejected(
+                "wrong_topic",
+                f"a '{event['source']}' event on topic {record.topic}; publish it to usage."
+                f"{event['source']}",
+                event["event_id"],
+            )
+        return event, raw, model
+
+    # --- price -------------------------------------------------------------------------
+    def price(
+        self, event: dict[str, Any], raw: bytes, model: UsageEvent | None
+    ) -> Priced | Rejected:
+        payload = event["payload"]
+        try:
+            if event["source"] == "llm":
+                llm = self.compiled.price_payload(payload, event["occurred_at"])
+                lines = [(name, Decimal(q), unit, from_nanos(a)) for name, q, unit, a in llm.lines]
+                return Priced(event, raw, from_nanos(llm.total_nanos), llm.currency, True, lines,
+                              llm.source, llm.version, llm.fallback)  # fmt: skip
+            assert model is not None  # every non-LLM event went through pydantic
+            cost = self.reference.price(model)
+        except PricingError as exc:
+            if self.unknown_price == "flag" and exc.code in ("unknown_model", "unknown_price"):
+                return Priced(event, raw, Decimal(0), "USD", False, [], "unpriced", "-")
+            return Rejected(exc.code, str(exc), event["event_id"])
+        lines = [(c.name, c.quantity, c.unit, c.amount) for c in cost.components]
+        return Priced(event, raw, cost.total, cost.currency, True, lines, cost.source,
+                      cost.version)  # fmt: skip
+
+    # --- allocate ----------------------------------------------------------------------
+    def allocate(
+        self, priced: Priced, origin: dict[str, Any], arrived: datetime
+    ) -> tuple[list[dict[str, Any]], Rejected | None, list[str]]:
+        """(allocations, the too_late rejection if any, budgets skipped for currency)."""
+        event = priced.event
+        when = event["occurred_at"]
+        allocations: list[dict[str, Any]] = []
+        skipped: list[str] = []
+        late: Rejected | None = None
+        payload = event["payload"]
+        llm = event["source"] == "llm"
+        for match in self.budgets.match(EventView(event)):
+            budget = match.budget
+            if budget.currency != priced.currency:
+                skipped.append(budget.budget_id)
+                continue
+            period = self._period(budget, when)
+            if period is None:
+                continue
+            oldest = self.oldest_open(budget, arrived)
+            if late is None and oldest is not None and period.start < oldest:
+                allocations.clear()
+                late = Rejected(
+                    "too_late",
+                    f"event of {when:%Y-%m-%d %H:%M} UTC falls in period {period.key} of "
+                    f"budget '{budget.budget_id}', which closed to late events "
+                    f"(SPENDSTREAM_LATE_PERIODS={self.late_periods} past periods count); it "
+                    "is priced but counts toward none of its budgets",
+                    event["event_id"],
+                )
+            if late is not None:
+                continue
+            allocations.append({
+                "allocation_id": f"{event['event_id']}/{budget.budget_id}",
+                "event_id": event["event_id"], "budget_id": budget.budget_id,
+                "matched_via": match.via, "period_key": period.key,
+                "period_start": period.start, "period_end": period.end, "occurred_at": when,
+                "amount": priced.total, "currency": priced.currency, "source": event["source"],
+                "provider": payload["provider"] if llm else None,
+                "model": payload["model"] if llm else None,
+                "attributes": event["attributes"], "origin": origin,
+            })  # fmt: skip
+        return allocations, late, skipped
+
+    def _period(self, budget: Any, when: datetime) -> Period | None:
+        key = (budget.budget_id, budget.updated_at)
+        period = self._periods.get(key)
+        if period is not None and period.start <= when < period.end:
+            return period
+        period = budget_period(budget, when)
+        if period is not None:
+            if len(self._periods) > 100_000:
+                self._periods.clear()
+            self._periods[key] = period
+        return period
+
+    def oldest_open(self, budget: Any, now: datetime) -> datetime | None:
+        """As ``UsageProcessor.oldest_open``: the oldest period start open to late events."""
+        if self.late_periods is None or budget.period == "custom":
+            return None
+        key = (budget.budget_id, budget.updated_at)
+        cached = self._open.get(key)
+        if cached is None or now >= cached[1]:
+            current = budget_period(budget, now)
+            oldest = open_since(budget, now, self.late_periods)
+            if current is None or oldest is None:
+                return None
+            if len(self._open) > 100_000:
+                self._open.clear()
+            cached = self._open[key] = (oldest.start, current.end)
+        return cached[0]
+
+
+# --- the batch ------------------------------------------------------------------------
+@dataclass
+class _Partition:
+    """Per input partition of a batch."""
+
+    items: list[dict[str, Any]] = field(default_factory=list)
+    seen_ids: list[str] = field(default_factory=list)
+    seen_offsets: list[int] = field(default_factory=list)
+    first: int = -1
+    last: int = -1
+    newest_ms: int = 0
+
+
+class PriceStage:
+    def __init__(
+        self,
+        rules: PriceRules,
+        dedupe: DedupeState,
+        *,
+        priced_topic: str,
+        allocations_topic: str,
+        dlq_topic: str,
+        changelog_topic: str,
+        partitions: Callable[[str], int],
+        on_skipped: Callable[[str, str, list[str]], None] | None = None,
+    ) -> None:
+        self.rules = rules
+        self.dedupe = dedupe
+        self.topics = (priced_topic, allocations_topic, dlq_topic, changelog_topic)
+        self.partitions = partitions
+        self.allocation_partition = KeyPartitioner(partitions(allocations_topic))
+        self.on_skipped = on_skipped or _log_skipped(rules.budgets)
+        self._priced_batch = _BatchWriter("PricedUsageBatch", priced_topic)
+        self._allocation_batch = _BatchWriter("CostAllocationBatch", allocations_topic)
+        self._seen = _BatchWriter("SeenEvents", changelog_topic)
+        self._dead = framed_codec("DeadLetter", dlq_topic)
+
+    def process(self, records: list[InputRecord], now: datetime | None = None) -> PricedBatch:
+        """Everything ``records`` produce, and the offsets to commit afterwards."""
+        now = now or datetime.now(UTC)
+        rules, dedupe = self.rules, self.dedupe
+        batch = PricedBatch()
+        counters = batch.counters
+        parts: dict[tuple[str, int], _Partition] = defaultdict(_Partition)
+        by_target: dict[int, list[dict[str, Any]]] = defaultdict(list)
+        target_origins: dict[int, dict[tuple[str, int], list[int]]] = defaultdict(dict)
+        dead: list[OutputRecord] = []
+        for record in records:
+            tp = (record.topic, record.partition)
+            part = parts[tp]
+            if part.first < 0:
+                part.first = record.offset
+            part.last = record.offset
+            part.newest_ms = max(part.newest_ms, record.timestamp_ms)
+            origin = {"topic": record.topic, "partition": record.partition,
+                      "offset": record.offset}  # fmt: skip
+            decoded = rules.decode(record, now)
+            if isinstance(decoded, Rejected):
+                dead.append(self._dead_letter(decoded, record, now))
+                counters["dlq"] += 1
+                continue
+            event, raw, model = decoded
+            event_id = event["event_id"]
+            first = dedupe.first_seen(tp, event_id)
+            if first is not None and first != record.offset:
+                counters["duplicates"] += 1
+                continue
+            priced = rules.price(event, raw, model)
+            if isinstance(priced, Rejected):
+                dead.append(self._dead_letter(priced, record, now))
+                counters["dlq"] += 1
+                continue
+            if priced.fallback:
+                counters[f"price_fallback_{priced.fallback}"] += 1
+            arrived = from_micros(record.timestamp_ms * 1000) if record.timestamp_ms > 0 else now
+            allocations, late, skipped = rules.allocate(priced, origin, arrived)
+            if late is not None:
+                dead.append(self._dead_letter(late, record, now))
+                counters["dlq"] += 1
+                counters["too_late"] += 1
+            if skipped:
+                counters["skipped_currency_mismatch"] += len(skipped)
+                self.on_skipped(event_id, priced.currency, skipped)
+            part.items.append(self._item(priced, origin, now))
+            for alloc in allocations:
+                target = self.allocation_partition(alloc["budget_id"])
+                by_target[target].append(alloc)
+                offsets = target_origins[target].setdefault(tp, [record.offset, record.offset])
+                offsets[1] = record.offset
+            counters["priced"] += 1
+            counters["allocations"] += len(allocations)
+            if first is None:
+                dedupe.mark(tp, event_id, record.offset, record.timestamp_ms)
+                part.seen_ids.append(event_id)
+                part.seen_offsets.append(record.offset)
+        batch.outputs = dead
+        priced_topic, allocations_topic, _, changelog = self.topics
+        n_priced, n_changelog = self.partitions(priced_topic), self.partitions(changelog)
+        for tp, part in parts.items():
+            header = [("origin", f"{tp[0]}:{tp[1]}:{part.first}-{part.last}".encode())]
+            if part.items:
+                batch.outputs.append(OutputRecord(
+                    priced_topic, tp[1] % n_priced, None,
+                    self._priced_batch.encode({"items": part.items}), header))  # fmt: skip
+            if part.seen_ids:
+                batch.outputs.append(OutputRecord(changelog, tp[1] % n_changelog, None,
+                    self._seen.encode({"topic": tp[0], "partition": tp[1],
+                                       "seen_at": from_micros(part.newest_ms * 1000),
+                                       "event_ids": part.seen_ids,
+                                       "offsets": part.seen_offsets}), None))  # fmt: skip
+            batch.commits[tp] = part.last + 1
+        for target, allocs in by_target.items():
+            ranges = ",".join(
+                f"{t}:{p}:{a}-{b}" for (t, p), (a, b) in target_origins[target].items()
+            )
+            batch.outputs.append(OutputRecord(
+                allocations_topic, target, None,
+                self._allocation_batch.encode({"allocations": allocs}),
+                [("origin", ranges.encode())]))  # fmt: skip
+        newest = max((p.newest_ms for p in parts.values()), default=0)
+        if newest:
+            dedupe.expire(newest)
+        return batch
+
+    @staticmethod
+    def _item(priced: Priced, origin: dict[str, Any], now: datetime) -> dict[str, Any]:
+        return {
+            "event": priced.raw, "cost": priced.total, "currency": priced.currency,
+            "priced": priced.priced,
+            "components": [{"name": n, "quantity": q, "unit": u, "amount": a}
+                           for n, q, u, a in priced.lines],
+            "price_source": priced.source, "price_version": priced.version,
+            "origin": origin, "priced_at": now,
+        }  # fmt: skip
+
+    def _dead_letter(self, rejected: Rejected, record: InputRecord, now: datetime) -> OutputRecord:
+        value = self._dead.encode({
+            "reason": rejected.reason, "error_code": rejected.code,
+            "origin": {"topic": record.topic, "partition": record.partition,
+                       "offset": record.offset},
+            "event_id": rejected.event_id, "key": record.key,
+            "value": record.value,
+            "rejected_at": now,
+        })  # fmt: skip
+        here = f"{record.topic}:{record.partition}:{record.offset}".encode()
+        return OutputRecord(self.topics[2], None, record.key, value, [("origin", here)])
+
+
+class _BatchWriter:
+    """Encodes one record type with its topic's framing."""
+
+    def __init__(self, name: str, topic: str) -> None:
+        self.codec = framed_codec(name, topic)
+
+    def encode(self, record: dict[str, Any]) -> bytes:
+        return self.codec.encode(record)
+
+
+def _log_skipped(budgets: BudgetRegistry) -> Callable[[str, str, list[str]], None]:
+    mismatches = MismatchLog()
+
+    def report(event_id: str, currency: str, budget_ids: list[str]) -> None:
+        for budget_id in budget_ids:
+            if mismatches.first(budget_id, currency):
+                budget = budgets.get(budget_id)
+                log.warning(
+                    "budget '%s' is in %s: %s spend (first: event %s) does not count toward "
+                    "it, amounts are never converted; /metrics skipped_currency_mismatch "
+                    "counts every such event (logged once per budget and currency)",
+                    budget_id, budget.currency if budget else "?", currency, event_id,
+                )  # fmt: skip
+
+    return report

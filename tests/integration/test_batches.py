@@ -1,0 +1,132 @@
+"""Batch records on the internal topics, on the real broker and chDB: the sink stores one
+row per event and per event x budget, a re-batched replay adds nothing, and our own
+partitioner places a key where librdkafka does."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from spendstream.config import Settings
+from spendstream.producer import producer_config
+from spendstream.schemas.avro import codec
+from spendstream.schemas.models import Attributes, LlmUsage, UsageEvent
+from spendstream.sinks.clickhouse_sink import ClickHouseSink
+from spendstream.sinks.warehouse import connect
+from spendstream.streams.partitioner import partition_for
+from spendstream.topics import ensure_topics
+
+pytestmark = pytest.mark.integration
+NOW = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
+
+
+@pytest.fixture
+def sink_settings(settings: Settings, chdb_dir) -> Settings:
+    return settings.model_copy(update={
+        "clickhouse_dsn": f"chdb://{chdb_dir}",
+        "clickhouse_database": f"batch_{uuid.uuid4().hex[:8]}",
+        "sink_batch_rows": 3, "sink_linger_ms": 100,
+    })  # fmt: skip
+
+
+def allocation(offset: int, budget: str, amount: str) -> dict:
+    return {
+        "allocation_id": f"e{offset}/{budget}", "event_id": f"e{offset}", "budget_id": budget,
+        "matched_via": budget, "period_key": "2026-11", "period_start": NOW, "period_end": NOW,
+        "occurred_at": NOW, "amount": Decimal(amount), "currency": "USD", "source": "llm",
+        "provider": "openai", "model": "m",
+        "attributes": {**dict.fromkeys(("org", "team", "project", "user", "department",
+                                        "session", "feature")), "tags": {}, "team": "ml"},
+        "origin": {"topic": "usage.llm", "partition": 0, "offset": offset},
+    }  # fmt: skip
+
+
+def priced(offset: int, cost: str) -> dict:
+    event = UsageEvent(event_id=f"e{offset}", occurred_at=NOW, source="llm",
+                       attributes=Attributes(team="ml"),
+                       payload=LlmUsage(provider="openai", model="m", input_tokens=10))  # fmt: skip
+    return {"event": event.encode(), "cost": Decimal(cost), "currency": "USD", "priced": True,
+            "components": [{"name": "input", "quantity": Decimal(10), "unit": "tokens",
+                            "amount": Decimal(cost)}],
+            "price_source": "t", "price_version": "t",
+            "origin": {"topic": "usage.llm", "partition": 0, "offset": offset},
+            "priced_at": NOW}  # fmt: skip
+
+
+def test_batch_records_land_one_row_per_fact_and_a_rebatched_replay_adds_nothing(sink_settings):
+    ensure_topics(sink_settings)
+    topics = sink_settings.topics
+    allocations, priced_batch = codec("CostAllocationBatch"), codec("PricedUsageBatch")
+    producer = Producer({"bootstrap.servers": sink_settings.bootstrap_servers})
+
+    def send(topic: str, value: bytes, origin: str) -> None:
+        producer.produce(topic, value=value, partition=1, headers=[("origin", origin.encode())])
+
+    # the price stage's batches: offsets 0-2, then 3-5 (e4 matched no budget)
+    send(topics.allocations, allocations.encode({"allocations": [
+        allocation(0, "a", "0.000000001"), allocation(0, "b", "0.000000001"),
+        allocation(2, "a", "1.5")]}), "usage.llm:0:0-2")  # fmt: skip
+    send(topics.allocations, allocations.encode({"allocations": [
+        allocation(3, "a", "2"), allocation(5, "a", "3")]}), "usage.llm:0:3-5")  # fmt: skip
+    send(topics.priced, priced_batch.encode({"items": [priced(o, "1") for o in range(6)]}),
+         "usage.llm:0:0-5")  # fmt: skip
+    # a crashed price stage replays from offset 2 in other batches: 2-3, then 4-7
+    send(topics.allocations, allocations.encode({"allocations": [
+        allocation(2, "a", "1.5"), allocation(3, "a", "2")]}), "usage.llm:0:2-3")  # fmt: skip
+    send(topics.allocations, allocations.encode({"allocations": [
+        allocation(5, "a", "3"), allocation(7, "b", "4")]}), "usage.llm:0:4-7")  # fmt: skip
+    send(topics.priced, priced_batch.encode({"items": [priced(o, "1") for o in range(2, 8)]}),
+         "usage.llm:0:2-7")  # fmt: skip
+    # and a single CostAllocation written before batches existed
+    single = {k: v for k, v in allocation(9, "c", "0.25").items()}
+    producer.produce(topics.allocations, key=b"c", value=codec("CostAllocation").encode(single),
+                     partition=2, headers=[("origin", b"usage.llm:0:9")])  # fmt: skip
+    assert producer.flush(30) == 0
+
+    client = connect(sink_settings)
+    for native in (True, False):  # ClickHouse decodes the batches, or the sink does
+        settings = sink_settings.model_copy(update={
+            "sink_native_avro": native, "clickhouse_database": f"batch_{uuid.uuid4().hex[:8]}",
+            "sink_group": f"sink-{uuid.uuid4().hex[:6]}"})  # fmt: skip
+        db = connect(settings)
+        sink = ClickHouseSink(settings, db)
+        sink.run(idle_exit_s=3)
+        rows = db.query("SELECT allocation_id, amount FROM cost_allocations ORDER BY "
+                        "allocation_id").result_rows  # fmt: skip
+        assert rows == [("e0/a", Decimal("0.000000001")), ("e0/b", Decimal("0.000000001")),
+                        ("e2/a", Decimal("1.5")), ("e3/a", Decimal(2)), ("e5/a", Decimal(3)),
+                        ("e7/b", Decimal(4)), ("e9/c", Decimal("0.25"))], native  # fmt: skip
+        assert db.query("SELECT count(), uniqExact(event_id), sum(cost) FROM priced_usage"
+                        ).result_rows == [(8, 8, Decimal(8))]  # fmt: skip
+        assert db.query("SELECT sum(cost) FROM daily_spend_by_budget").result_rows[0][0] == \
+            Decimal("10.750000002")  # fmt: skip
+        assert sink.stats.partial_origin_replays == 2 and sink.stats.skipped_origin_replays == 1
+    client.close()
+
+
+def test_our_partitioner_places_keys_where_librdkafka_does(settings):
+    ensure_topics(settings)
+    topic = settings.topics.allocations
+    producer = Producer(producer_config(settings))
+    keys = [f"budget-{i}" for i in range(200)] + ["", "a", "é-ü", "x" * 300]
+    for key in keys:
+        producer.produce(topic, key=key.encode(), value=b"v")
+    assert producer.flush(30) == 0
+    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers,
+                         "group.id": "partitioner-check", "enable.partition.eof": True})  # fmt: skip
+    partitions = settings.topic_partitions
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    placed, ended = {}, set()
+    while len(ended) < partitions:
+        msg = consumer.poll(5)
+        assert msg is not None, "topic not read to its end"
+        if msg.error():
+            ended.add(msg.partition())
+            continue
+        placed[msg.key().decode()] = msg.partition()
+    consumer.close()
+    assert placed == {k: partition_for(k.encode(), partitions) for k in keys}
