@@ -20,6 +20,9 @@ class Matchable(Protocol):
 #: Fields compared case-insensitively (providers and models are spelled many ways).
 CASELESS = {"provider", "model", "source", "platform"}
 
+#: Match results remembered per registry snapshot (signature -> matches); cleared when full.
+CACHE_LIMIT = 100_000
+
 
 @dataclass(frozen=True)
 class Match:
@@ -74,51 +77,130 @@ class ScopeIndex:
         return found
 
 
+#: An event's values of the fields any scope names, normalised as matching compares them.
+Signature = tuple[str | None, ...]
+
+
+def signature_fields(
+    budgets: Iterable[BudgetDefinition],
+) -> tuple[tuple[str, bool, frozenset[str] | None], ...]:
+    """(field, caseless, known values) for every field some scope names, sorted by name.
+
+    ``known`` is the set of (normalised) values the scopes allow for the field when none of
+    them is a glob pattern: any other value then matches nothing, exactly like a missing
+    field, so it is folded to None and rare values (users, sessions) share one signature."""
+    patterns: dict[str, set[str]] = {}
+    for budget in budgets:
+        for field, allowed in budget.scope.items():
+            fold = field in CASELESS
+            patterns.setdefault(field, set()).update(a.lower() if fold else a for a in allowed)
+    return tuple(
+        (field, field in CASELESS, None if any("*" in v for v in vals) else frozenset(vals))
+        for field, vals in sorted(patterns.items())
+    )
+
+
+def ancestors_in(
+    budgets: dict[str, BudgetDefinition], budget: BudgetDefinition
+) -> list[BudgetDefinition]:
+    chain, seen, parent_id = [], {budget.budget_id}, budget.parent_id
+    while parent_id and parent_id in budgets and parent_id not in seen:
+        seen.add(parent_id)
+        parent = budgets[parent_id]
+        chain.append(parent)
+        parent_id = parent.parent_id
+    return chain
+
+
+class Snapshot:
+    """One immutable state of the registry: its budgets, their index, and a result cache.
+
+    A new snapshot is built on every put/delete, so cached results never outlive the
+    budgets they were computed from. Only ``cache`` and ``shared`` are mutated after
+    construction; racing readers may both fill or clear them, which at worst recomputes a
+    result (each value is a function of its key within the snapshot)."""
+
+    __slots__ = ("budgets", "index", "signature", "cache", "shared")
+
+    def __init__(self, budgets: dict[str, BudgetDefinition]) -> None:
+        self.budgets = budgets
+        self.index = ScopeIndex(budgets.values())
+        self.signature = signature_fields(budgets.values())
+        self.cache: dict[Signature, tuple[Match, ...]] = {}
+        self.shared: dict[tuple[str, str], Match] = {}  # one Match per (budget, via) cached
+
+    def key(self, event: Matchable) -> Signature:
+        """Everything ``match`` reads from the event: equal keys, equal results."""
+        field = event.field
+        values: list[str | None] = []
+        for name, caseless, known in self.signature:
+            value = field(name)
+            if value is not None:
+                if caseless:
+                    value = value.lower()
+                if known is not None and value not in known:
+                    value = None
+            values.append(value)
+        return tuple(values)
+
+    def match(self, event: Matchable) -> list[Match]:
+        result: dict[str, Match] = {}
+        for budget in self.index.candidates(event):
+            if scope_matches(budget.scope, event):
+                result.setdefault(budget.budget_id, Match(budget, budget.budget_id))
+        for direct in list(result.values()):
+            for ancestor in ancestors_in(self.budgets, direct.budget):
+                result.setdefault(ancestor.budget_id, Match(ancestor, direct.budget.budget_id))
+        return sorted(result.values(), key=lambda m: m.budget.budget_id)
+
+
 class BudgetRegistry:
     """Thread-safe set of live budget definitions (fed from the compacted budgets topic)."""
 
     def __init__(self, budgets: Iterable[BudgetDefinition] = ()) -> None:
         self._lock = threading.Lock()
-        self._budgets: dict[str, BudgetDefinition] = {b.budget_id: b for b in budgets}
-        self._index = ScopeIndex(self._budgets.values())
+        self._snapshot = Snapshot({b.budget_id: b for b in budgets})
 
     def put(self, budget: BudgetDefinition) -> None:
         with self._lock:
-            budgets = {**self._budgets, budget.budget_id: budget}
-            self._budgets, self._index = budgets, ScopeIndex(budgets.values())
+            self._snapshot = Snapshot({**self._snapshot.budgets, budget.budget_id: budget})
 
     def delete(self, budget_id: str) -> None:
         with self._lock:
-            budgets = {k: v for k, v in self._budgets.items() if k != budget_id}
-            self._budgets, self._index = budgets, ScopeIndex(budgets.values())
+            budgets = {k: v for k, v in self._snapshot.budgets.items() if k != budget_id}
+            self._snapshot = Snapshot(budgets)
 
     def get(self, budget_id: str) -> BudgetDefinition | None:
-        return self._budgets.get(budget_id)
+        return self._snapshot.budgets.get(budget_id)
 
     def all(self) -> list[BudgetDefinition]:
-        return list(self._budgets.values())
+        return list(self._snapshot.budgets.values())
 
     def __len__(self) -> int:
-        return len(self._budgets)
+        return len(self._snapshot.budgets)
 
     def ancestors(self, budget: BudgetDefinition) -> list[BudgetDefinition]:
-        budgets = self._budgets
-        chain, seen, parent_id = [], {budget.budget_id}, budget.parent_id
-        while parent_id and parent_id in budgets and parent_id not in seen:
-            seen.add(parent_id)
-            parent = budgets[parent_id]
-            chain.append(parent)
-            parent_id = parent.parent_id
-        return chain
+        return ancestors_in(self._snapshot.budgets, budget)
 
     def match(self, event: Matchable) -> list[Match]:
-        """One Match per budget the event counts toward; ancestors included once each."""
-        index = self._index  # snapshot: replaced, never mutated
-        result: dict[str, Match] = {}
-        for budget in index.candidates(event):
-            if scope_matches(budget.scope, event):
-                result.setdefault(budget.budget_id, Match(budget, budget.budget_id))
-        for direct in list(result.values()):
-            for ancestor in self.ancestors(direct.budget):
-                result.setdefault(ancestor.budget_id, Match(ancestor, direct.budget.budget_id))
-        return sorted(result.values(), key=lambda m: m.budget.budget_id)
+        """One Match per budget the event counts toward; ancestors included once each.
+
+        Remembered per signature (the event's values of the fields scopes name), so a
+        repeated team/project/provider/model combination costs a few dict lookups."""
+        snapshot = self._snapshot  # replaced, never mutated (except its cache)
+        key = snapshot.key(event)
+        cache = snapshot.cache
+        found = cache.get(key)
+        if found is None:
+            shared = snapshot.shared
+            found = tuple(
+                shared.setdefault((m.budget.budget_id, m.via), m) for m in snapshot.match(event)
+            )
+            if len(cache) >= CACHE_LIMIT:
+                cache.clear()
+            cache[key] = found
+        return list(found)
+
+    def match_uncached(self, event: Matchable) -> list[Match]:
+        """``match`` computed from the scopes every time (the reference the cache must equal)."""
+        return self._snapshot.match(event)
