@@ -144,50 +144,6 @@ class AvroCodec:
         return writer
 
 
-class RecordReader:
-    """Reads a topic that carries several record types (a batch type and the single type
-    written before batches existed): the writer schema's fingerprint or registry id says
-    which, and the record is decoded with that type's newest reader schema."""
-
-    def __init__(self, *names: str) -> None:
-        self.codecs = {name: codec(name) for name in names}
-        #: single-object fingerprint -> (type name, writer schema)
-        self._by_fingerprint = {
-            fp: (name, writer)
-            for name, c in self.codecs.items()
-            for fp, writer in c._writers.items()
-        }
-        self._first = next(iter(self.codecs.values()))
-
-    def split(self, data: bytes) -> tuple[str, dict[str, Any], bytes]:
-        """(type name, writer schema, body) of a framed record, without decoding it."""
-        if data[:2] == SINGLE_OBJECT_MAGIC and len(data) >= 10:
-            found = self._by_fingerprint.get(data[2:10])
-            if found is None:
-                raise AvroDecodeError(
-                    f"unknown schema fingerprint {data[2:10].hex()}: not one of "
-                    f"{', '.join(self.codecs)}"
-                )
-            return found[0], found[1], data[10:]
-        writer, body = self._first.split(data)  # Confluent framing, or a clear error
-        name = str(writer.get("name", "")).rsplit(".", 1)[-1]
-        if name not in self.codecs:
-            raise AvroDecodeError(f"a {name or 'unnamed'} record where {', '.join(self.codecs)} "
-                                  "was expected")  # fmt: skip
-        return name, writer, body
-
-    def decode(self, data: bytes) -> tuple[str, dict[str, Any]]:
-        name, writer, body = self.split(data)
-        try:
-            stream = io.BytesIO(body)
-            record = fastavro.schemaless_reader(stream, writer, self.codecs[name].schema)
-        except Exception as exc:
-            raise AvroDecodeError(f"corrupt or truncated Avro body: {exc}") from exc
-        if stream.tell() != len(body):
-            raise AvroDecodeError(f"{len(body) - stream.tell()} trailing bytes after the record")
-        return name, record  # type: ignore[return-value]
-
-
 _registry: Any = None  # RegistryClient when SPENDSTREAM_SCHEMA_REGISTRY_URL is set
 
 

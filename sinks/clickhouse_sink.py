@@ -38,18 +38,20 @@ from clickhouse_connect.driver.client import Client
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from spendstream.config import Settings
+from spendstream.schemas import batches
 from spendstream.schemas.avro import codec, configure_registry, framed_codec
 from spendstream.schemas.models import DeadLetter, SourcePosition
 
 from .health import WriterHealth
 from .native_ingest import (
+    BATCH_TABLES,
     INSERT_SETTINGS,
     NATIVE_TABLES,
     NativeBatch,
-    container,
+    json_position,
     position_prefix,
 )
-from .rows import ALLOCATION_COLUMNS, DLQ_COLUMNS, PRICED_COLUMNS, TABLES, reader
+from .rows import ALLOCATION_COLUMNS, DLQ_COLUMNS, PRICED_COLUMNS, TABLES
 from .warehouse import connect, migrate
 
 log = logging.getLogger("spendstream.sink")
@@ -124,8 +126,8 @@ class ClickHouseSink:
             migrate(self.client)
         self.stats = SinkStats()
         self.health = WriterHealth()
-        #: tables whose records ClickHouse decodes itself -> {record type: staging table}
-        self.native = NATIVE_TABLES if settings.sink_native_avro else {}
+        #: tables whose records ClickHouse decodes itself
+        self.native = set(NATIVE_TABLES) if settings.sink_native_avro else set()
         self.buffers: dict[tuple[str, int], PartitionBuffer] = {}
         self.stored: dict[tuple[str, int], int] = {}
         #: (topic, partition) -> {(origin topic, origin partition): highest offset stored}
@@ -261,12 +263,18 @@ class ClickHouseSink:
         try:
             if table in self.native:
                 if buf.native is None:
-                    staging = self.native[table]
-                    buf.native = NativeBatch(reader(*staging), position_prefix(*tp), staging)
-                if keep is None:
+                    buf.native = NativeBatch(
+                        codec(NATIVE_TABLES[table][0]), position_prefix(*tp),
+                        json_position(*tp), BATCH_TABLES.get(table, {}),
+                        staging=NATIVE_TABLES[table][1],
+                    )  # fmt: skip
+                if not batches.is_batch(value):
                     buf.native.add(value, offset, index)
                 else:
-                    value = self._native_filtered(buf.native, value, offset, index, keep)
+                    version = batches.version_of(value)
+                    if keep is not None:
+                        value = _filtered_batch(value, version, ORIGIN_BATCH_COLUMNS[table], keep)
+                    buf.native.add_rows(version, batches.rows_text(value, version), offset, index)
             else:
                 rows = TABLES[table][1](value, (*tp, offset), msg.key())
                 if keep is not None:
@@ -311,26 +319,6 @@ class ClickHouseSink:
             return None
         self.stats.partial_origin_replays += 1
         return before
-
-    def _native_filtered(
-        self, batch: NativeBatch, value: bytes, offset: int, index: int,
-        keep: dict[tuple[str, int], int],
-    ) -> bytes:  # fmt: skip
-        """Add the part of a batch record above the watermarks; returns the value stored
-        (re-encoded without the replayed allocations)."""
-        name, _, _ = batch.split(value)
-        if name != "CostAllocationBatch":  # a single allocation: the range said it all
-            batch.add(value, offset, index)
-            return value
-        kind = reader("CostAllocationBatch", "CostAllocation")
-        _, record = kind.decode(value)
-        fresh = [a for a in record["allocations"] if a["origin"]["offset"] >
-                 keep.get((a["origin"]["topic"], a["origin"]["partition"]), -1)]  # fmt: skip
-        batch_codec = codec("CostAllocationBatch")
-        filtered = batch_codec.encode({"allocations": fresh})
-        writer, body = batch_codec.split(filtered)
-        batch.add_body(name, writer, body, offset, index)
-        return filtered
 
     def _poison(self, msg: Any, exc: Exception) -> None:
         self._dead_letter(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(),
@@ -403,22 +391,21 @@ class ClickHouseSink:
         not yet written are decoded row by row, which finds the records at fault.
         """
         assert buf.native is not None
-        groups = list(buf.native.groups.values())
+        payloads = buf.native.payloads()
         done = 0
         delay = self.retry_initial_s
         try:
-            while done < len(groups):
-                writer, bodies, staging = groups[done]
-                part = token if len(groups) == 1 else f"{token}.w{done}"
+            while done < len(payloads):
+                key, staging, fmt, data = payloads[done]
+                part = token if len(payloads) == 1 else f"{token}.w{done}"
                 settings = {
                     "insert_deduplication_token": part,
                     "deduplicate_blocks_in_dependent_materialized_views": 1,
                     **INSERT_SETTINGS,
                 }
                 try:
-                    data = container(writer, bodies)
                     with self.lock:
-                        self.client.raw_insert(staging, insert_block=data, fmt="Avro",
+                        self.client.raw_insert(staging, insert_block=data, fmt=fmt,
                                                settings=settings)  # fmt: skip
                     self.health.succeeded()
                     done += 1
@@ -430,9 +417,9 @@ class ClickHouseSink:
                         delay = self._backoff(staging, exc, delay)
                         continue
                     self.stats.native_fallbacks += 1
-                    log.warning("ClickHouse refused a native Avro batch of %s:%s (%s); "
-                                "decoding it row by row", tp[0], tp[1], _first_line(exc))  # fmt: skip
-                    left = [i for g in groups[done:] for i in buf.native.indices[id(g[0])]]
+                    log.warning("ClickHouse refused a native %s batch of %s:%s (%s); "
+                                "decoding it row by row", fmt, tp[0], tp[1], _first_line(exc))  # fmt: skip
+                    left = [i for k, *_ in payloads[done:] for i in buf.native.indices[k]]
                     return self._insert_decoded(tp, buf, left, f"{token}.rows")
             return []
         finally:
@@ -586,6 +573,24 @@ def parse_origins(header: str) -> list[tuple[str, int, int, int]]:
         first, _, last = span.partition("-")
         ranges.append((topic, int(partition), int(first), int(last or first)))
     return ranges
+
+
+#: the same three columns in a table's batch rows (schemas/batches.py)
+ORIGIN_BATCH_COLUMNS: dict[str, tuple[int, int, int]] = {
+    "priced_usage": (batches.P["origin_topic"], batches.P["origin_partition"],
+                     batches.P["origin_offset"]),
+    "cost_allocations": (batches.A["origin_topic"], batches.A["origin_partition"],
+                         batches.A["origin_offset"]),
+}  # fmt: skip
+
+
+def _filtered_batch(
+    value: bytes, version: str, columns: tuple[int, int, int], marks: dict[tuple[str, int], int]
+) -> bytes:
+    """A batch record without its rows at or below the watermarks (a partly replayed
+    record: a worker re-batched replayed input differently)."""
+    _, rows = batches.decode(value)
+    return batches.encode(version, [r for r in rows if _newer(r, columns, marks)])
 
 
 def _newer(

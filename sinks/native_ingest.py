@@ -12,6 +12,11 @@ sends that file with FORMAT Avro into a Null-engine staging table; a materialize
 (migration 0004) flattens it into the real table. Nothing is decoded in Python: the
 framing is checked (a known schema fingerprint or registry id), and a batch ClickHouse
 refuses as data falls back to the decode-per-row path, which finds the poison records.
+
+Batch records of the price stage (schemas/batches.py: JSON rows) go the same way: each
+record becomes one JSONCompactEachRow line ``["topic",partition,offset,ROWS]`` into the
+staging table of migration 0007, ROWS being the record's own text: again nothing is
+decoded in Python.
 """
 
 from __future__ import annotations
@@ -21,15 +26,16 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from spendstream.schemas.avro import AvroCodec, RecordReader, schema_json
+from spendstream.schemas import batches
+from spendstream.schemas.avro import AvroCodec, schema_json
 
-#: real table -> {record type on its topic: staging table} (migrations 0004 and 0007:
-#: batch records, and the single records written before batches existed)
-NATIVE_TABLES: dict[str, dict[str, str]] = {
-    "cost_allocations": {
-        "CostAllocationBatch": "cost_allocation_batches_avro",
-        "CostAllocation": "cost_allocations_avro",
-    },
+#: real table -> (record type of its single Avro records, staging table of migration 0004)
+NATIVE_TABLES: dict[str, tuple[str, str]] = {
+    "cost_allocations": ("CostAllocation", "cost_allocations_avro"),
+}
+#: real table -> {batch format: staging table of migration 0007}
+BATCH_TABLES: dict[str, dict[str, str]] = {
+    "cost_allocations": {batches.ALLOCATIONS_V1: "cost_allocation_rows_json"},
 }
 
 #: sent with every native insert: fields an older writer schema lacks take the column default
@@ -92,36 +98,63 @@ def container(writer: dict[str, Any], bodies: list[bytes]) -> bytes:
 
 @dataclass
 class NativeBatch:
-    """Wrapper bodies of one partition's batch, grouped by the schema that wrote them
-    (each group goes to the staging table of its record type)."""
+    """One partition's batch for ClickHouse to decode: single Avro records as wrapper
+    bodies grouped by the schema that wrote them, batch records as JSON lines grouped by
+    format; each group is one insert into its staging table."""
 
-    reader: AvroCodec | RecordReader
+    codec: AvroCodec
     prefix: bytes
-    #: record type -> staging table (one type: ``reader`` is that type's codec)
-    staging: dict[str, str] = field(default_factory=dict)
-    #: id(writer schema) -> (writer schema, wrapper bodies, staging table)
-    groups: dict[int, tuple[dict[str, Any], list[bytes], str]] = field(default_factory=dict)
-    #: id(writer schema) -> index of each body in the sink's batch (for the fallback)
-    indices: dict[int, list[int]] = field(default_factory=dict)
-
-    def split(self, value: bytes) -> tuple[str, dict[str, Any], bytes]:
-        """(record type, writer schema, body); AvroDecodeError when the framing is not ours."""
-        if isinstance(self.reader, RecordReader):
-            return self.reader.split(value)
-        writer, body = self.reader.split(value)
-        return self.reader.name, writer, body
+    #: JSON line head: the record's topic and partition
+    position: bytes = b""
+    #: batch format -> staging table
+    batch_staging: dict[str, str] = field(default_factory=dict)
+    #: group key -> (writer schema, or None for JSON lines; bodies; staging table)
+    groups: dict[object, tuple[dict[str, Any] | None, list[bytes], str]] = field(
+        default_factory=dict
+    )
+    #: group key -> index of each body in the sink's batch (for the fallback)
+    indices: dict[object, list[int]] = field(default_factory=dict)
+    staging: str = ""
 
     def add(self, value: bytes, offset: int, index: int) -> None:
-        """Add one Kafka value; raises AvroDecodeError when its framing is not ours."""
-        name, writer, body = self.split(value)
-        self.add_body(name, writer, body, offset, index)
-
-    def add_body(
-        self, name: str, writer: dict[str, Any], body: bytes, offset: int, index: int
-    ) -> None:
-        group = self.groups.get(id(writer))
-        if group is None:
-            group = self.groups[id(writer)] = (writer, [], self.staging.get(name, ""))
-            self.indices[id(writer)] = []
+        """Add one single Avro record; raises AvroDecodeError when its framing is not ours."""
+        writer, body = self.codec.split(value)
+        group = self._group(id(writer), writer, self.staging)
         group[1].append(self.prefix + avro_long(offset) + body)
         self.indices[id(writer)].append(index)
+
+    def add_rows(self, version: str, rows: bytes, offset: int, index: int) -> None:
+        """Add one batch record's rows (its JSON text); BatchFormatError for a format that
+        has no staging table."""
+        staging = self.batch_staging.get(version)
+        if staging is None:
+            raise batches.BatchFormatError(f"no staging table for {version} records")
+        group = self._group(version, None, staging)
+        group[1].append(b"[" + self.position + str(offset).encode() + b"," + rows + b"]\n")
+        self.indices[version].append(index)
+
+    def _group(
+        self, key: object, writer: dict[str, Any] | None, staging: str
+    ) -> tuple[dict[str, Any] | None, list[bytes], str]:
+        group = self.groups.get(key)
+        if group is None:
+            group = self.groups[key] = (writer, [], staging)
+            self.indices[key] = []
+        return group
+
+    def payloads(self) -> list[tuple[object, str, str, bytes]]:
+        """(group key, staging table, input format, data) per insert."""
+        out = []
+        for key, (writer, bodies, staging) in self.groups.items():
+            if writer is None:
+                out.append((key, staging, "JSONCompactEachRow", b"".join(bodies)))
+            else:
+                out.append((key, staging, "Avro", container(writer, bodies)))
+        return out
+
+
+def json_position(topic: str, partition: int) -> bytes:
+    """The head of a JSON line: ``"topic",partition,`` (the offset follows)."""
+    import json
+
+    return json.dumps(topic).encode() + b"," + str(partition).encode() + b","

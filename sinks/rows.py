@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import json
+from binascii import a2b_base64
 from collections.abc import Callable
 from typing import Any
 
-from spendstream.schemas.avro import RecordReader, codec
+from spendstream.schemas import batches
+from spendstream.schemas.avro import codec
 from spendstream.schemas.budget import BudgetDefinition
-from spendstream.schemas.models import AlertAction, BudgetAlert, DeadLetter, payload_kind
+from spendstream.schemas.models import (
+    AlertAction,
+    BudgetAlert,
+    DeadLetter,
+    from_micros,
+    payload_kind,
+)
+from spendstream.schemas.money import from_nanos
 
 Position = tuple[str, int, int]
 ATTRS = ("org", "team", "project", "user", "department", "session", "feature")
@@ -26,28 +35,33 @@ PRICED_COLUMNS = [
 ]  # fmt: skip
 
 
-_readers: dict[tuple[str, ...], tuple[Any, RecordReader]] = {}
-
-
-def reader(*names: str) -> RecordReader:
-    """A RecordReader for ``names``, made again when the registry configuration changed."""
-    current = codec(names[0])
-    found = _readers.get(names)
-    if found is None or found[0] is not current:
-        found = _readers[names] = (current, RecordReader(*names))
-    return found[1]
-
-
 def priced_rows(value: bytes, pos: Position) -> list[list[Any]]:
-    """Rows from a usage.priced record: a batch of priced events (each event as the bytes
-    it arrived in), or a single PricedUsage written before batches existed. These records
-    come from our own workers and were validated there; Avro decoding enforces their types,
-    so the hot path reads the decoded dicts without a second pydantic validation."""
-    name, record = reader("PricedUsageBatch", "PricedUsage").decode(value)
-    if name == "PricedUsage":
-        return [priced_row_of(record, record["event"], pos)]
+    """Rows from a usage.priced record: a ``priced/1`` batch (schemas/batches.py; each
+    event kept as the Avro bytes it arrived in), or a single PricedUsage written before
+    batches existed. These records come from our own workers and were validated there;
+    decoding enforces their types, so the hot path reads the decoded values without a
+    second pydantic validation."""
+    if not batches.is_batch(value):
+        return [priced_row(value, pos)]
+    version, rows = batches.decode(value)
+    if version != batches.PRICED_V1:
+        raise batches.BatchFormatError(f"a {version} record on the priced topic")
     events = codec("UsageEvent")
-    return [priced_row_of(item, events.decode(item["event"]), pos) for item in record["items"]]
+    P = batches.P
+    out = []
+    for r in rows:
+        components = [{"name": n, "quantity": from_nanos(q), "unit": u, "amount": from_nanos(a)}
+                      for n, q, u, a in r[P["components"]]]  # fmt: skip
+        priced = {
+            "cost": from_nanos(r[P["cost_nanos"]]), "currency": r[P["currency"]],
+            "priced": bool(r[P["priced"]]), "components": components,
+            "price_source": r[P["price_source"]], "price_version": r[P["price_version"]],
+            "origin": {"topic": r[P["origin_topic"]], "partition": r[P["origin_partition"]],
+                       "offset": r[P["origin_offset"]]},
+            "priced_at": from_micros(r[P["priced_at_us"]]),
+        }  # fmt: skip
+        out.append(priced_row_of(priced, events.decode(a2b_base64(r[P["event"]])), pos))
+    return out
 
 
 def priced_row(value: bytes, pos: Position) -> list[Any]:
@@ -91,12 +105,19 @@ ALLOCATION_COLUMNS = [
 
 
 def allocation_rows(value: bytes, pos: Position) -> list[list[Any]]:
-    """Rows from a cost-allocations record: a batch, or a single allocation written before
-    batches existed (hot path of the decoding fallback; see priced_rows)."""
-    name, record = reader("CostAllocationBatch", "CostAllocation").decode(value)
-    if name == "CostAllocation":
-        return [allocation_row_of(record, pos)]
-    return [allocation_row_of(a, pos) for a in record["allocations"]]
+    """Rows from a cost-allocations record: an ``allocations/1`` batch, or a single Avro
+    allocation written before batches existed (the decoding path: the native one leaves
+    this to ClickHouse; see priced_rows)."""
+    if not batches.is_batch(value):
+        return [allocation_row(value, pos)]
+    version, rows = batches.decode(value)
+    if version != batches.ALLOCATIONS_V1:
+        raise batches.BatchFormatError(f"a {version} record on the allocations topic")
+    return [
+        [f"{r[0]}/{r[1]}", r[0], r[1], r[2], r[3], from_micros(r[4]), from_micros(r[5]),
+         from_micros(r[6]), from_nanos(r[7]), *r[8:], *pos]
+        for r in rows
+    ]  # fmt: skip
 
 
 def allocation_row(value: bytes, pos: Position) -> list[Any]:

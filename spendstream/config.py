@@ -102,6 +102,13 @@ class Settings(BaseSettings):
         le=86_400,
         description="A worker whose table recovery makes no headway this long restarts.",
     )
+    worker_commit_interval_ms: int = Field(
+        default=1000,
+        ge=10,
+        le=60_000,
+        description="The aggregator's checkpoint: spend state, statuses and forecast and "
+        "anomaly alerts at most this often per budget period (threshold alerts go out at once).",
+    )
     worker_trace_batches: bool = Field(
         default=False,
         description="Log every batch's input offsets per topic-partition (traces a record "

@@ -1,8 +1,9 @@
 """The aggregate stage as a class a test drives without a broker: allocations in, the
 changed spend states, the alerts now due and the statuses to publish out.
 
-Allocations arrive as fastavro dicts (batch records of the price stage, or single records
-written before batches existed); no pydantic per allocation. Per (budget, period) the
+Allocations arrive as ``allocations/1`` rows (schemas/batches.py: the price stage's batch
+records; a single Avro record written before batches existed is turned into the same
+row): integer nano-units and microseconds, no pydantic and no Decimal per allocation. Per (budget, period) the
 state counts each origin position once (aggregation.py), the threshold and exceeded tiers
 are checked per allocation with integer comparisons (so an alert names the event that
 crossed the tier and the spend at that moment), and the forecast and anomaly rules run
@@ -18,14 +19,20 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Generic, TypeVar
 
+from spendstream.schemas.batches import A
 from spendstream.schemas.budget import BudgetDefinition
-from spendstream.schemas.models import BudgetAlert, BudgetStatus, to_micros
+from spendstream.schemas.models import BudgetAlert, to_micros
 from spendstream.schemas.money import to_nanos
 
-from .aggregation import AlertPolicy, PeriodState, state_key, status_of, tier_alerts, trend_alerts
+from .aggregation import AlertPolicy, PeriodState, tier_alerts
 from .matching import BudgetRegistry
 
 Source = TypeVar("Source")
+EVENT, BUDGET, PERIOD, START, END = (A[c] for c in (
+    "event_id", "budget_id", "period_key", "period_start_us", "period_end_us"))  # fmt: skip
+OCCURRED, AMOUNT = A["occurred_at_us"], A["amount_nanos"]
+ORIGIN_TOPIC, ORIGIN_PARTITION, ORIGIN_OFFSET = (A[c] for c in (
+    "origin_topic", "origin_partition", "origin_offset"))  # fmt: skip
 
 
 @dataclass
@@ -33,26 +40,16 @@ class AggregateResult(Generic[Source]):
     #: "budget|period" -> state to write, and the record whose partition it belongs to
     states: dict[str, PeriodState] = field(default_factory=dict)
     sources: dict[str, Source] = field(default_factory=dict)
+    #: "budget|period" -> the event of its last allocation counted (alerts name it)
+    last_event: dict[str, str] = field(default_factory=dict)
     alerts: list[BudgetAlert] = field(default_factory=list)
     counters: Counter[str] = field(default_factory=Counter)
 
-    def statuses(
-        self, registry: BudgetRegistry, now: datetime, resolved: Iterable[str] = ()
-    ) -> dict[str, BudgetStatus]:
-        """The status of every changed (budget, period) whose budget still exists."""
-        done = set(resolved)
-        out = {}
-        for key, state in self.states.items():
-            budget_id, period_key = key.split("|", 1)
-            budget = registry.get(budget_id)
-            if budget is not None:
-                out[key] = status_of(budget, period_key, state, now, done)
-        return out
-
 
 class AggregateStage:
-    """Spend per budget and period. ``load(key)`` reads a state from the table (str or
-    None); the stage never writes: the caller does, after delivering the alerts."""
+    """Spend per budget and period. ``load(key)`` gives the newest state of a key (the
+    checkpoint's, or the table's); the stage never writes: the checkpoint does
+    (checkpoint.py), which also runs the forecast and anomaly rules once per interval."""
 
     def __init__(self, registry: BudgetRegistry, policy: AlertPolicy | None = None) -> None:
         self.registry = registry
@@ -62,47 +59,38 @@ class AggregateStage:
 
     def process(
         self,
-        records: Iterable[tuple[Source, Iterable[dict[str, Any]]]],
-        load: Callable[[str], str | None],
+        records: Iterable[tuple[Source, Iterable[list[Any]]]],
+        load: Callable[[str], PeriodState],
         now: datetime,
     ) -> AggregateResult[Source]:
-        """Apply every allocation of ``records`` (record, its allocation dicts) in order."""
+        """Apply every allocation row of ``records`` (record, its rows) in order."""
         result: AggregateResult[Source] = AggregateResult()
         states = result.states
+        counters = result.counters
         touched: dict[str, str] = {}  # key -> event id of the last allocation applied
-        for source, allocations in records:
-            for alloc in allocations:
-                key = state_key(alloc["budget_id"], alloc["period_key"])
+        budgets = self.registry
+        for source, rows in records:
+            for row in rows:
+                budget_id, period_key = row[BUDGET], row[PERIOD]
+                key = f"{budget_id}|{period_key}"
                 state = states.get(key)
                 if state is None:
-                    state = states[key] = PeriodState.loads(load(key))
-                origin = alloc["origin"]
+                    state = states[key] = load(key)
                 counted = state.apply_fields(
-                    f"{origin['topic']}:{origin['partition']}",
-                    origin["offset"],
-                    to_nanos(alloc["amount"]),
-                    to_micros(alloc["occurred_at"]),
-                    to_micros(alloc["period_start"]),
-                    to_micros(alloc["period_end"]),
-                )
+                    f"{row[ORIGIN_TOPIC]}:{row[ORIGIN_PARTITION]}", row[ORIGIN_OFFSET],
+                    row[AMOUNT], row[OCCURRED], row[START], row[END],
+                )  # fmt: skip
                 if not counted:
-                    result.counters["replayed_allocations"] += 1
+                    counters["replayed_allocations"] += 1
                     continue
-                result.counters["aggregated"] += 1
+                counters["aggregated"] += 1
                 result.sources[key] = source
-                touched[key] = alloc["event_id"]
-                budget = self.registry.get(alloc["budget_id"])
+                event_id = row[EVENT]
+                touched[key] = event_id
+                budget = budgets.get(budget_id)
                 if budget is not None and state.spent_nanos * 100 >= self._next_tier(budget, state):
-                    result.alerts += tier_alerts(
-                        budget, alloc["period_key"], state, now, alloc["event_id"]
-                    )
-        for key, event_id in touched.items():
-            budget_id, period_key = key.split("|", 1)
-            budget = self.registry.get(budget_id)
-            if budget is not None:
-                result.alerts += trend_alerts(
-                    budget, period_key, states[key], now, event_id, self.policy
-                )
+                    result.alerts += tier_alerts(budget, period_key, state, now, event_id)
+        result.last_event = touched
         # states that only saw replays are unchanged: nothing to write or publish
         for key in [k for k in states if k not in result.sources]:
             del states[key]
@@ -127,3 +115,17 @@ def _tag(percent: Decimal) -> str:
     from spendstream.schemas.money import plain
 
     return plain(percent)
+
+
+def allocation_row(record: dict[str, Any]) -> list[Any]:
+    """A single Avro CostAllocation (as written before batches existed) as an
+    ``allocations/1`` row."""
+    attrs, origin = record["attributes"], record["origin"]
+    return [
+        record["event_id"], record["budget_id"], record["matched_via"], record["period_key"],
+        to_micros(record["period_start"]), to_micros(record["period_end"]),
+        to_micros(record["occurred_at"]), to_nanos(record["amount"]), record["currency"],
+        record["source"], record["provider"] or "", record["model"] or "",
+        *(attrs[n] or "" for n in ("org", "team", "project", "user", "department", "feature")),
+        attrs["tags"], origin["topic"], origin["partition"], origin["offset"],
+    ]  # fmt: skip

@@ -12,7 +12,8 @@ Micro-batches (``stream.take``) write each table key at most once per batch. Pro
 is idempotent (per-origin watermarks in the state), so at-least-once delivery gives an
 exactly-once effect. A batch that fails for any reason other than bad input ends the
 process before faust can ack it (crash-only): on restart the batch is replayed and the
-idempotent state absorbs it. ``commit_aggregates`` is the order of the writes.
+idempotent state absorbs it. ``Checkpoint.commit`` (checkpoint.py) is the order of the
+writes: states and statuses once per interval, then the offsets.
 """
 
 from __future__ import annotations
@@ -32,14 +33,16 @@ import faust
 
 from spendstream.config import Settings
 from spendstream.processes import RECOVERY_STUCK
-from spendstream.schemas.avro import AvroDecodeError, RecordReader, configure_registry, framed_codec
+from spendstream.schemas import batches
+from spendstream.schemas.avro import AvroDecodeError, codec, configure_registry, framed_codec
 from spendstream.schemas.models import SourcePosition
 from spendstream.topics import committed_or_start, has_records, worker_group
 
-from .aggregate_stage import AggregateResult, AggregateStage
+from .aggregate_stage import AggregateStage, allocation_row
 from .aggregation import AlertPolicy
 from .api import BudgetApi, jsonable, mount
 from .budget_feed import BudgetFeed
+from .checkpoint import Checkpoint
 from .matching import BudgetRegistry
 from .offset_guard import OffsetGuard
 from .output import OutputProducer
@@ -159,29 +162,29 @@ def create_worker(settings: Settings) -> Worker:
     registry = BudgetRegistry()
     feed = BudgetFeed(settings, registry, follow_status=True)
     pricer = Pricer(Catalog.for_settings(settings.price_catalog))
-    stage = AggregateStage(registry, AlertPolicy.from_settings(settings))
+    policy = AlertPolicy.from_settings(settings)
+    stage = AggregateStage(registry, policy)
     from spendstream.producer import producer_config
 
     out = OutputProducer(producer_config(settings, **{"linger.ms": 2}))
     alloc_topic = app.topic(topics.allocations, key_serializer="raw", value_serializer="raw")
     # State as a JSON string: faust's changelog recovery cannot rebuild a dict value_type.
     spend = app.Table(SPEND_TABLE, default=None, key_type=str, value_type=str)
-    allocations = RecordReader("CostAllocationBatch", "CostAllocation")
+    single = codec("CostAllocation")
 
-    def batches(stream: faust.StreamT) -> Any:
+    def micro_batches(stream: faust.StreamT) -> Any:
         """Micro-batches of records (acked by faust after the batch body returns)."""
         return cast(Any, stream).take_events(settings.batch_size, settings.batch_linger_ms / 1000)
 
     async def run_batch(events: list[faust.EventT], process: Any) -> None:
-        """Admit the batch's events in order (offset_guard.py), process them, and mark them
-        finished. Finish even if cancelled; crash (not ack) if it fails. An abandoned batch
-        is never marked finished, so its offsets are not committed."""
+        """Admit the batch's events in order (offset_guard.py) and process them; their
+        offsets may commit once the checkpoint holding them is written. Finish even if
+        cancelled; crash (not ack) if it fails: nothing of it is committed then."""
 
         async def body() -> None:
             admitted = await offset_guard.admit(events)
             if admitted:
                 await process(admitted)
-            offset_guard.completed(admitted)
 
         task = asyncio.ensure_future(body())
         try:
@@ -196,65 +199,80 @@ def create_worker(settings: Settings) -> Worker:
 
     @app.agent(alloc_topic)
     async def aggregate(stream: faust.StreamT) -> None:
-        async for events in batches(stream):
+        async for events in micro_batches(stream):
             await run_batch(events, aggregate_batch)
 
-    def decoded(events: list[faust.EventT]) -> list[tuple[faust.EventT, list[dict[str, Any]]]]:
-        """Each record's allocations; a record that is not ours goes to the DLQ (an
+    def decoded(events: list[faust.EventT]) -> list[tuple[faust.EventT, list[list[Any]]]]:
+        """Each record's allocation rows; a record that is not ours goes to the DLQ (an
         undecodable record on an internal topic must not stop the aggregation)."""
         records = []
         for event in events:
             msg = event.message
             try:
-                kind, record = allocations.decode(msg.value)
-            except AvroDecodeError as exc:
+                if batches.is_batch(msg.value):
+                    version, rows = batches.decode(msg.value)
+                    if version != batches.ALLOCATIONS_V1:
+                        raise batches.BatchFormatError(f"a {version} record")
+                else:
+                    rows = [allocation_row(single.decode(msg.value))]
+            except (AvroDecodeError, batches.BatchFormatError) as exc:
                 pos = SourcePosition(topic=msg.topic, partition=msg.partition, offset=msg.offset)
                 dead = dead_letter("decode", f"not a cost allocation: {exc}", pos,
                                    key=msg.key, value=msg.value)  # fmt: skip
                 out.send(topics.dlq, msg.key, _enc("DeadLetter", dead, topics.dlq))
                 metrics["dlq"] += 1
                 continue
-            records.append(
-                (event, record["allocations"] if kind == "CostAllocationBatch" else [record])
-            )
+            records.append((event, rows))
         return records
 
+    lock = asyncio.Lock()  # batches, checkpoints and revocations, one at a time
+
     async def aggregate_batch(events: list[faust.EventT]) -> None:
-        now = datetime.now(UTC)
-        result = stage.process(decoded(events), spend.get, now)
-        await commit_aggregates(result, now)
-        if settings.worker_trace_batches:
-            log.info("batch aggregate %s", offset_spans(events))
+        async with lock:
+            now = datetime.now(UTC)
+            result = stage.process(decoded(events), lambda k: checkpoint.load(k, spend.get), now)
+            await checkpoint.batch(result, events)
+            metrics.update(result.counters)
+            metrics["alerts"] += len(result.alerts)
+            if result.counters["aggregated"]:
+                worker.last_aggregated_at = time.time()
+            if settings.worker_trace_batches:
+                log.info("batch aggregate %s", offset_spans(events))
+            if checkpoint.due():
+                await commit(now)
 
-    async def commit_aggregates(result: AggregateResult[faust.EventT], now: datetime) -> None:
-        """Write what a batch changed, in an order that loses nothing on a crash.
+    async def commit(now: datetime) -> None:
+        written = await checkpoint.commit(now)
+        metrics["checkpoints"] += 1
+        metrics["states_written"] += written
 
-        1. Deliver the alerts now due and wait for the broker's acks. Crash after: the
-           state that records them was not written, so the replayed batch fires them
-           again, with the same alert ids (subscribers and the sink dedupe on them).
-        2. Write each changed (budget, period) state to the table, in the context of the
-           record it last came from (so the changelog record goes to that record's
-           partition). faust sends changelog records and flushes them before it commits
-           the batch's offsets. Crash after: the batch is replayed; the per-origin
-           watermarks in whichever state was restored skip what it already counted.
-        3. Publish each changed status, and wait for the acks. Crash after: as after 2;
-           the statuses are published again, equal or newer (readers keep the newest).
-        4. Return: the offset guard marks the batch finished and faust may commit its
-           offsets (after flushing its producer, i.e. the changelog of step 2).
-        """
-        for alert in result.alerts:  # 1.
-            out.send(topics.alerts, alert.budget_id.encode(),
-                     _enc("BudgetAlert", alert, topics.alerts))  # fmt: skip
+    @app.timer(interval=settings.worker_commit_interval_ms / 2000)
+    async def checkpoint_timer() -> None:
+        async with lock:
+            if checkpoint.due():
+                await commit(datetime.now(UTC))
+
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
+    async def on_revoked(app: Any, revoked: Any, **kwargs: Any) -> None:
+        async with lock:
+            checkpoint.forget(lambda event: event.message.tp in revoked)
+
+    async def drain() -> None:
         await out.drain()
-        for key, state in result.states.items():  # 2.
-            with_event(result.sources[key], lambda k=key, s=state: spend.__setitem__(k, s.dumps()))
-        for key, status in result.statuses(registry, now, feed.resolved()).items():  # 3.
-            out.send(topics.status, key.encode(), _enc("BudgetStatus", status, topics.status))
-        await out.drain()
-        metrics.update(result.counters)
-        metrics["alerts"] += len(result.alerts)
-        if result.counters["aggregated"]:
-            worker.last_aggregated_at = time.time()
+
+    def write_state(key: str, state: Any, source: faust.EventT) -> None:
+        with_event(source, lambda: spend.__setitem__(key, state.dumps()))
+
+    checkpoint: Checkpoint[faust.EventT] = Checkpoint(
+        registry, policy,
+        write_state=write_state,
+        send_alert=lambda a: out.send(topics.alerts, a.budget_id.encode(),
+                                      _enc("BudgetAlert", a, topics.alerts)),
+        send_status=lambda key, st: out.send(topics.status, key.encode(),
+                                             _enc("BudgetStatus", st, topics.status)),
+        drain=drain, finish=offset_guard.finish, resolved=feed.resolved,
+        interval_s=settings.worker_commit_interval_ms / 1000,
+    )  # fmt: skip
 
     def with_event(event: faust.EventT, action: Any) -> Any:
         """Run a table access in the context of ``event`` so it uses that event's partition."""

@@ -33,6 +33,13 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
+try:  # faust's lock over its ack bookkeeping (faust-streaming 0.15; pinned in pyproject)
+    from faust.types.tuples import ack_lock
+except ImportError:  # pragma: no cover
+    import threading
+
+    ack_lock = threading.RLock()
+
 log = logging.getLogger("spendstream.worker")
 
 #: (topic, partition) -> where the group resumes it (committed offset or log start)
@@ -61,6 +68,7 @@ class OffsetGuard:
         self.hole_grace_s = hole_grace_s
         self.clock = clock
         self.consumer: Any = None
+        self._faust_ack: Callable[[Any], bool] | None = None
         self._done: weakref.WeakSet[Any] = weakref.WeakSet()
         #: tp -> (committed offset at the hole, when it was first seen)
         self._holes: dict[Any, tuple[int, float]] = {}
@@ -141,12 +149,13 @@ class OffsetGuard:
         c = self.consumer
         if c is None:
             return
-        index = c._acked_index[tp]
-        committed = c._committed_offset[tp]
-        missing = [o for o in range(start, end)
-                   if o not in index and (committed is None or o >= committed)]  # fmt: skip
-        c._acked[tp].extend(missing)
-        index.update(missing)
+        with ack_lock:  # faust changes the same lists under it (ack from other threads)
+            index = c._acked_index[tp]
+            committed = c._committed_offset[tp]
+            missing = [o for o in range(start, end)
+                       if o not in index and (committed is None or o >= committed)]  # fmt: skip
+            c._acked[tp].extend(missing)
+            index.update(missing)
 
     # --- acks --------------------------------------------------------------------------
     def completed(self, events: Iterable[Any]) -> None:
@@ -154,15 +163,29 @@ class OffsetGuard:
         for event in events:
             self._done.add(event.message)
 
+    def finish(self, events: Iterable[Any]) -> None:
+        """``completed`` for events whose batch returned earlier (a checkpoint that
+        finishes several batches): faust's own ack of them was refused then, so they are
+        acked here, through faust's ack (a second ack of a message does nothing)."""
+        ack = self._faust_ack
+        for event in events:
+            message = event.message
+            self._done.add(message)
+            if ack is not None:
+                with ack_lock:
+                    if not message.acked and ack(message):
+                        self._done.discard(message)
+
     def install(self, consumer: Any) -> None:
         """Wrap the faust consumer's ack and next-commit decisions for our topics."""
         needed = ("ack", "_new_offset", "_acked", "_acked_index", "_committed_offset", "seek_wait")
         missing = [name for name in needed if not hasattr(consumer, name)]
-        if missing:  # faust internals this guard relies on (checked on 0.15)
+        if missing:  # faust internals this guard relies on (checked on 0.15.3, pinned)
             raise RuntimeError(f"this faust-streaming consumer lacks {missing}; the offset "
-                               "guard supports faust-streaming 0.11-0.15")  # fmt: skip
+                               "guard is verified on faust-streaming 0.15.3")  # fmt: skip
         self.consumer = consumer
         ack, new_offset = consumer.ack, consumer._new_offset
+        self._faust_ack = ack
 
         def guarded_ack(message: Any) -> bool:
             if message.topic in self.topics and message not in self._done:
@@ -185,6 +208,10 @@ class OffsetGuard:
     def next_commit(self, tp: Any) -> int | None:
         """The offset to commit for ``tp`` (end of the acked run starting at the committed
         offset), or None; the offsets it covers leave the acked list."""
+        with ack_lock:  # faust changes the same lists under it (ack from other threads)
+            return self._next_commit(tp)
+
+    def _next_commit(self, tp: Any) -> int | None:
         c = self.consumer
         acked: list[int] = c._acked[tp]
         committed = c._committed_offset[tp]

@@ -1,10 +1,11 @@
 """The price stage as plain Python: raw input records in, output records out.
 
 Decode, validate, dedupe, price and allocate a batch of raw usage records, and build what
-the batch produces: one ``PricedUsageBatch`` record per input partition (usage.priced),
-one ``CostAllocationBatch`` record per partition of cost-allocations, a dead letter per
-rejected record, and one ``SeenEvents`` changelog record per input partition. No Kafka
-here (price_loop.py delivers and commits); a test drives it with a list of records.
+the batch produces: one ``priced/1`` batch record per input partition (usage.priced), one
+``allocations/1`` batch record per partition of cost-allocations (schemas/batches.py), a
+dead letter per rejected record, and one ``SeenEvents`` changelog record per input
+partition. No Kafka here (price_loop.py delivers and commits); a test drives it with a
+list of records. Money is integer nano-units and times integer microseconds throughout.
 
 The rules are those of ``UsageProcessor`` (processor.py), which stays the readable
 reference and the fault suite's oracle; this is the same decision on fastavro dicts
@@ -17,15 +18,16 @@ normalise or refuse, a model the compiled prices do not cover.
 from __future__ import annotations
 
 import logging
+from binascii import b2a_base64
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from typing import Any
 
 from pydantic import ValidationError
 
+from spendstream.schemas import batches
 from spendstream.schemas.avro import AvroDecodeError, codec, framed_codec
 from spendstream.schemas.models import (
     EARLIEST,
@@ -34,8 +36,9 @@ from spendstream.schemas.models import (
     explain,
     from_micros,
     payload_kind,
+    to_micros,
 )
-from spendstream.schemas.money import from_nanos
+from spendstream.schemas.money import SCALE, to_nanos
 
 from .compiled_pricing import CompiledPricer
 from .dedupe import DedupeState
@@ -54,48 +57,52 @@ ATTRIBUTE_NAMES = ("org", "team", "project", "user", "department", "session", "f
 COUNT_FIELDS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
                 "reasoning_tokens", "input_audio_tokens", "output_audio_tokens", "images")  # fmt: skip
 MAX_COUNT = 10**15
-
-
-def _short(value: Any, low: int, high: int) -> bool:
-    """A string pydantic would keep as it is: in length bounds, nothing to strip."""
-    return (
-        type(value) is str
-        and low <= len(value) <= high
-        and not (value and (value[0].isspace() or value[-1].isspace()))
-    )
-
-
-def _opt(value: Any) -> bool:
-    return value is None or _short(value, 0, 256)
+NANOS = 10**SCALE
 
 
 def fast_valid_llm(event: dict[str, Any]) -> bool:
     """True when pydantic would accept this decoded LLM event unchanged. False means
-    "ask pydantic" (it may still accept it, normalised, or refuse it with the reason)."""
+    "ask pydantic" (it may still accept it, normalised, or refuse it with the reason).
+
+    Avro decoding already gave every field its type (str, None, int, an aware datetime),
+    so only pydantic's other rules are checked: lengths, nothing to strip (``str.strip``
+    returns the string itself when there is nothing to strip), ranges, literals."""
     payload = event["payload"]
     if event["source"] != "llm" or "model" not in payload:
         return False
-    if not (_short(event["event_id"], 1, 128) and _opt(event.get("producer"))):
+    text = event["event_id"]
+    if not 0 < len(text) <= 128 or text.strip() is not text:
+        return False
+    text = event["producer"]
+    if text is not None and (len(text) > 256 or text.strip() is not text):
         return False
     when = event["occurred_at"]
-    if when.tzinfo is None or not EARLIEST <= when < LATEST:
+    if not EARLIEST <= when < LATEST:
         return False
     attrs = event["attributes"]
     for name in ATTRIBUTE_NAMES:
-        if not _opt(attrs[name]):
+        text = attrs[name]
+        if text is not None and (len(text) > 256 or text.strip() is not text):
             return False
     tags = attrs["tags"]
-    if len(tags) > 64 or not all(_short(k, 1, 128) and _short(v, 0, 256) for k, v in tags.items()):
-        return False
-    if not (_short(payload["provider"], 1, 256) and _short(payload["model"], 1, 256)):
-        return False
+    if tags:
+        if len(tags) > 64:
+            return False
+        for key, text in tags.items():
+            if not 0 < len(key) <= 128 or key.strip() is not key:
+                return False
+            if len(text) > 256 or text.strip() is not text:
+                return False
+    for text in (payload["provider"], payload["model"]):
+        if not 0 < len(text) <= 256 or text.strip() is not text:
+            return False
     if payload["operation"] not in OPERATIONS:
         return False
-    if not (_opt(payload["image_size"]) and _opt(payload["request_id"])):
-        return False
+    for text in (payload["image_size"], payload["request_id"]):
+        if text is not None and (len(text) > 256 or text.strip() is not text):
+            return False
     for name in COUNT_FIELDS:
-        count = payload[name]
-        if type(count) is not int or not 0 <= count <= MAX_COUNT:
+        if not 0 <= payload[name] <= MAX_COUNT:
             return False
     return (
         payload["cache_read_tokens"] + payload["cache_write_tokens"] <= payload["input_tokens"]
@@ -128,14 +135,15 @@ class EventView:
 
 @dataclass
 class Priced:
-    """One priced event: what goes into its PricedUsageBatch item and its allocations."""
+    """One priced event: what goes into its priced row and its allocation rows."""
 
     event: dict[str, Any]
     raw: bytes  # the event as stored: the input bytes when pydantic changed nothing
-    total: Decimal
+    total_nanos: int
     currency: str
     priced: bool
-    lines: list[tuple[str, Decimal, str, Decimal]]
+    #: (name, quantity in nano-units, unit, amount in nano-units)
+    lines: list[tuple[str, int, str, int]]
     source: str
     version: str
     fallback: str | None = None
@@ -168,7 +176,7 @@ class PriceRules:
         self.late_periods = late_periods
         self._codec = codec("UsageEvent")
         self._open: dict[tuple[str, datetime], tuple[datetime, datetime]] = {}
-        self._periods: dict[tuple[str, datetime], Period] = {}
+        self._periods: dict[tuple[str, datetime], tuple[Period, int, int]] = {}
 
     # --- decode and validate -----------------------------------------------------------
     def decode(
@@ -225,42 +233,44 @@ class PriceRules:
         try:
             if event["source"] == "llm":
                 llm = self.compiled.price_payload(payload, event["occurred_at"])
-                lines = [(name, Decimal(q), unit, from_nanos(a)) for name, q, unit, a in llm.lines]
-                return Priced(event, raw, from_nanos(llm.total_nanos), llm.currency, True, lines,
+                lines = [(name, q * NANOS, unit, a) for name, q, unit, a in llm.lines]
+                return Priced(event, raw, llm.total_nanos, llm.currency, True, lines,
                               llm.source, llm.version, llm.fallback)  # fmt: skip
             assert model is not None  # every non-LLM event went through pydantic
             cost = self.reference.price(model)
         except PricingError as exc:
             if self.unknown_price == "flag" and exc.code in ("unknown_model", "unknown_price"):
-                return Priced(event, raw, Decimal(0), "USD", False, [], "unpriced", "-")
+                return Priced(event, raw, 0, "USD", False, [], "unpriced", "-")
             return Rejected(exc.code, str(exc), event["event_id"])
-        lines = [(c.name, c.quantity, c.unit, c.amount) for c in cost.components]
-        return Priced(event, raw, cost.total, cost.currency, True, lines, cost.source,
+        lines = [(c.name, to_nanos(c.quantity), c.unit, to_nanos(c.amount))
+                 for c in cost.components]  # fmt: skip
+        return Priced(event, raw, to_nanos(cost.total), cost.currency, True, lines, cost.source,
                       cost.version)  # fmt: skip
 
     # --- allocate ----------------------------------------------------------------------
     def allocate(
-        self, priced: Priced, origin: dict[str, Any], arrived: datetime
-    ) -> tuple[list[dict[str, Any]], Rejected | None, list[str]]:
-        """(allocations, the too_late rejection if any, budgets skipped for currency)."""
+        self, priced: Priced, origin: tuple[str, int, int], arrived: datetime
+    ) -> tuple[list[list[Any]], Rejected | None, list[str]]:
+        """(allocation rows in the ``allocations/1`` column order, the too_late rejection
+        if any, budgets skipped for currency)."""
         event = priced.event
         when = event["occurred_at"]
-        allocations: list[dict[str, Any]] = []
+        rows: list[list[Any]] = []
         skipped: list[str] = []
         late: Rejected | None = None
-        payload = event["payload"]
-        llm = event["source"] == "llm"
+        tail: list[Any] | None = None
         for match in self.budgets.match(EventView(event)):
             budget = match.budget
             if budget.currency != priced.currency:
                 skipped.append(budget.budget_id)
                 continue
-            period = self._period(budget, when)
-            if period is None:
+            found = self._period(budget, when)
+            if found is None:
                 continue
+            period, start_us, end_us = found
             oldest = self.oldest_open(budget, arrived)
             if late is None and oldest is not None and period.start < oldest:
-                allocations.clear()
+                rows.clear()
                 late = Rejected(
                     "too_late",
                     f"event of {when:%Y-%m-%d %H:%M} UTC falls in period {period.key} of "
@@ -271,29 +281,40 @@ class PriceRules:
                 )
             if late is not None:
                 continue
-            allocations.append({
-                "allocation_id": f"{event['event_id']}/{budget.budget_id}",
-                "event_id": event["event_id"], "budget_id": budget.budget_id,
-                "matched_via": match.via, "period_key": period.key,
-                "period_start": period.start, "period_end": period.end, "occurred_at": when,
-                "amount": priced.total, "currency": priced.currency, "source": event["source"],
-                "provider": payload["provider"] if llm else None,
-                "model": payload["model"] if llm else None,
-                "attributes": event["attributes"], "origin": origin,
-            })  # fmt: skip
-        return allocations, late, skipped
+            if tail is None:
+                tail = self._event_columns(priced, origin)
+            rows.append([event["event_id"], budget.budget_id, match.via, period.key, start_us,
+                         end_us, *tail])  # fmt: skip
+        return rows, late, skipped
 
-    def _period(self, budget: Any, when: datetime) -> Period | None:
+    @staticmethod
+    def _event_columns(priced: Priced, origin: tuple[str, int, int]) -> list[Any]:
+        """The columns an event's allocation rows share, from occurred_at_us on."""
+        event = priced.event
+        payload = event["payload"]
+        attrs = event["attributes"]
+        llm = event["source"] == "llm"
+        return [
+            to_micros(event["occurred_at"]), priced.total_nanos, priced.currency,
+            event["source"], payload["provider"] if llm else "", payload["model"] if llm else "",
+            attrs["org"] or "", attrs["team"] or "", attrs["project"] or "", attrs["user"] or "",
+            attrs["department"] or "", attrs["feature"] or "", attrs["tags"], *origin,
+        ]  # fmt: skip
+
+    def _period(self, budget: Any, when: datetime) -> tuple[Period, int, int] | None:
+        """The budget's period holding ``when``, with its bounds in microseconds (cached:
+        consecutive events of a budget nearly always fall in one period)."""
         key = (budget.budget_id, budget.updated_at)
-        period = self._periods.get(key)
-        if period is not None and period.start <= when < period.end:
-            return period
+        found = self._periods.get(key)
+        if found is not None and found[0].start <= when < found[0].end:
+            return found
         period = budget_period(budget, when)
-        if period is not None:
-            if len(self._periods) > 100_000:
-                self._periods.clear()
-            self._periods[key] = period
-        return period
+        if period is None:
+            return None
+        if len(self._periods) > 100_000:
+            self._periods.clear()
+        found = self._periods[key] = (period, to_micros(period.start), to_micros(period.end))
+        return found
 
     def oldest_open(self, budget: Any, now: datetime) -> datetime | None:
         """As ``UsageProcessor.oldest_open``: the oldest period start open to late events."""
@@ -317,7 +338,7 @@ class PriceRules:
 class _Partition:
     """Per input partition of a batch."""
 
-    items: list[dict[str, Any]] = field(default_factory=list)
+    rows: list[list[Any]] = field(default_factory=list)
     seen_ids: list[str] = field(default_factory=list)
     seen_offsets: list[int] = field(default_factory=list)
     first: int = -1
@@ -344,21 +365,21 @@ class PriceStage:
         self.partitions = partitions
         self.allocation_partition = KeyPartitioner(partitions(allocations_topic))
         self.on_skipped = on_skipped or _log_skipped(rules.budgets)
-        self._priced_batch = _BatchWriter("PricedUsageBatch", priced_topic)
-        self._allocation_batch = _BatchWriter("CostAllocationBatch", allocations_topic)
-        self._seen = _BatchWriter("SeenEvents", changelog_topic)
+        self._seen = framed_codec("SeenEvents", changelog_topic)
         self._dead = framed_codec("DeadLetter", dlq_topic)
 
     def process(self, records: list[InputRecord], now: datetime | None = None) -> PricedBatch:
         """Everything ``records`` produce, and the offsets to commit afterwards."""
         now = now or datetime.now(UTC)
+        now_us = to_micros(now)
         rules, dedupe = self.rules, self.dedupe
         batch = PricedBatch()
         counters = batch.counters
         parts: dict[tuple[str, int], _Partition] = defaultdict(_Partition)
-        by_target: dict[int, list[dict[str, Any]]] = defaultdict(list)
+        by_target: dict[int, list[list[Any]]] = defaultdict(list)
         target_origins: dict[int, dict[tuple[str, int], list[int]]] = defaultdict(dict)
         dead: list[OutputRecord] = []
+        budget_column = batches.A["budget_id"]
         for record in records:
             tp = (record.topic, record.partition)
             part = parts[tp]
@@ -366,8 +387,6 @@ class PriceStage:
                 part.first = record.offset
             part.last = record.offset
             part.newest_ms = max(part.newest_ms, record.timestamp_ms)
-            origin = {"topic": record.topic, "partition": record.partition,
-                      "offset": record.offset}  # fmt: skip
             decoded = rules.decode(record, now)
             if isinstance(decoded, Rejected):
                 dead.append(self._dead_letter(decoded, record, now))
@@ -387,6 +406,7 @@ class PriceStage:
             if priced.fallback:
                 counters[f"price_fallback_{priced.fallback}"] += 1
             arrived = from_micros(record.timestamp_ms * 1000) if record.timestamp_ms > 0 else now
+            origin = (record.topic, record.partition, record.offset)
             allocations, late, skipped = rules.allocate(priced, origin, arrived)
             if late is not None:
                 dead.append(self._dead_letter(late, record, now))
@@ -395,10 +415,10 @@ class PriceStage:
             if skipped:
                 counters["skipped_currency_mismatch"] += len(skipped)
                 self.on_skipped(event_id, priced.currency, skipped)
-            part.items.append(self._item(priced, origin, now))
-            for alloc in allocations:
-                target = self.allocation_partition(alloc["budget_id"])
-                by_target[target].append(alloc)
+            part.rows.append(_priced_row(priced, origin, now_us))
+            for row in allocations:
+                target = self.allocation_partition(row[budget_column])
+                by_target[target].append(row)
                 offsets = target_origins[target].setdefault(tp, [record.offset, record.offset])
                 offsets[1] = record.offset
             counters["priced"] += 1
@@ -412,10 +432,10 @@ class PriceStage:
         n_priced, n_changelog = self.partitions(priced_topic), self.partitions(changelog)
         for tp, part in parts.items():
             header = [("origin", f"{tp[0]}:{tp[1]}:{part.first}-{part.last}".encode())]
-            if part.items:
+            if part.rows:
                 batch.outputs.append(OutputRecord(
                     priced_topic, tp[1] % n_priced, None,
-                    self._priced_batch.encode({"items": part.items}), header))  # fmt: skip
+                    batches.encode(batches.PRICED_V1, part.rows), header))  # fmt: skip
             if part.seen_ids:
                 batch.outputs.append(OutputRecord(changelog, tp[1] % n_changelog, None,
                     self._seen.encode({"topic": tp[0], "partition": tp[1],
@@ -423,51 +443,37 @@ class PriceStage:
                                        "event_ids": part.seen_ids,
                                        "offsets": part.seen_offsets}), None))  # fmt: skip
             batch.commits[tp] = part.last + 1
-        for target, allocs in by_target.items():
+        for target, rows in by_target.items():
             ranges = ",".join(
                 f"{t}:{p}:{a}-{b}" for (t, p), (a, b) in target_origins[target].items()
             )
             batch.outputs.append(OutputRecord(
-                allocations_topic, target, None,
-                self._allocation_batch.encode({"allocations": allocs}),
+                allocations_topic, target, None, batches.encode(batches.ALLOCATIONS_V1, rows),
                 [("origin", ranges.encode())]))  # fmt: skip
         newest = max((p.newest_ms for p in parts.values()), default=0)
         if newest:
             dedupe.expire(newest)
         return batch
 
-    @staticmethod
-    def _item(priced: Priced, origin: dict[str, Any], now: datetime) -> dict[str, Any]:
-        return {
-            "event": priced.raw, "cost": priced.total, "currency": priced.currency,
-            "priced": priced.priced,
-            "components": [{"name": n, "quantity": q, "unit": u, "amount": a}
-                           for n, q, u, a in priced.lines],
-            "price_source": priced.source, "price_version": priced.version,
-            "origin": origin, "priced_at": now,
-        }  # fmt: skip
-
     def _dead_letter(self, rejected: Rejected, record: InputRecord, now: datetime) -> OutputRecord:
         value = self._dead.encode({
             "reason": rejected.reason, "error_code": rejected.code,
             "origin": {"topic": record.topic, "partition": record.partition,
                        "offset": record.offset},
-            "event_id": rejected.event_id, "key": record.key,
-            "value": record.value,
+            "event_id": rejected.event_id, "key": record.key, "value": record.value,
             "rejected_at": now,
         })  # fmt: skip
         here = f"{record.topic}:{record.partition}:{record.offset}".encode()
         return OutputRecord(self.topics[2], None, record.key, value, [("origin", here)])
 
 
-class _BatchWriter:
-    """Encodes one record type with its topic's framing."""
-
-    def __init__(self, name: str, topic: str) -> None:
-        self.codec = framed_codec(name, topic)
-
-    def encode(self, record: dict[str, Any]) -> bytes:
-        return self.codec.encode(record)
+def _priced_row(priced: Priced, origin: tuple[str, int, int], now_us: int) -> list[Any]:
+    """A ``priced/1`` row (schemas/batches.py)."""
+    return [
+        b2a_base64(priced.raw, newline=False).decode(), priced.total_nanos, priced.currency,
+        priced.priced, [list(line) for line in priced.lines], priced.source, priced.version,
+        *origin, now_us,
+    ]  # fmt: skip
 
 
 def _log_skipped(budgets: BudgetRegistry) -> Callable[[str, str, list[str]], None]:

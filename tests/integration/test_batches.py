@@ -5,6 +5,7 @@ partitioner places a key where librdkafka does."""
 from __future__ import annotations
 
 import uuid
+from base64 import b64encode
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -13,8 +14,10 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from spendstream.config import Settings
 from spendstream.producer import producer_config
+from spendstream.schemas import batches
 from spendstream.schemas.avro import codec
-from spendstream.schemas.models import Attributes, LlmUsage, UsageEvent
+from spendstream.schemas.models import Attributes, LlmUsage, UsageEvent, to_micros
+from spendstream.schemas.money import to_nanos
 from spendstream.sinks.clickhouse_sink import ClickHouseSink
 from spendstream.sinks.warehouse import connect
 from spendstream.streams.partitioner import partition_for
@@ -33,57 +36,67 @@ def sink_settings(settings: Settings, chdb_dir) -> Settings:
     })  # fmt: skip
 
 
-def allocation(offset: int, budget: str, amount: str) -> dict:
+def allocation(offset: int, budget: str, amount: str) -> list:
+    """An ``allocations/1`` row (schemas/batches.py)."""
+    t = to_micros(NOW)
+    return [f"e{offset}", budget, budget, "2026-11", t, t, t, to_nanos(Decimal(amount)), "USD",
+            "llm", "openai", "m", "", "ml", "", "", "", "", {}, "usage.llm", 0, offset]  # fmt: skip
+
+
+def single(offset: int, budget: str, amount: str) -> dict:
+    """The same allocation as a single Avro record, as written before batches existed."""
     return {
         "allocation_id": f"e{offset}/{budget}", "event_id": f"e{offset}", "budget_id": budget,
         "matched_via": budget, "period_key": "2026-11", "period_start": NOW, "period_end": NOW,
         "occurred_at": NOW, "amount": Decimal(amount), "currency": "USD", "source": "llm",
         "provider": "openai", "model": "m",
-        "attributes": {**dict.fromkeys(("org", "team", "project", "user", "department",
-                                        "session", "feature")), "tags": {}, "team": "ml"},
+        "attributes": {**dict.fromkeys(("org", "project", "user", "department", "session",
+                                        "feature")), "tags": {}, "team": "ml"},
         "origin": {"topic": "usage.llm", "partition": 0, "offset": offset},
     }  # fmt: skip
 
 
-def priced(offset: int, cost: str) -> dict:
+def priced(offset: int, cost: str) -> list:
+    """A ``priced/1`` row."""
     event = UsageEvent(event_id=f"e{offset}", occurred_at=NOW, source="llm",
                        attributes=Attributes(team="ml"),
                        payload=LlmUsage(provider="openai", model="m", input_tokens=10))  # fmt: skip
-    return {"event": event.encode(), "cost": Decimal(cost), "currency": "USD", "priced": True,
-            "components": [{"name": "input", "quantity": Decimal(10), "unit": "tokens",
-                            "amount": Decimal(cost)}],
-            "price_source": "t", "price_version": "t",
-            "origin": {"topic": "usage.llm", "partition": 0, "offset": offset},
-            "priced_at": NOW}  # fmt: skip
+    nanos = to_nanos(Decimal(cost))
+    return [b64encode(event.encode()).decode(), nanos, "USD", True,
+            [["input", 10 * 10**9, "tokens", nanos]], "t", "t", "usage.llm", 0, offset,
+            to_micros(NOW)]  # fmt: skip
+
+
+def allocations(*rows: list) -> bytes:
+    return batches.encode(batches.ALLOCATIONS_V1, list(rows))
 
 
 def test_batch_records_land_one_row_per_fact_and_a_rebatched_replay_adds_nothing(sink_settings):
     ensure_topics(sink_settings)
     topics = sink_settings.topics
-    allocations, priced_batch = codec("CostAllocationBatch"), codec("PricedUsageBatch")
     producer = Producer({"bootstrap.servers": sink_settings.bootstrap_servers})
 
     def send(topic: str, value: bytes, origin: str) -> None:
         producer.produce(topic, value=value, partition=1, headers=[("origin", origin.encode())])
 
     # the price stage's batches: offsets 0-2, then 3-5 (e4 matched no budget)
-    send(topics.allocations, allocations.encode({"allocations": [
+    send(topics.allocations, allocations(
         allocation(0, "a", "0.000000001"), allocation(0, "b", "0.000000001"),
-        allocation(2, "a", "1.5")]}), "usage.llm:0:0-2")  # fmt: skip
-    send(topics.allocations, allocations.encode({"allocations": [
-        allocation(3, "a", "2"), allocation(5, "a", "3")]}), "usage.llm:0:3-5")  # fmt: skip
-    send(topics.priced, priced_batch.encode({"items": [priced(o, "1") for o in range(6)]}),
+        allocation(2, "a", "1.5")), "usage.llm:0:0-2")  # fmt: skip
+    send(topics.allocations, allocations(allocation(3, "a", "2"), allocation(5, "a", "3")),
+         "usage.llm:0:3-5")  # fmt: skip
+    send(topics.priced, batches.encode(batches.PRICED_V1, [priced(o, "1") for o in range(6)]),
          "usage.llm:0:0-5")  # fmt: skip
     # a crashed price stage replays from offset 2 in other batches: 2-3, then 4-7
-    send(topics.allocations, allocations.encode({"allocations": [
-        allocation(2, "a", "1.5"), allocation(3, "a", "2")]}), "usage.llm:0:2-3")  # fmt: skip
-    send(topics.allocations, allocations.encode({"allocations": [
-        allocation(5, "a", "3"), allocation(7, "b", "4")]}), "usage.llm:0:4-7")  # fmt: skip
-    send(topics.priced, priced_batch.encode({"items": [priced(o, "1") for o in range(2, 8)]}),
+    send(topics.allocations, allocations(allocation(2, "a", "1.5"), allocation(3, "a", "2")),
+         "usage.llm:0:2-3")  # fmt: skip
+    send(topics.allocations, allocations(allocation(5, "a", "3"), allocation(7, "b", "4")),
+         "usage.llm:0:4-7")  # fmt: skip
+    send(topics.priced, batches.encode(batches.PRICED_V1, [priced(o, "1") for o in range(2, 8)]),
          "usage.llm:0:2-7")  # fmt: skip
     # and a single CostAllocation written before batches existed
-    single = {k: v for k, v in allocation(9, "c", "0.25").items()}
-    producer.produce(topics.allocations, key=b"c", value=codec("CostAllocation").encode(single),
+    producer.produce(topics.allocations, key=b"c",
+                     value=codec("CostAllocation").encode(single(9, "c", "0.25")),
                      partition=2, headers=[("origin", b"usage.llm:0:9")])  # fmt: skip
     assert producer.flush(30) == 0
 

@@ -6,8 +6,10 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from spendstream.schemas.avro import codec
+from spendstream.schemas import batches
 from spendstream.schemas.budget import BudgetDefinition
+from spendstream.schemas.models import to_micros
+from spendstream.schemas.money import to_nanos
 from spendstream.streams.aggregate_stage import AggregateStage
 from spendstream.streams.aggregation import PeriodState, due_alerts
 from spendstream.streams.matching import BudgetRegistry
@@ -18,20 +20,13 @@ NOW = datetime(2026, 11, 20, 12, tzinfo=UTC)
 BUDGET = BudgetDefinition(budget_id="b", name="B", limit="10")
 
 
-def alloc(offset: int, amount: str, *, budget: str = "b", partition: int = 0) -> dict:
-    """An allocation as fastavro decodes it from a CostAllocationBatch record."""
-    record = {
-        "allocation_id": f"e{offset}/{budget}", "event_id": f"e{offset}", "budget_id": budget,
-        "matched_via": budget, "period_key": "2026-11", "period_start": START, "period_end": END,
-        "occurred_at": NOW - timedelta(hours=1) + timedelta(seconds=offset),
-        "amount": Decimal(amount), "currency": "USD", "source": "llm", "provider": "openai",
-        "model": "m", "attributes": {n: None for n in ("org", "team", "project", "user",
-                                                        "department", "session", "feature")}
-        | {"tags": {}},
-        "origin": {"topic": "usage.llm", "partition": partition, "offset": offset},
-    }  # fmt: skip
-    batch = codec("CostAllocationBatch")
-    return batch.decode(batch.encode({"allocations": [record]}))["allocations"][0]
+def alloc(offset: int, amount: str, *, budget: str = "b", partition: int = 0) -> list:
+    """An allocation row as the aggregator reads it from an ``allocations/1`` record."""
+    when = NOW - timedelta(hours=1) + timedelta(seconds=offset)
+    row = [f"e{offset}", budget, budget, "2026-11", to_micros(START), to_micros(END),
+           to_micros(when), to_nanos(Decimal(amount)), "USD", "llm", "openai", "m",
+           "", "", "", "", "", "", {}, "usage.llm", partition, offset]  # fmt: skip
+    return batches.decode(batches.encode(batches.ALLOCATIONS_V1, [row]))[1][0]
 
 
 def stage() -> AggregateStage:
@@ -39,10 +34,9 @@ def stage() -> AggregateStage:
 
 
 def test_a_batch_counts_each_allocation_and_alerts_name_the_crossing_event():
-    table: dict[str, str] = {}
     result = stage().process([("rec-1", [alloc(1, "4"), alloc(2, "2")]),
                               ("rec-2", [alloc(3, "3.5"), alloc(4, "1")])],
-                             table.get, NOW)  # fmt: skip
+                             lambda k: PeriodState(), NOW)  # fmt: skip
     state = result.states["b|2026-11"]
     assert state.spent == Decimal("10.5") and state.count == 4
     assert result.sources["b|2026-11"] == "rec-2"  # written in the last record's partition
@@ -52,23 +46,42 @@ def test_a_batch_counts_each_allocation_and_alerts_name_the_crossing_event():
     assert tiers["threshold:90"].triggered_by == "e3"
     assert tiers["threshold:100"].triggered_by == "e4" and tiers["exceeded"].triggered_by == "e4"
     assert result.counters["aggregated"] == 4
-    statuses = result.statuses(BudgetRegistry([BUDGET]), NOW)
-    assert statuses["b|2026-11"].spent == Decimal("10.5")
+    assert result.last_event == {"b|2026-11": "e4"}
 
 
 def test_replayed_allocations_count_once_and_fire_nothing_again():
     table: dict[str, str] = {}
-    first = stage().process([("r", [alloc(1, "6"), alloc(2, "1")])], table.get, NOW)
+
+    def load(key: str) -> PeriodState:
+        return PeriodState.loads(table.get(key))
+
+    first = stage().process([("r", [alloc(1, "6"), alloc(2, "1")])], load, NOW)
     table["b|2026-11"] = first.states["b|2026-11"].dumps()
     # a replay re-batched differently: offsets 1-2 again, then 3 new
     again = stage().process([("r2", [alloc(1, "6")]), ("r3", [alloc(2, "1"), alloc(3, "1")])],
-                            table.get, NOW)  # fmt: skip
+                            load, NOW)  # fmt: skip
     assert again.counters["replayed_allocations"] == 2 and again.counters["aggregated"] == 1
     assert again.states["b|2026-11"].spent == Decimal(8)
     assert [a.alert_id for a in again.alerts] == ["b:2026-11:threshold:75"]
     only_replays = stage().process([("r4", [alloc(3, "1")])],
-                                   lambda k: again.states[k].dumps(), NOW)  # fmt: skip
+                                   lambda k: again.states[k], NOW)  # fmt: skip
     assert only_replays.states == {} and only_replays.alerts == []
+
+
+def test_a_single_avro_allocation_becomes_the_same_row():
+    from spendstream.schemas.avro import codec
+    from spendstream.schemas.models import Attributes, CostAllocation, SourcePosition
+    from spendstream.streams.aggregate_stage import allocation_row
+
+    single = CostAllocation(
+        allocation_id="e7/b", event_id="e7", budget_id="b", matched_via="b",
+        period_key="2026-11", period_start=START, period_end=END,
+        occurred_at=NOW - timedelta(hours=1) + timedelta(seconds=7), amount=Decimal("1.5"),
+        currency="USD", source="llm", provider="openai", model="m", attributes=Attributes(),
+        origin=SourcePosition(topic="usage.llm", partition=0, offset=7),
+    )  # fmt: skip
+    decoded = codec("CostAllocation").decode(codec("CostAllocation").encode(single.to_avro()))
+    assert allocation_row(decoded) == alloc(7, "1.5")
 
 
 def test_per_allocation_tiers_equal_the_reference_rule():
@@ -79,9 +92,10 @@ def test_per_allocation_tiers_equal_the_reference_rule():
     want = []
     for i, amount in enumerate(amounts):
         a = alloc(i, amount)
-        ref.apply_fields("usage.llm:0", i, int(Decimal(amount) * 10**9),
-                         int(a["occurred_at"].timestamp() * 10**6), 0, 0)  # fmt: skip
+        ref.apply_fields("usage.llm:0", i, to_nanos(Decimal(amount)),
+                         a[batches.A["occurred_at_us"]], 0, 0)  # fmt: skip
         want += [x.alert_id for x in due_alerts(BUDGET, "2026-11", ref, NOW, f"e{i}")
                  if x.kind in ("threshold", "exceeded")]  # fmt: skip
-    got = stage().process([("r", [alloc(i, a) for i, a in enumerate(amounts)])], {}.get, NOW)
+    got = stage().process([("r", [alloc(i, a) for i, a in enumerate(amounts)])],
+                          lambda k: PeriodState(), NOW)  # fmt: skip
     assert [a.alert_id for a in got.alerts if a.kind in ("threshold", "exceeded")] == want

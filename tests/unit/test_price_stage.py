@@ -5,12 +5,14 @@ reference ``UsageProcessor`` (processor.py) on every kind of input."""
 from __future__ import annotations
 
 import random
+from base64 import b64decode
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from spendstream.schemas import batches
 from spendstream.schemas.avro import codec
 from spendstream.schemas.budget import BudgetDefinition
 from spendstream.schemas.models import (
@@ -21,7 +23,9 @@ from spendstream.schemas.models import (
     SourcePosition,
     UsageEvent,
     WorkflowRun,
+    to_micros,
 )
+from spendstream.schemas.money import from_nanos, to_nanos
 from spendstream.streams.compiled_pricing import CompiledPricer
 from spendstream.streams.dedupe import DedupeState
 from spendstream.streams.matching import BudgetRegistry
@@ -88,23 +92,29 @@ def test_a_batch_becomes_batch_records_dead_letters_changelog_and_commits():
     assert batch.counters["dlq"] == 3 and batch.counters["skipped_currency_mismatch"] == 1
     (priced,) = outputs(batch, "usage.priced")
     assert priced.partition == 0 and priced.headers == [("origin", b"usage.llm:0:10-16")]
-    items = codec("PricedUsageBatch").decode(priced.value)["items"]
-    assert [UsageEvent.decode(i["event"]).event_id for i in items] == ["e1", "e2", "e3"]
-    assert items[0]["event"] == events[0].encode()  # stored as it arrived
-    assert [i["origin"]["offset"] for i in items] == [10, 11, 12]
+    version, items = batches.decode(priced.value)
+    assert version == batches.PRICED_V1
+    P = batches.P
+    events_back = [UsageEvent.decode(b64decode(i[P["event"]])) for i in items]
+    assert [e.event_id for e in events_back] == ["e1", "e2", "e3"]
+    assert b64decode(items[0][P["event"]]) == events[0].encode()  # stored as it arrived
+    assert [i[P["origin_offset"]] for i in items] == [10, 11, 12]
     want = Pricer().price(events[0])
-    assert items[0]["cost"] == want.total
-    assert [(c["name"], c["amount"]) for c in items[0]["components"]] == [
-        (c.name, c.amount) for c in want.components]  # fmt: skip
+    assert items[0][P["cost_nanos"]] == to_nanos(want.total)
+    assert [(c[0], c[3]) for c in items[0][P["components"]]] == [
+        (c.name, to_nanos(c.amount)) for c in want.components]  # fmt: skip
     allocs = {}
+    A = batches.A
     for out in outputs(batch, "cost-allocations"):
-        for a in codec("CostAllocationBatch").decode(out.value)["allocations"]:
-            assert out.partition == partition_for(a["budget_id"].encode(), 4)
-            allocs[a["allocation_id"]] = a
+        for a in batches.decode(out.value)[1]:
+            assert out.partition == partition_for(a[A["budget_id"]].encode(), 4)
+            allocs[f"{a[A['event_id']]}/{a[A['budget_id']]}"] = a
     # e1, e3: org, ml, daily-openai; e2 (web): org, daily-openai (eur skipped: currency)
     assert sorted(allocs) == sorted(["e1/org", "e1/ml", "e1/daily-openai", "e3/org", "e3/ml",
                                      "e3/daily-openai", "e2/org", "e2/daily-openai"])  # fmt: skip
-    assert allocs["e1/ml"]["amount"] == want.total and allocs["e1/ml"]["matched_via"] == "ml"
+    assert allocs["e1/ml"][A["amount_nanos"]] == to_nanos(want.total)
+    assert allocs["e1/ml"][A["matched_via"]] == "ml"
+    assert allocs["e1/org"][A["occurred_at_us"]] == to_micros(events[0].occurred_at)
     dead = [codec("DeadLetter").decode(o.value) for o in outputs(batch, "usage.dlq")]
     assert [d["error_code"] for d in dead] == ["decode", "unknown_model", "future"]
     assert [d["origin"]["offset"] for d in dead] == [14, 15, 16]
@@ -172,12 +182,12 @@ def fast(event_bytes: bytes | None, offset: int, late: int | None = 1):
     priced = rules.price(*decoded)
     if isinstance(priced, Rejected):
         return ("dead", priced.code, priced.reason)
-    origin = {"topic": "usage.llm", "partition": 0, "offset": offset}
-    allocs, late_dead, skipped = rules.allocate(priced, origin, NOW)
-    return ("priced", priced.total, priced.currency,
-            [(n, q, a) for n, q, _, a in priced.lines],
-            sorted((a["budget_id"], a["period_key"], a["amount"], a["matched_via"])
-                   for a in allocs),
+    allocs, late_dead, skipped = rules.allocate(priced, ("usage.llm", 0, offset), NOW)
+    A = batches.A
+    return ("priced", from_nanos(priced.total_nanos), priced.currency,
+            [(n, from_nanos(q), from_nanos(a)) for n, q, _, a in priced.lines],
+            sorted((a[A["budget_id"]], a[A["period_key"]], from_nanos(a[A["amount_nanos"]]),
+                    a[A["matched_via"]]) for a in allocs),
             late_dead.code if late_dead else None, sorted(skipped))  # fmt: skip
 
 

@@ -1,0 +1,87 @@
+"""The aggregator's checkpoint, driven without Kafka or faust: threshold alerts go out
+with their batch; states and statuses once per checkpoint, in the protocol's order, and
+only then the batches' records are finished (their offsets may commit)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+from spendstream.schemas.budget import BudgetDefinition
+from spendstream.streams.aggregate_stage import AggregateStage
+from spendstream.streams.aggregation import AlertPolicy, PeriodState
+from spendstream.streams.checkpoint import Checkpoint
+from spendstream.streams.matching import BudgetRegistry
+from tests.unit.test_aggregate_stage import NOW, alloc
+
+BUDGET = BudgetDefinition(budget_id="b", name="B", limit="10")
+OTHER = BudgetDefinition(budget_id="c", name="C", limit="1000")
+
+
+def make(journal: list, clock: list[float]) -> Checkpoint:
+    async def drain() -> None:
+        journal.append(("drain",))
+
+    return Checkpoint(
+        BudgetRegistry([BUDGET, OTHER]), AlertPolicy(),
+        write_state=lambda key, state, source: journal.append(("state", key, state.spent,
+                                                               source)),
+        send_alert=lambda a: journal.append(("alert", a.alert_id)),
+        send_status=lambda key, st: journal.append(("status", key, st.spent)),
+        drain=drain, finish=lambda events: journal.append(("finish", list(events))),
+        interval_s=1.0, clock=lambda: clock[0],
+    )  # fmt: skip
+
+
+def run(checkpoint: Checkpoint, records: list, events: list) -> None:
+    stage = AggregateStage(checkpoint.registry)
+    table: dict[str, str] = {}
+    result = stage.process(records, lambda k: checkpoint.load(k, table.get), NOW)
+    asyncio.run(checkpoint.batch(result, events))
+
+
+def test_two_batches_one_checkpoint():
+    journal: list = []
+    clock = [100.0]
+    cp = make(journal, clock)
+    run(cp, [("rec-1", [alloc(1, "6"), alloc(2, "1", budget="c")])], ["ev-1"])
+    # the 50 % tier went out with its batch; nothing else yet
+    assert journal == [("alert", "b:2026-11:threshold:50"), ("drain",)]
+    assert not cp.due()
+    run(cp, [("rec-2", [alloc(3, "1"), alloc(4, "2", budget="c")])], ["ev-2"])
+    clock[0] = 101.0
+    assert cp.due()
+    journal.clear()
+    assert asyncio.run(cp.commit(datetime(2026, 11, 20, 12, tzinfo=UTC))) == 2
+    kinds = [entry[0] for entry in journal]
+    # the forecast rule ran once per changed budget (7 of 10 on day 20: the month end
+    # projects past the limit) and its alert went out first; then every state once (the
+    # newest), every status once, and only then the records finish
+    assert kinds == ["alert", "drain", "state", "state", "status", "status", "drain", "finish"]
+    assert journal[0] == ("alert", "b:2026-11:forecast")
+    assert ("state", "b|2026-11", 7, "rec-2") in journal
+    assert ("state", "c|2026-11", 3, "rec-2") in journal
+    assert journal[-1] == ("finish", ["ev-1", "ev-2"])
+    assert not cp.due() and cp.dirty == {} and cp.waiting == []
+
+
+def test_states_stay_in_memory_between_checkpoints():
+    journal: list = []
+    cp = make(journal, [0.0])
+    run(cp, [("r", [alloc(1, "2")])], ["e1"])
+    # the second batch builds on the first one's state, not on the (empty) table
+    run(cp, [("r", [alloc(2, "2")])], ["e2"])
+    assert cp.states["b|2026-11"].spent == 4
+    assert isinstance(cp.load("b|2026-11", lambda k: None), PeriodState)
+
+
+def test_a_revoked_partition_is_forgotten_and_its_records_never_finish():
+    journal: list = []
+    clock = [0.0]
+    cp = make(journal, clock)
+    run(cp, [("p0", [alloc(1, "1")]), ("p1", [alloc(2, "1", budget="c")])], ["e-p0", "e-p1"])
+    cp.forget(lambda x: x in ("p1", "e-p1"))
+    clock[0] = 5.0
+    asyncio.run(cp.commit(NOW))
+    assert [e[1] for e in journal if e[0] == "state"] == ["b|2026-11"]
+    assert journal[-1] == ("finish", ["e-p0"])
