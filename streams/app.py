@@ -8,9 +8,9 @@ process on librdkafka's batch consumer (price_loop.py, price_worker.py); ``spend
 worker`` supervises both. faust stays the runtime here because this is the stateful part:
 a table with a changelog, recovered and moved on rebalances.
 
-Micro-batches (``stream.take``) write each table key at most once per batch. Processing
-is idempotent (per-origin watermarks in the state), so at-least-once delivery gives an
-exactly-once effect. A batch that fails for any reason other than bad input ends the
+Micro-batches (``stream.take``) of batch records; each table key is written at most once
+per checkpoint (checkpoint.py). Processing is idempotent (per-origin watermarks in the
+state), so at-least-once delivery gives an exactly-once effect. A batch that fails for any reason other than bad input ends the
 process before faust can ack it (crash-only): on restart the batch is replayed and the
 idempotent state absorbs it. ``Checkpoint.commit`` (checkpoint.py) is the order of the
 writes: states and statuses once per interval, then the offsets.
@@ -173,7 +173,7 @@ def create_worker(settings: Settings) -> Worker:
     single = codec("CostAllocation")
 
     def micro_batches(stream: faust.StreamT) -> Any:
-        """Micro-batches of records (acked by faust after the batch body returns)."""
+        """Micro-batches of records (their acks wait for the checkpoint holding them)."""
         return cast(Any, stream).take_events(settings.batch_size, settings.batch_linger_ms / 1000)
 
     async def run_batch(events: list[faust.EventT], process: Any) -> None:

@@ -73,7 +73,9 @@ def build_loop(settings: Settings) -> PriceLoop:
         changelog_topic=seen_topic(settings),
         partitions=partitions,
     )
-    producer = Producer(producer_config(settings, **{"linger.ms": 2}))
+    # no compression: on one machine the broker and both ends pay for lz4 in CPU, and the
+    # internal topics never leave it; measured (benchmarks/pipeline.py) faster without
+    producer = Producer(producer_config(settings, **{"linger.ms": 5, "compression.type": "none"}))
     return PriceLoop(
         stage,
         consumer,
