@@ -121,7 +121,9 @@ class AvroCodec:
         writer, body = self.split(data)
         try:
             stream = io.BytesIO(body)
-            record = fastavro.schemaless_reader(stream, writer, self.schema)
+            # a record of the current schema needs no resolution (and skipping it is cheaper)
+            reader = None if writer is self.schema else self.schema
+            record = fastavro.schemaless_reader(stream, writer, reader)
         except Exception as exc:  # fastavro raises many types on corrupt input
             raise AvroDecodeError(f"corrupt or truncated Avro body: {exc}") from exc
         if stream.tell() != len(body):

@@ -143,3 +143,20 @@ def test_our_partitioner_places_keys_where_librdkafka_does(settings):
         placed[msg.key().decode()] = msg.partition()
     consumer.close()
     assert placed == {k: partition_for(k.encode(), partitions) for k in keys}
+
+
+def test_internal_topics_exist_with_their_partitions_before_any_stage_starts(settings):
+    """faust declaring its changelog itself raced the first table write on a fresh broker
+    (PartitionsMismatch, 'changelog topic has 0 partitions'): they are created up front."""
+    from confluent_kafka.admin import AdminClient, ConfigResource
+
+    from spendstream.topics import seen_topic, spend_changelog
+
+    ensure_topics(settings)
+    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    topics = admin.list_topics(timeout=30).topics
+    for name in (spend_changelog(settings), seen_topic(settings)):
+        assert name in topics and len(topics[name].partitions) == settings.topic_partitions
+    configs = admin.describe_configs([ConfigResource("topic", spend_changelog(settings))])
+    (entries,) = [f.result(30) for f in configs.values()]
+    assert entries["cleanup.policy"].value == "compact"
