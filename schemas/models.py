@@ -418,6 +418,12 @@ class BudgetStatus(Strict):
     def from_avro(cls, record: dict[str, Any]) -> BudgetStatus:
         return cls.model_validate(record)
 
+    @classmethod
+    def from_trusted_avro(cls, record: dict[str, Any]) -> BudgetStatus:
+        """A status our own workers wrote, already typed by Avro decoding: no second
+        validation (every worker reads every status, one per budget period and second)."""
+        return cls.model_construct(**record)
+
 
 class AlertAction(Strict):
     """An acknowledgement (someone is on it) or resolution (it is dealt with) of an alert."""

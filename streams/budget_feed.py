@@ -156,7 +156,7 @@ class BudgetFeed(threading.Thread):
             return
         try:
             if topic == self.settings.topics.status:
-                status = BudgetStatus.from_avro(codec("BudgetStatus").decode(value))
+                status = BudgetStatus.from_trusted_avro(codec("BudgetStatus").decode(value))
                 if newer_status(self.statuses.get(name), status):
                     self.statuses[name] = status
             else:

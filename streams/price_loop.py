@@ -19,7 +19,7 @@ import os
 import signal
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +65,14 @@ class PricedBatch:
     counters: Counter[str] = field(default_factory=Counter)
 
 
+@dataclass
+class Pending:
+    """A batch whose outputs were sent; its offsets commit once ``outstanding`` is 0."""
+
+    batch: PricedBatch
+    outstanding: int = 0
+
+
 class Stage(Protocol):
     """What the loop needs of the price stage (price_stage.py; a fake in tests)."""
 
@@ -89,6 +97,7 @@ class PriceLoop:
         batch_size: int = 2000,
         linger_s: float = 0.02,
         metrics_path: Path | None = None,
+        max_in_flight: int = 4,
     ) -> None:
         self.stage = stage
         self.consumer = consumer
@@ -98,6 +107,9 @@ class PriceLoop:
         self.batch_size = batch_size
         self.linger_s = linger_s
         self.metrics_path = metrics_path
+        #: batches whose outputs may still be unacknowledged before ``commit`` waits
+        self.max_in_flight = max_in_flight
+        self._pending: deque[Pending] = deque()
         self.metrics: Counter[str] = Counter()
         self.first_record_at: float | None = None
         self._errors: list[str] = []
@@ -106,41 +118,74 @@ class PriceLoop:
 
     # --- the commit protocol -------------------------------------------------------------
     def commit(self, batch: PricedBatch) -> None:
-        """Store a batch's outputs, then commit its input offsets.
+        """Store a batch's outputs, then commit its input offsets. The steps of one batch
+        are in this order; batches overlap (the next one is consumed and priced while the
+        broker acknowledges this one's outputs), and their offsets commit in input order.
 
-        1. Produce every output record (priced-usage and allocation batch records, dead
-           letters, the dedupe changelog record), in input order per output partition.
-           Crash after: some outputs may be in Kafka, no input offset moved; the batch is
-           read and priced again after restart. The aggregator and the sink skip outputs
-           whose origin positions they already hold (origin watermarks), and the dedupe
+        1. Produce every output record (priced and allocation batch records, dead letters,
+           the dedupe changelog record), in input order per output partition. Crash after:
+           some outputs may be in Kafka, no input offset moved; the batch is read and
+           priced again after restart. The aggregator and the sink skip outputs whose
+           origin positions they already hold (origin watermarks), and the dedupe
            changelog entries at or above the committed offset are not loaded again.
-        2. Flush: wait until the broker acknowledged every output (acks=all, idempotent
-           producer: a retried send is stored once). A failed delivery raises here, before
-           step 3, and the process exits (crash-only). Crash after: as after 1, with every
-           output stored.
-        3. Commit the input offsets, synchronously. Crash after: nothing is replayed. A
-           failed commit (a rebalance took the partition) is logged, not fatal: the new
-           owner replays from the last commit, and step 1's rule absorbs it.
+        2. Wait (``settle``, after later batches were sent) until the broker acknowledged
+           every output of this batch and of every batch before it (acks=all, idempotent
+           producer: a retried send is stored once). A failed delivery raises there,
+           before step 3, and the process exits (crash-only). Crash after: as after 1,
+           with every output stored.
+        3. Commit the batch's input offsets. Crash after: nothing is replayed. A failed
+           commit (a rebalance took the partition) is counted, not fatal: the new owner
+           replays from the last commit, and step 1's rule absorbs it.
         """
+        pending = Pending(batch)
+        self._pending.append(pending)
         for out in batch.outputs:  # 1.
+            pending.outstanding += 1
             produce_waiting(self.producer, out.topic, out.key, out.value,
                             **({"partition": out.partition} if out.partition is not None else {}),
-                            headers=out.headers, on_delivery=self._on_delivery)  # fmt: skip
-        left = self.producer.flush(120)  # 2.
-        errors, self._errors = self._errors, []
-        if left or errors:
-            raise DeliveryFailed(f"{left} outputs still queued; errors: {errors[:5]}")
-        if batch.commits:  # 3.
-            offsets = [KafkaTopicPartition(t, p, o) for (t, p), o in batch.commits.items()]
-            try:
-                self.consumer.commit(offsets=offsets, asynchronous=False)
-            except KafkaException as exc:
-                self.metrics["commit_failures"] += 1
-                log.warning("offset commit failed (%s); the next owner replays the batch",
-                            exc.args[0].str() if exc.args else exc)  # fmt: skip
+                            headers=out.headers,
+                            on_delivery=lambda err, msg, p=pending: self._delivered(p, err, msg))  # fmt: skip
         self.metrics.update(batch.counters)
+        self.settle(block=len(self._pending) > self.max_in_flight)
 
-    def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
+    def settle(self, *, block: bool = False, timeout: float = 120) -> None:
+        """Steps 2 and 3 for the batches whose outputs are all acknowledged, oldest first;
+        ``block`` waits until every batch sent so far is done."""
+        deadline = time.monotonic() + timeout
+        while self._pending:
+            self.producer.poll(0.05 if block else 0)  # 2. delivery reports
+            if self._errors:
+                errors, self._errors = self._errors, []
+                raise DeliveryFailed(f"outputs not stored: {errors[:5]}")
+            ready = []
+            while self._pending and self._pending[0].outstanding == 0:
+                ready.append(self._pending.popleft())
+            if ready:
+                offsets: dict[tuple[str, int], int] = {}
+                for done in ready:
+                    offsets.update(done.batch.commits)
+                self._commit_offsets(offsets, wait=block)  # 3.
+            if not block or not self._pending:
+                return
+            if time.monotonic() > deadline:
+                raise DeliveryFailed(f"{len(self._pending)} batches not acknowledged within "
+                                     f"{timeout:.0f}s")  # fmt: skip
+
+    def _commit_offsets(self, offsets: dict[tuple[str, int], int], *, wait: bool) -> None:
+        """Commit; asynchronously while running (the next batch need not wait for it),
+        synchronously when draining (before a revocation or at shutdown)."""
+        if not offsets:
+            return
+        parts = [KafkaTopicPartition(t, p, o) for (t, p), o in offsets.items()]
+        try:
+            self.consumer.commit(offsets=parts, asynchronous=not wait)
+        except KafkaException as exc:
+            self.metrics["commit_failures"] += 1
+            log.warning("offset commit failed (%s); the next owner replays the batch",
+                        exc.args[0].str() if exc.args else exc)  # fmt: skip
+
+    def _delivered(self, pending: Pending, err: KafkaError | None, msg: Any) -> None:
+        pending.outstanding -= 1
         if err is not None:
             self._errors.append(f"{msg.topic()}: {err.str()}")
 
@@ -161,6 +206,9 @@ class PriceLoop:
                      start, loaded)  # fmt: skip
 
     def _on_revoke(self, consumer: Consumer, partitions: list[KafkaTopicPartition]) -> None:
+        """Finish what was sent (its offsets commit while the partitions are still ours),
+        then forget the partitions."""
+        self.settle(block=True)
         for tp in partitions:
             self.stage.dedupe.revoke((tp.topic, tp.partition))
 
@@ -179,6 +227,7 @@ class PriceLoop:
         try:
             while not self._stop.is_set():
                 self.step()
+            self.settle(block=True)
         finally:
             self.write_metrics(force=True)
             self.consumer.close()
@@ -202,6 +251,8 @@ class PriceLoop:
             if self.first_record_at is None:
                 self.first_record_at = time.time()
             self.commit(self.stage.process(records))
+        else:
+            self.settle()
         self.write_metrics()
 
     def write_metrics(self, *, force: bool = False) -> None:

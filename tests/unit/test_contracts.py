@@ -114,3 +114,24 @@ def test_budget_round_trips_through_avro():
                          scope={"team": "ml"}, thresholds=[{"percent": 80, "action": "block"}])  # fmt: skip
     assert BudgetDefinition.decode(b.encode()) == b
     assert b.scope == {"team": ["ml"]}
+
+
+def test_a_trusted_status_equals_the_validated_one():
+    """The budget feed reads every status without a second validation: same model."""
+    from datetime import UTC, datetime
+    from decimal import Decimal
+
+    from spendstream.schemas.avro import codec
+    from spendstream.schemas.models import BudgetStatus
+
+    status = BudgetStatus(
+        budget_id="b", budget_name="B", period_key="2026-11",
+        period_start=datetime(2026, 11, 1, tzinfo=UTC), period_end=datetime(2026, 12, 1, tzinfo=UTC),
+        spent=Decimal("1.5"), limit=Decimal(10), currency="USD", event_count=3, state="normal",
+        updated_at=datetime(2026, 11, 20, tzinfo=UTC), projected_total=Decimal(3),
+        active_alerts=["b:2026-11:threshold:50"],
+    )  # fmt: skip
+    record = codec("BudgetStatus").decode(codec("BudgetStatus").encode(status.to_avro()))
+    trusted = BudgetStatus.from_trusted_avro(record)
+    assert trusted == BudgetStatus.from_avro(record) == status
+    assert trusted.percent == Decimal("15.00") and trusted.remaining == Decimal("8.5")

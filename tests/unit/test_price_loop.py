@@ -23,6 +23,8 @@ class Journal(list):
 
 
 class FakeProducer:
+    """Acknowledges what was produced when polled (as librdkafka serves delivery reports)."""
+
     def __init__(self, journal: Journal, fail: bool = False) -> None:
         self.journal, self.fail, self.pending = journal, fail, []
 
@@ -30,15 +32,17 @@ class FakeProducer:
         self.journal.append(("produce", topic, kw.get("partition")))
         self.pending.append(kw["on_delivery"])
 
-    def flush(self, timeout: float) -> int:
-        self.journal.append(("flush",))
+    def poll(self, timeout: float) -> int:
+        if self.pending:
+            self.journal.append(("acked", len(self.pending)))
         for callback in self.pending:
             err = type("E", (), {"str": lambda self: "broker said no"})() if self.fail else None
             callback(err, type("M", (), {"topic": lambda self: "t"})())
-        self.pending = []
-        return 0
+        served, self.pending = len(self.pending), []
+        return served
 
-    def poll(self, timeout: float) -> int:
+    def flush(self, timeout: float) -> int:
+        self.poll(0)
         return 0
 
 
@@ -48,6 +52,7 @@ class FakeConsumer:
 
     def commit(self, offsets: Any, asynchronous: bool) -> None:
         self.journal.append(("commit", sorted((o.topic, o.partition, o.offset) for o in offsets)))
+        self.asynchronous = asynchronous
 
     def consume(self, n: int, timeout: float) -> list[Any]:
         out, self.messages = self.messages[:n], self.messages[n:]
@@ -103,13 +108,40 @@ def loop(journal: Journal, messages: list[Any], fail: bool = False) -> PriceLoop
                      sources=["usage.llm"], load_changelog=lambda t, p: [])  # fmt: skip
 
 
-def test_outputs_are_flushed_before_offsets_commit():
+def test_offsets_commit_only_after_the_outputs_are_acknowledged():
     journal = Journal()
     price = loop(journal, [Message("usage.llm", 0, o) for o in (5, 6, 7)])
     price.step()
     assert journal == [("produce", "usage.priced", 0)] * 3 + [
-        ("flush",), ("commit", [("usage.llm", 0, 8)])]  # fmt: skip
+        ("acked", 3), ("commit", [("usage.llm", 0, 8)])]  # fmt: skip
     assert price.metrics["priced"] == 3
+
+
+def test_batches_overlap_and_commit_in_input_order():
+    """The next batch is priced while the broker acknowledges the last one; an older
+    batch still waiting holds back the commit of a newer one."""
+    journal = Journal()
+    price = loop(journal, [])
+    stage = price.stage
+    producer = price.producer
+
+    def batch(*offsets: int):  # type: ignore[no-untyped-def]
+        return stage.process([InputRecord("usage.llm", 0, o, 1, b"k", b"v") for o in offsets])
+
+    producer.poll = lambda timeout: 0  # nothing acknowledged yet
+    price.commit(batch(1, 2))
+    price.commit(batch(3, 4))
+    assert not any(e[0] == "commit" for e in journal) and len(price._pending) == 2
+    first_callbacks = producer.pending[:2]
+    for callback in first_callbacks[::-1]:  # the older batch is acknowledged
+        callback(None, None)
+    producer.pending = producer.pending[2:]
+    price.settle()
+    assert journal[-1] == ("commit", [("usage.llm", 0, 3)]) and len(price._pending) == 1
+    del producer.poll  # back to acknowledging everything
+    price.settle(block=True)
+    assert journal[-1] == ("commit", [("usage.llm", 0, 5)])
+    assert price.consumer.asynchronous is False  # draining commits synchronously
 
 
 def test_records_of_a_partition_no_longer_owned_are_neither_processed_nor_committed():
