@@ -178,7 +178,10 @@ class PriceLoop:
             return
         parts = [KafkaTopicPartition(t, p, o) for (t, p), o in offsets.items()]
         try:
-            self.consumer.commit(offsets=parts, asynchronous=not wait)
+            if wait:
+                self.consumer.commit(offsets=parts, asynchronous=False)
+            else:
+                self.consumer.commit(offsets=parts, asynchronous=True)
         except KafkaException as exc:
             self.metrics["commit_failures"] += 1
             log.warning("offset commit failed (%s); the next owner replays the batch",
