@@ -74,6 +74,10 @@ class PeriodState:
     hourly: dict[int, int] = field(default_factory=dict)
     #: alert kind -> event time (us) of its last alert, for the cooldown
     last_alert_us: dict[str, int] = field(default_factory=dict)
+    #: the last projection and what it was computed from (not part of the stored state)
+    _projected: tuple[tuple[Any, ...], Projection] | None = field(
+        default=None, repr=False, compare=False
+    )
 
     @classmethod
     def from_json(cls, data: dict[str, Any] | None) -> PeriodState:
@@ -149,8 +153,12 @@ class PeriodState:
         return True
 
     def projection(self, limit: Decimal, now_us: int | None = None) -> Projection:
-        """Projection at ``now_us`` (default: the latest event time, so replays agree)."""
-        return project(
+        """Projection at ``now_us`` (default: the latest event time, so replays agree);
+        remembered until the state changes (the forecast rule and the status both ask)."""
+        key = (self.spent_nanos, self.count, self.last_event_us, limit, now_us)
+        if self._projected is not None and self._projected[0] == key:
+            return self._projected[1]
+        found = project(
             self.spent_nanos,
             self.daily,
             self.period_start_us,
@@ -158,6 +166,8 @@ class PeriodState:
             self.last_event_us if now_us is None else now_us,
             limit,
         )
+        self._projected = (key, found)
+        return found
 
 
 def percent_of(spent: Decimal, limit: Decimal) -> Decimal:
@@ -311,7 +321,9 @@ def status_of(
     proj = state.projection(budget.limit, now_us)
     done = set(resolved)
     prefix = f"{budget.budget_id}:{period_key}:"
-    return BudgetStatus(
+    # computed here from our own state: no validation to pay for (one per budget period
+    # and checkpoint); every field has its declared type
+    return BudgetStatus.model_construct(
         budget_id=budget.budget_id,
         budget_name=budget.name,
         period_key=period_key,

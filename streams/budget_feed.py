@@ -92,21 +92,20 @@ class BudgetFeed(threading.Thread):
                     pending.discard((tp.topic, tp.partition))
             self._check_ready(pending)
             while not self._stop_event.is_set():
-                msg = consumer.poll(0.2)
-                if msg is None:
-                    continue
-                err = msg.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        pending.discard((msg.topic(), msg.partition()))
-                        self._check_ready(pending)
+                # in batches: every status of every budget period reaches every worker
+                for msg in consumer.consume(500, timeout=0.2):
+                    err = msg.error()
+                    if err is not None:
+                        if err.code() == KafkaError._PARTITION_EOF:
+                            pending.discard((msg.topic(), msg.partition()))
+                            self._check_ready(pending)
+                        else:
+                            log.warning("budget feed: %s", err)
+                        continue
+                    if msg.topic() == topics.budgets:
+                        self._apply(msg.key(), msg.value())
                     else:
-                        log.warning("budget feed: %s", err)
-                    continue
-                if msg.topic() == topics.budgets:
-                    self._apply(msg.key(), msg.value())
-                else:
-                    self._apply_state(msg.topic() or "", msg.key(), msg.value())
+                        self._apply_state(msg.topic() or "", msg.key(), msg.value())
         finally:
             consumer.close()
 

@@ -75,11 +75,11 @@ class Checkpoint(Generic[Source]):
 
     async def batch(self, result: AggregateResult[Source], events: Iterable[Any]) -> None:
         """Take a processed batch: send its threshold alerts now (they must not wait for
-        the checkpoint), remember its changed states and its records."""
+        the checkpoint; the producer delivers them within milliseconds, and the
+        checkpoint's drain waits for their acks before any state recording them is
+        written), remember its changed states and its records."""
         for alert in result.alerts:
             self.send_alert(alert)
-        if result.alerts:
-            await self.drain()
         for key, state in result.states.items():
             self.dirty[key] = Dirty(state, result.sources[key], result.last_event.get(key))
         if not self.waiting:
@@ -95,9 +95,10 @@ class Checkpoint(Generic[Source]):
 
         1. Forecast and anomaly rules run once per changed (budget, period); the alerts
            due are recorded in its state. Crash after: nothing left the process.
-        2. Deliver those alerts and wait for the broker's acks. Crash after: the states
-           that record them were not written, so the replayed batches fire them again
-           with the same alert ids (subscribers and the sink dedupe on them).
+        2. Deliver those alerts and wait for the broker's acks of every alert sent since
+           the last checkpoint (the batches' threshold alerts included). Crash after: the
+           states that record them were not written, so the replayed batches fire them
+           again with the same alert ids (subscribers and the sink dedupe on them).
         3. Write each changed state to the table (faust sends it to the changelog and
            flushes its producer before committing offsets). Crash after: the batches are
            replayed; the watermarks in whichever state was restored skip what it counted.
@@ -117,8 +118,7 @@ class Checkpoint(Generic[Source]):
                                        self.policy)  # fmt: skip
         for alert in alerts:  # 2.
             self.send_alert(alert)
-        if alerts:
-            await self.drain()
+        await self.drain()
         for key, change in dirty.items():  # 3.
             self.write_state(key, change.state, change.source)
         done = self.resolved()

@@ -97,7 +97,7 @@ class PriceLoop:
         batch_size: int = 2000,
         linger_s: float = 0.02,
         metrics_path: Path | None = None,
-        max_in_flight: int = 4,
+        max_in_flight: int = 32,
     ) -> None:
         self.stage = stage
         self.consumer = consumer
@@ -146,14 +146,17 @@ class PriceLoop:
                             headers=out.headers,
                             on_delivery=lambda err, msg, p=pending: self._delivered(p, err, msg))  # fmt: skip
         self.metrics.update(batch.counters)
-        self.settle(block=len(self._pending) > self.max_in_flight)
+        self.settle(most=self.max_in_flight)
 
-    def settle(self, *, block: bool = False, timeout: float = 120) -> None:
-        """Steps 2 and 3 for the batches whose outputs are all acknowledged, oldest first;
-        ``block`` waits until every batch sent so far is done."""
+    def settle(self, *, block: bool = False, most: int | None = None, timeout: float = 120) -> None:
+        """Steps 2 and 3 for the batches whose outputs are all acknowledged, oldest first.
+        ``block`` waits until every batch sent so far is done; ``most`` waits until at
+        most that many are still in flight (back-pressure while the broker is slow)."""
         deadline = time.monotonic() + timeout
+        limit = 0 if block else most
         while self._pending:
-            self.producer.poll(0.05 if block else 0)  # 2. delivery reports
+            waiting = limit is not None and len(self._pending) > limit
+            self.producer.poll(0.01 if waiting else 0)  # 2. delivery reports
             if self._errors:
                 errors, self._errors = self._errors, []
                 raise DeliveryFailed(f"outputs not stored: {errors[:5]}")
@@ -165,7 +168,7 @@ class PriceLoop:
                 for done in ready:
                     offsets.update(done.batch.commits)
                 self._commit_offsets(offsets, wait=block)  # 3.
-            if not block or not self._pending:
+            if limit is None or len(self._pending) <= limit:
                 return
             if time.monotonic() > deadline:
                 raise DeliveryFailed(f"{len(self._pending)} batches not acknowledged within "
