@@ -1,12 +1,15 @@
 """Sink throughput: rows per second from Kafka into ClickHouse (chDB), as JSON.
 
-    .venv/bin/python benchmarks/sink.py [--rows 200000] [--batch-rows 20000]
+    .venv/bin/python benchmarks/sink.py [--rows 200000] [--rows-per-record 500]
+        [--batch-rows 20000] [--single-avro] [--decode-in-sink]
 
-Pre-loads the cost-allocations topic with ``--rows`` Avro records, then times the sink
-from its first poll until every row is in ClickHouse and its offsets are committed
-(framing checks, Avro containers handed to ClickHouse with dedup tokens, commits). With
-``--decode-in-sink`` the sink decodes every record in Python and inserts columns instead
-(the fallback path). Starts its own local broker unless SPENDSTREAM_KAFKA_BOOTSTRAP_SERVERS
+Pre-loads the cost-allocations topic with ``--rows`` allocations as the workers write
+them: ``allocations/1`` batch records of ``--rows-per-record`` rows (or, with
+``--single-avro``, one Avro record each, as written before batches existed), then times
+the sink from its first poll until every row is in ClickHouse and its offsets are
+committed (framing checks, rows handed to ClickHouse natively with dedup tokens,
+commits). With ``--decode-in-sink`` the sink decodes every record in Python and inserts
+columns instead (the fallback path). Starts its own local broker unless SPENDSTREAM_KAFKA_BOOTSTRAP_SERVERS
 is set.
 """
 
@@ -24,10 +27,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from confluent_kafka import Producer  # noqa: E402
 
 from benchmarks._local import bench_settings, produce  # noqa: E402
+from spendstream.schemas import batches  # noqa: E402
 from spendstream.schemas.avro import codec  # noqa: E402
-from spendstream.schemas.models import Attributes, CostAllocation, SourcePosition  # noqa: E402
+from spendstream.schemas.models import (  # noqa: E402
+    Attributes,
+    CostAllocation,
+    SourcePosition,
+    to_micros,
+)
+from spendstream.schemas.money import to_nanos  # noqa: E402
 from spendstream.sinks.clickhouse_sink import ClickHouseSink  # noqa: E402
 from spendstream.sinks.warehouse import connect  # noqa: E402
+from spendstream.streams.partitioner import partition_for  # noqa: E402
 from spendstream.topics import ensure_topics  # noqa: E402
 
 TARGET_ROWS_PER_S = 100_000
@@ -36,7 +47,9 @@ TARGET_ROWS_PER_S = 100_000
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--rows-per-record", type=int, default=500)
     parser.add_argument("--batch-rows", type=int, default=20_000)
+    parser.add_argument("--single-avro", action="store_true")
     parser.add_argument("--decode-in-sink", action="store_true")
     args = parser.parse_args()
     native = not args.decode_in_sink
@@ -49,23 +62,38 @@ def main() -> None:
         producer = Producer({"bootstrap.servers": settings.bootstrap_servers,
                              "linger.ms": 50, "compression.type": "lz4"})  # fmt: skip
         total = Decimal(0)
+        pending: dict[int, list[list[object]]] = {}
+        start_us, end_us = to_micros(start), to_micros(start + timedelta(days=30))
         for i in range(args.rows):
             amount = Decimal(i % 1000 + 1) / 10**6
             total += amount
-            alloc = CostAllocation(
-                allocation_id=f"e{i}/b{i % 50}", event_id=f"e{i}", budget_id=f"b{i % 50}",
-                matched_via=f"b{i % 50}", period_key="2026-11", period_start=start,
-                period_end=start + timedelta(days=30), occurred_at=start + timedelta(seconds=i),
-                amount=amount, currency="USD", source="llm", provider="openai", model="gpt-4o",
-                attributes=Attributes(team=f"t{i % 7}"),
-                origin=SourcePosition(topic="usage.llm", partition=i % 4, offset=i),
-            )  # fmt: skip
-            produce(
-                producer,
-                settings.topics.allocations,
-                alloc.budget_id.encode(),
-                c.encode(alloc.to_avro()),
-            )
+            budget = f"b{i % 50}"
+            if args.single_avro:
+                alloc = CostAllocation(
+                    allocation_id=f"e{i}/{budget}", event_id=f"e{i}", budget_id=budget,
+                    matched_via=budget, period_key="2026-11", period_start=start,
+                    period_end=start + timedelta(days=30),
+                    occurred_at=start + timedelta(seconds=i), amount=amount, currency="USD",
+                    source="llm", provider="openai", model="gpt-4o",
+                    attributes=Attributes(team=f"t{i % 7}"),
+                    origin=SourcePosition(topic="usage.llm", partition=i % 4, offset=i),
+                )  # fmt: skip
+                produce(producer, settings.topics.allocations, budget.encode(),
+                        c.encode(alloc.to_avro()))  # fmt: skip
+                continue
+            partition = partition_for(budget.encode(), settings.topic_partitions)
+            rows = pending.setdefault(partition, [])
+            rows.append([f"e{i}", budget, budget, "2026-11", start_us, end_us,
+                         start_us + i * 10**6, to_nanos(amount), "USD", "llm", "openai",
+                         "gpt-4o", "", f"t{i % 7}", "", "", "", "", {}, "usage.llm", i % 4,
+                         i])  # fmt: skip
+            if len(rows) >= args.rows_per_record or i == args.rows - 1:
+                for p, batch in list(pending.items()):
+                    if batch and (p == partition or i == args.rows - 1):
+                        producer.produce(settings.topics.allocations, partition=p,
+                                         value=batches.encode(batches.ALLOCATIONS_V1, batch))  # fmt: skip
+                        pending[p] = []
+                        producer.poll(0)
         producer.flush(120)
 
         client = connect(settings)
@@ -83,7 +111,10 @@ def main() -> None:
             "rows_in_clickhouse": rows,
             "no_duplicates": rows == ids,
             "totals_agree": stored == total,
-            "native_avro": native,
+            "native": native,
+            "format": "single Avro records"
+            if args.single_avro
+            else f"allocations/1 batches of {args.rows_per_record} rows",
             "seconds": round(elapsed, 2),
             "rows_per_s": round(rows / elapsed),
             "batches": sink.stats.batches,

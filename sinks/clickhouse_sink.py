@@ -74,6 +74,9 @@ class PartitionBuffer:
     first_offset: int = -1
     last_offset: int = -1
     started: float = 0.0
+    #: bytes of the buffered records (a batch record holds many rows: the record count
+    #: alone does not bound memory)
+    size: int = 0
 
 
 @dataclass
@@ -285,10 +288,11 @@ class ClickHouseSink:
             self._poison(msg, exc)
         else:
             buf.raws.append((msg.key(), value, offset))
+            buf.size += len(value or b"")
             self._buffered += 1
             if self._buffered > self.stats.max_buffered_rows:
                 self.stats.max_buffered_rows = self._buffered
-        if len(buf.raws) >= self.settings.sink_batch_rows:
+        if len(buf.raws) >= self.settings.sink_batch_rows or buf.size >= MAX_BUFFER_BYTES:
             self._flush(tp, buf)
 
     def _origins(self, tp: tuple[str, int], msg: Any) -> dict[tuple[str, int], int] | object | None:
@@ -378,6 +382,7 @@ class ClickHouseSink:
         buf.rows = []
         buf.row_record = []
         buf.raws = []
+        buf.size = 0
         buf.native = None
         buf.first_offset = buf.last_offset = -1
 
@@ -607,6 +612,9 @@ def _records_of(failed: list[tuple[int, str]], row_record: list[int]) -> list[tu
         seen.setdefault(row_record[row], reason)
     return list(seen.items())
 
+
+#: a partition's buffer is written once it holds this many bytes, whatever its record count
+MAX_BUFFER_BYTES = 32 << 20
 
 #: ClickHouse error codes that are conditions of the server, not of the data.
 TRANSIENT_CODES = {159, 202, 209, 210, 236, 241, 242, 252, 425, 999, 1000}
