@@ -111,3 +111,31 @@ def open_since(budget: BudgetDefinition, now: datetime, late_periods: int) -> Pe
             break
         period = previous_period(budget, period)
     return period
+
+
+class LateWindow:
+    """Where each budget's oldest period still open to late events starts, as of an
+    arrival time; remembered until the current period ends (both price paths ask it for
+    every event and budget)."""
+
+    def __init__(self, late_periods: int | None) -> None:
+        self.late_periods = late_periods
+        # (budget_id, updated_at) -> (oldest open period start, when to recompute)
+        self._open: dict[tuple[str, datetime], tuple[datetime, datetime]] = {}
+
+    def oldest_open(self, budget: BudgetDefinition, now: datetime) -> datetime | None:
+        """Start of the oldest period of ``budget`` open to late events at ``now``; None
+        when lateness is unbounded or the budget is custom."""
+        if self.late_periods is None or budget.period == "custom":
+            return None
+        key = (budget.budget_id, budget.updated_at)
+        cached = self._open.get(key)
+        if cached is None or now >= cached[1]:
+            current = budget_period(budget, now)
+            oldest = open_since(budget, now, self.late_periods)
+            if current is None or oldest is None:
+                return None
+            if len(self._open) > 100_000:
+                self._open.clear()
+            cached = self._open[key] = (oldest.start, current.end)
+        return cached[0]

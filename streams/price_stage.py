@@ -44,7 +44,7 @@ from .compiled_pricing import CompiledPricer
 from .dedupe import DedupeState
 from .matching import BudgetRegistry
 from .partitioner import KeyPartitioner
-from .periods import Period, budget_period, open_since
+from .periods import LateWindow, Period, budget_period
 from .price_loop import InputRecord, OutputRecord, PricedBatch
 from .pricing import Pricer, PricingError
 from .processor import MismatchLog
@@ -175,7 +175,7 @@ class PriceRules:
         self.unknown_price = unknown_price
         self.late_periods = late_periods
         self._codec = codec("UsageEvent")
-        self._open: dict[tuple[str, datetime], tuple[datetime, datetime]] = {}
+        self.late = LateWindow(late_periods)
         self._periods: dict[tuple[str, datetime], tuple[Period, int, int]] = {}
 
     # --- decode and validate -----------------------------------------------------------
@@ -318,19 +318,7 @@ class PriceRules:
 
     def oldest_open(self, budget: Any, now: datetime) -> datetime | None:
         """As ``UsageProcessor.oldest_open``: the oldest period start open to late events."""
-        if self.late_periods is None or budget.period == "custom":
-            return None
-        key = (budget.budget_id, budget.updated_at)
-        cached = self._open.get(key)
-        if cached is None or now >= cached[1]:
-            current = budget_period(budget, now)
-            oldest = open_since(budget, now, self.late_periods)
-            if current is None or oldest is None:
-                return None
-            if len(self._open) > 100_000:
-                self._open.clear()
-            cached = self._open[key] = (oldest.start, current.end)
-        return cached[0]
+        return self.late.oldest_open(budget, now)
 
 
 # --- the batch ------------------------------------------------------------------------

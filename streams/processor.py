@@ -29,7 +29,7 @@ from spendstream.schemas.models import (
 )
 
 from .matching import BudgetRegistry
-from .periods import budget_period, open_since
+from .periods import LateWindow, budget_period
 from .pricing import Pricer, PricingError
 
 
@@ -106,25 +106,12 @@ class UsageProcessor:
         self.max_skew = max_skew
         self.unknown_price = unknown_price
         self.late_periods = late_periods
-        # (budget_id, updated_at) -> (oldest open period start, when to recompute)
-        self._open: dict[tuple[str, datetime], tuple[datetime, datetime]] = {}
+        self.late = LateWindow(late_periods)
 
     def oldest_open(self, budget: BudgetDefinition, now: datetime) -> datetime | None:
         """Start of the oldest period of ``budget`` still open to late events (cached until
         the current period ends); None when lateness is unbounded or the budget is custom."""
-        if self.late_periods is None or budget.period == "custom":
-            return None
-        key = (budget.budget_id, budget.updated_at)
-        cached = self._open.get(key)
-        if cached is None or now >= cached[1]:
-            current = budget_period(budget, now)
-            oldest = open_since(budget, now, self.late_periods)
-            if current is None or oldest is None:
-                return None
-            if len(self._open) > 100_000:
-                self._open.clear()
-            cached = self._open[key] = (oldest.start, current.end)
-        return cached[0]
+        return self.late.oldest_open(budget, now)
 
     def decode(
         self, key: bytes | None, value: bytes | None, position: SourcePosition, now: datetime
