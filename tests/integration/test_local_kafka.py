@@ -10,7 +10,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource
 
 from spendstream.config import load_settings
 from spendstream.localkafka import LocalKafka, LocalKafkaError
-from spendstream.topics import TopicsError, ensure_topics, wait_for_broker
+from spendstream.topics import TopicsError, ensure_topics, wait_for_broker, worker_topics
 from tests.integration.conftest import free_port
 
 pytestmark = pytest.mark.integration
@@ -28,7 +28,8 @@ def test_start_is_idempotent_topics_are_compacted_and_stop_is_clean(tmp_path):
         assert broker.status()["pid"] == pid
 
         created = ensure_topics(settings)
-        assert set(created) == set(settings.topics.all_topics())
+        # The workers' internal topics come with the others (see topics.worker_topics).
+        assert set(created) == set(settings.topics.all_topics()) | set(worker_topics(settings))
         assert ensure_topics(settings) == []  # second call: nothing to do
         admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
         resources = [ConfigResource(ConfigResource.Type.TOPIC, t)
