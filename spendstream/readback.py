@@ -28,6 +28,7 @@ def read_topic(
             "group.id": "spendstream-readback",
             "enable.auto.commit": False,
             "enable.partition.eof": True,
+            "fetch.wait.max.ms": 20,  # read to the end, then stop: no long empty fetches
         }
     )
     try:
@@ -72,6 +73,7 @@ def read_newest(
             "group.id": "spendstream-readback",
             "enable.auto.commit": False,
             "enable.partition.eof": True,
+            "fetch.wait.max.ms": 20,  # read to the end, then stop: no long empty fetches
         }
     )
     try:

@@ -68,6 +68,9 @@ class BudgetFeed(threading.Thread):
                 "group.id": f"{self.settings.app_id}-budget-feed",  # never commits
                 "enable.auto.commit": False,
                 "enable.partition.eof": True,
+                # the broker answers an empty fetch after this long: at the default
+                # 500 ms, reading three small topics to their end took seconds in the CLI
+                "fetch.wait.max.ms": 50,
             }
         )
         try:
