@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -231,6 +232,7 @@ class LocalKafka:
         cmd = [
             "java", f"-Xmx{self.settings.kafka_heap}", f"-Xms{self.settings.kafka_heap}",
             "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-Djava.awt.headless=true",
+            *shlex.split(self.settings.kafka_jvm_options),
             "-cp", f"{self.libs}/*",
             f"-Dlog4j.configuration=file:{_deploy_file('log4j.properties')}",
             "kafka.Kafka", str(self.properties),
