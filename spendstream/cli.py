@@ -392,7 +392,7 @@ def _read_budgets(settings: Settings, *, follow_status: bool = False) -> BudgetF
     """Read the compacted topics to their end; returns the feed (registry, statuses)."""
     from spendstream.streams.budget_feed import BudgetFeed
 
-    feed = BudgetFeed(settings, follow_status=follow_status)
+    feed = BudgetFeed(settings, follow_status=follow_status, fetch_wait_ms=20)
     feed.start()
     if not feed.caught_up.wait(30):
         raise CliError("could not read the budgets topics within 30 s: is Kafka running?")
