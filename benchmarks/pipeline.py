@@ -125,7 +125,7 @@ def load(settings: Any, budgets: list[BudgetDefinition], n: int, teams: int, tok
     for i in range(first, first + n):
         e = event(i, teams, tokens)
         produce(producer, settings.topics.llm, e.event_id.encode(), enc.encode(e.to_avro()))
-    producer.flush(120)
+    assert producer.flush(120) == 0, "the broker did not take every event within 120 s"
 
 
 def sustained(settings: Any, workers: int, events: int) -> tuple[dict[str, Any], ProcessGroup]:

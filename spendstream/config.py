@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 from decimal import Decimal
-from functools import cached_property
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlparse
@@ -269,8 +268,11 @@ class Settings(BaseSettings):
         env[ENV_PREFIX + "API_TOKEN"] = self.api_token.get_secret_value()
         return env
 
-    @cached_property
+    @property
     def topics(self) -> Topics:
+        """A plain property, not cached: ``model_copy(update={"topic_prefix": ...})``
+        copies cached values, and the copy then named the original's topics (the pipeline
+        benchmark's two-worker run read topics it never loaded)."""
         return Topics(self.topic_prefix)
 
 

@@ -39,3 +39,13 @@ def test_env_names_cover_fields():
     names = settings_env_names()
     assert {"SPENDSTREAM_DATA_DIR", "SPENDSTREAM_KAFKA_BOOTSTRAP_SERVERS",
             "SPENDSTREAM_CLICKHOUSE_DSN"} <= names  # fmt: skip
+
+
+def test_a_copy_with_another_prefix_names_its_own_topics():
+    from spendstream.config import Settings
+
+    base = Settings(topic_prefix="a.")
+    assert base.topics.llm == "a.usage.llm"
+    copy = base.model_copy(update={"topic_prefix": "b."})
+    assert copy.topics.llm == "b.usage.llm" and copy.topics.budgets == "b.budgets"
+    assert base.topics.llm == "a.usage.llm"
