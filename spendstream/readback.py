@@ -17,11 +17,9 @@ T = TypeVar("T")
 TAIL_RECORDS = 16
 
 
-def read_topic(
-    settings: Settings, topic: str, decode: Callable[[bytes], T], timeout: float = 30
-) -> list[tuple[bytes | None, T]]:
-    """Every record of ``topic`` from the beginning to the current end, decoded."""
-    consumer = Consumer(
+def _reader(settings: Settings) -> Consumer:
+    """A consumer that reads assigned partitions to their end (no group membership)."""
+    return Consumer(
         {
             "bootstrap.servers": settings.bootstrap_servers,
             "logger": logging.getLogger("spendstream.kafka"),
@@ -31,6 +29,13 @@ def read_topic(
             "fetch.wait.max.ms": 20,  # read to the end, then stop: no long empty fetches
         }
     )
+
+
+def read_topic(
+    settings: Settings, topic: str, decode: Callable[[bytes], T], timeout: float = 30
+) -> list[tuple[bytes | None, T]]:
+    """Every record of ``topic`` from the beginning to the current end, decoded."""
+    consumer = _reader(settings)
     try:
         meta = consumer.list_topics(topic, timeout=timeout)
         if topic not in meta.topics or meta.topics[topic].error is not None:
@@ -66,16 +71,7 @@ def read_newest(
     """The newest record of ``topic`` (latest record timestamp over all partitions),
     reading only the last few records of each partition, not the whole topic. Records
     that do not decode are passed over. None when the topic is empty or missing."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": settings.bootstrap_servers,
-            "logger": logging.getLogger("spendstream.kafka"),
-            "group.id": "spendstream-readback",
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-            "fetch.wait.max.ms": 20,  # read to the end, then stop: no long empty fetches
-        }
-    )
+    consumer = _reader(settings)
     try:
         meta = consumer.list_topics(topic, timeout=timeout)
         if topic not in meta.topics or meta.topics[topic].error is not None:
