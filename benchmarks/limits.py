@@ -54,7 +54,11 @@ def floor(bootstrap: str, topic: str, events: int) -> dict[str, float]:
     import faust
     from faust import Worker
 
+    import tempfile
+
+    # faust makes <id>-data in the working directory unless told otherwise.
     app = faust.App(f"limit-{uuid.uuid4().hex[:8]}", broker=f"kafka://{bootstrap}",
+                    datadir=tempfile.mkdtemp(prefix="spendstream-floor-"),
                     store="memory://", web_enabled=False, autodiscover=False,
                     consumer_auto_offset_reset="earliest", topic_allow_declare=True,
                     logging_config=None)  # fmt: skip
