@@ -371,6 +371,8 @@ class BudgetAlert(Strict):
     message: str
     triggered_by: str | None = None
     triggered_at: AwareDatetime
+    #: the period's projected total when the alert fired (alerts written before v2: None)
+    projected_total: ExactDecimal | None = None
 
     def to_avro(self) -> dict[str, Any]:
         return self.model_dump()

@@ -218,6 +218,7 @@ def _firing(
     def fire(tag: str, kind: str, severity: str, message: str, **extra: Any) -> None:
         state.alerted.append(tag)
         state.last_alert_us[kind] = state.last_event_us
+        projected = state.projection(limit).projected if state.period_end_us else None
         alerts.append(
             BudgetAlert(
                 alert_id=f"{budget.budget_id}:{period_key}:{tag}",
@@ -232,6 +233,7 @@ def _firing(
                 message=f"{budget.name}: {message}",
                 triggered_by=triggered_by,
                 triggered_at=now,
+                projected_total=projected,
                 **extra,
             )
         )
