@@ -121,6 +121,7 @@ class ClickHouseSink:
             self.topics.budgets: "budgets",
             self.topics.dlq: "dead_letters",
             self.topics.alert_actions: "alert_actions",
+            self.topics.alert_deliveries: "alert_deliveries",
         }
         self._client_factory = client_factory or (lambda: connect(settings))
         self.client = client or self._client_factory()

@@ -140,7 +140,7 @@ def allocation_row_of(a: dict[str, Any], pos: Position) -> list[Any]:
 ALERT_COLUMNS = [
     "alert_id", "budget_id", "budget_name", "period_key", "kind", "threshold_percent",
     "action", "downgrade_to", "severity", "spent", "limit", "currency", "message",
-    "triggered_by", "triggered_at", "_topic", "_partition", "_offset",
+    "triggered_by", "triggered_at", "projected_total", "_topic", "_partition", "_offset",
 ]  # fmt: skip
 
 
@@ -149,7 +149,7 @@ def alert_row(value: bytes, pos: Position) -> list[Any]:
     return [
         a.alert_id, a.budget_id, a.budget_name, a.period_key, a.kind, a.threshold_percent,
         a.action, a.downgrade_to or "", a.severity, a.spent, a.limit, a.currency, a.message,
-        a.triggered_by or "", a.triggered_at, *pos,
+        a.triggered_by or "", a.triggered_at, a.projected_total, *pos,
     ]  # fmt: skip
 
 
@@ -202,6 +202,22 @@ def dlq_row(value: bytes, pos: Position) -> list[Any]:
     ]  # fmt: skip
 
 
+DELIVERY_COLUMNS = [
+    "alert_id", "budget_id", "channel", "channel_type", "attempt", "outcome", "status_code",
+    "latency_ms", "error", "digest", "at", "_topic", "_partition", "_offset",
+]  # fmt: skip
+
+
+def delivery_row(value: bytes, pos: Position) -> list[Any]:
+    """Row from an AlertDelivery record (notify's delivery log)."""
+    d = codec("AlertDelivery").decode(value)
+    return [
+        d["alert_id"], d["budget_id"], d["channel"], d["channel_type"], d["attempt"],
+        d["outcome"], d["status_code"], d["latency_ms"], d["error"] or "", d["digest"] or "",
+        d["at"], *pos,
+    ]  # fmt: skip
+
+
 #: table name -> (columns, builder of the rows of one record, taking (value, position, key))
 RowBuilder = Callable[[Any, Position, Any], list[list[Any]]]
 TABLES: dict[str, tuple[list[str], RowBuilder]] = {
@@ -211,4 +227,5 @@ TABLES: dict[str, tuple[list[str], RowBuilder]] = {
     "budgets": (BUDGET_COLUMNS, lambda v, p, k: [budget_row(v, p, k)]),
     "dead_letters": (DLQ_COLUMNS, lambda v, p, k: [dlq_row(v, p)]),
     "alert_actions": (ACTION_COLUMNS, lambda v, p, k: [action_row(v, p)]),
+    "alert_deliveries": (DELIVERY_COLUMNS, lambda v, p, k: [delivery_row(v, p)]),
 }

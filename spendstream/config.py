@@ -187,6 +187,18 @@ class Settings(BaseSettings):
     )
     sink_group: str = Field(default="spendstream-sink", description="Sink consumer group.")
 
+    # --- alert delivery (spendstream notify) ----------------------------------------------
+    notify_rules: Path | None = Field(
+        default=None,
+        description="Routing rules and channels of `spendstream notify` (YAML; see README).",
+    )
+    notify_group: str = Field(
+        default="spendstream-notify", description="Consumer group of `spendstream notify`."
+    )
+    notify_workers: int = Field(
+        default=8, ge=1, le=256, description="Deliveries `spendstream notify` sends at once."
+    )
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Log level of workers, sink and CLI."
     )
@@ -324,6 +336,16 @@ class Topics:
         """Acknowledgements and resolutions of alerts (compacted, key = alert_id)."""
         return self.name("alert-actions")
 
+    @property
+    def alert_deliveries(self) -> str:
+        """The delivery log of `spendstream notify`: every attempt, keyed by alert_id."""
+        return self.name("alert-deliveries")
+
+    @property
+    def alerts_dlq(self) -> str:
+        """Alerts a notification channel gave up on, with the channel and the reason."""
+        return self.name("alerts.dlq")
+
     def source_family(self, topic: str) -> str:
         """'usage.llm' (with prefix) -> 'llm'."""
         base = topic[len(self.prefix) :] if topic.startswith(self.prefix) else topic
@@ -337,6 +359,8 @@ class Topics:
         configs[self.dlq] = {}
         configs[self.allocations] = {}
         configs[self.alerts] = {}
+        configs[self.alert_deliveries] = {}
+        configs[self.alerts_dlq] = {}
         configs[self.budgets] = dict(compacted)
         configs[self.status] = dict(compacted)
         configs[self.alert_actions] = dict(compacted)

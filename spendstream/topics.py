@@ -111,6 +111,11 @@ def sink_group(settings: Settings) -> str:
     return f"{settings.topic_prefix}{settings.sink_group}"
 
 
+def notify_group(settings: Settings) -> str:
+    """The consumer group of `spendstream notify` (reads budget-alerts)."""
+    return f"{settings.topic_prefix}{settings.notify_group}"
+
+
 def worker_inputs(settings: Settings) -> list[str]:
     """Topics the worker group consumes and commits: raw usage and the allocations."""
     t = settings.topics
@@ -120,7 +125,8 @@ def worker_inputs(settings: Settings) -> list[str]:
 def sink_inputs(settings: Settings) -> list[str]:
     """Topics the sink group consumes (as sinks/clickhouse_sink.py subscribes)."""
     t = settings.topics
-    return [t.priced, t.allocations, t.alerts, t.budgets, t.dlq, t.alert_actions]
+    return [t.priced, t.allocations, t.alerts, t.budgets, t.dlq, t.alert_actions,
+            t.alert_deliveries]  # fmt: skip
 
 
 def group_lag(settings: Settings, group: str, topics: Iterable[str]) -> int:

@@ -1,0 +1,10 @@
+"""Alert delivery (`spendstream notify`): routing rules, channels, retries, delivery log.
+
+``config`` reads and checks the rules file, ``routing`` picks an alert's channels,
+``channels`` sends (webhook, Slack, email), ``dispatch`` schedules attempts, retries,
+rate limits and digests without Kafka, and ``service`` wires it to the alerts topic.
+"""
+
+
+class NotifyError(RuntimeError):
+    """Delivery cannot go on: the delivery log or dead letters could not be written."""
