@@ -30,7 +30,9 @@ app = typer.Typer(
 kafka_app = typer.Typer(help="The local Kafka broker (no Docker needed).", no_args_is_help=True)
 budgets_app = typer.Typer(help="Budget definitions.", no_args_is_help=True)
 topics_app = typer.Typer(help="Kafka topics.", no_args_is_help=True)
-alerts_app = typer.Typer(help="Budget alerts: list, acknowledge, resolve.", no_args_is_help=True)
+alerts_app = typer.Typer(
+    help="Budget alerts: list, follow (tail), acknowledge, resolve.", no_args_is_help=True
+)
 app.add_typer(alerts_app, name="alerts")
 app.add_typer(kafka_app, name="kafka")
 app.add_typer(budgets_app, name="budgets")
@@ -68,6 +70,8 @@ def _run(action: Callable[[], T]) -> T:
     from spendstream.processes import ServiceFailed
     from spendstream.producer import PublishError
     from spendstream.schemas.budget import BudgetError
+    from spendstream.sinks.notify import NotifyError
+    from spendstream.sinks.notify.config import NotifyConfigError
     from spendstream.sinks.reports import ReportError
     from spendstream.sinks.warehouse import WarehouseError
     from spendstream.streams.pricing import PricingError
@@ -88,6 +92,8 @@ def _run(action: Callable[[], T]) -> T:
         TopicsError,
         PricingError,
         ReportError,
+        NotifyConfigError,
+        NotifyError,
     ) as exc:
         # one line, unwrapped: a message to read, grep and paste, whatever the terminal width
         err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
@@ -243,6 +249,54 @@ def sink(
         stats = run_sink(settings, idle_exit_s=idle_exit)
         console.print(f"sink stopped: rows {dict(stats.rows)}, replays skipped "
                       f"{stats.skipped_replays}, poison {stats.poison}")  # fmt: skip
+
+    _run(body)
+
+
+@app.command()
+def notify(
+    rules: Annotated[
+        Path | None,
+        typer.Option(help="Rules file (default: SPENDSTREAM_NOTIFY_RULES).", show_default=False),
+    ] = None,
+    check: Annotated[
+        bool, typer.Option("--check", help="Only check the rules file and list its routes.")
+    ] = False,
+    idle_exit: Annotated[
+        float | None, typer.Option(help="Exit after this many idle seconds (tests, backfills).")
+    ] = None,
+) -> None:
+    """Deliver budget alerts to webhooks, Slack and email by routing rules, with retries,
+    rate limits, digests and a delivery log (alert-deliveries, alerts.dlq)."""
+
+    def body() -> None:
+        from spendstream.sinks.notify.config import load_config
+
+        settings = _settings()
+        path = rules or settings.notify_rules
+        if path is None:
+            raise CliError(
+                "no rules file: pass --rules FILE or set SPENDSTREAM_NOTIFY_RULES "
+                "(README, section 'Alert delivery', has an example)"
+            )
+        config = load_config(path)
+        if check:
+            for name, channel in sorted(config.channels.items()):
+                console.print(f"channel {name}: {channel.type}", highlight=False)
+            for i, rule in enumerate(config.rules):
+                what = "default" if rule.default else rule.match.model_dump(exclude_none=True)
+                console.print(f"rule {i} {rule.name!r}: {what} -> {', '.join(rule.channels)}",
+                              highlight=False)  # fmt: skip
+            return
+        from spendstream.sinks.notify.service import NotifyService
+        from spendstream.topics import ensure_topics, wait_for_broker
+
+        wait_for_broker(settings.bootstrap_servers, 60)
+        ensure_topics(settings)
+        service = NotifyService(settings, config)
+        service.install_signal_handlers()
+        stats = service.run(idle_exit_s=idle_exit)
+        console.print(f"notify stopped: {stats}", highlight=False)
 
     _run(body)
 
@@ -645,6 +699,119 @@ def alerts_list(
                 table.add_row(a.alert_id, a.kind, state, a.message)
         if not as_json:
             console.print(table)
+
+    _run(body)
+
+
+#: the alert kinds (``BudgetAlert.kind``)
+ALERT_KINDS = ("threshold", "exceeded", "forecast", "anomaly")
+SEVERITY_STYLE = {"info": "cyan", "warning": "yellow", "critical": "bold red"}
+
+
+def alert_filter(budget: str | None, kinds: list[str] | None) -> Callable[[Any], bool]:
+    """Whether an alert is wanted: ``budget`` an exact id or a glob with ``*`` and ``?``,
+    ``kinds`` any of these kinds (none: all). Raises CliError for an unknown kind."""
+    import fnmatch
+
+    unknown = sorted(set(kinds or ()) - set(ALERT_KINDS))
+    if unknown:
+        raise CliError(f"unknown --kind {', '.join(unknown)}: use {'|'.join(ALERT_KINDS)}")
+    wanted = set(kinds or ALERT_KINDS)
+    glob = budget is not None and any(c in budget for c in "*?")
+
+    def matches(alert: Any) -> bool:
+        if alert.kind not in wanted:
+            return False
+        if budget is None:
+            return True
+        if glob:
+            return fnmatch.fnmatchcase(alert.budget_id, budget)
+        return bool(alert.budget_id == budget)
+
+    return matches
+
+
+def alert_line(alert: Any) -> Any:
+    """One alert as one line of rich Text: time (UTC), severity, kind, budget, spend, message."""
+    from datetime import UTC
+
+    from rich.text import Text
+
+    percent = (
+        f"{(alert.spent * 100 / alert.limit).quantize(Decimal('0.01'))}%" if alert.limit else "-"
+    )
+    when = alert.triggered_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    return Text.assemble(
+        (when, "dim"),
+        " ",
+        (f"{alert.severity:8}", SEVERITY_STYLE.get(alert.severity, "")),
+        " ",
+        f"{alert.kind:9}",
+        " ",
+        (alert.budget_id, "bold"),
+        f" {plain(alert.spent)}/{plain(alert.limit)} {alert.currency} ({percent}) ",
+        alert.message,
+    )
+
+
+@alerts_app.command("tail")
+def alerts_tail(
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep waiting for new alerts (Ctrl-C ends).")
+    ] = False,
+    budget_id: Annotated[
+        str | None, typer.Option("--budget", help="Only this budget id, or a glob (* ?).")
+    ] = None,
+    kinds: Annotated[
+        list[str] | None,
+        typer.Option("--kind", help="Only this kind (repeatable): " + "|".join(ALERT_KINDS)),
+    ] = None,
+    last: Annotated[
+        int | None,
+        typer.Option("--last", help="Start N records before the end of each partition."),
+    ] = None,
+    from_start: Annotated[
+        bool, typer.Option("--from-start", help="Start at the beginning (the default).")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """Alerts as they arrive on the budget-alerts topic, like `tail -f`."""
+
+    def body() -> None:
+        from spendstream.readback import BadRecord, decode_alert, tail_topic
+        from spendstream.streams.api import dump
+        from spendstream.topics import wait_for_broker
+
+        wanted = alert_filter(budget_id, kinds)
+        if last is not None and last < 0:
+            raise CliError(f"--last must be 0 or more, not {last}")
+        if last is not None and from_start:
+            raise CliError("--from-start and --last exclude each other")
+        settings = _settings()
+        wait_for_broker(settings.bootstrap_servers, BROKER_CHECK_S)
+        records = tail_topic(settings, settings.topics.alerts, decode_alert,
+                             follow=follow, last=last)  # fmt: skip
+        try:
+            for record in records:
+                if isinstance(record, BadRecord):
+                    err.print(f"warning: skipped a record that does not decode (partition "
+                              f"{record.partition}, offset {record.offset}): {record.error}",
+                              highlight=False, markup=False, soft_wrap=True)  # fmt: skip
+                elif not wanted(record):
+                    continue
+                elif as_json:
+                    print(json.dumps(dump(record)), flush=True)
+                else:
+                    console.print(alert_line(record), soft_wrap=True, highlight=False)
+                    console.file.flush()
+        except KeyboardInterrupt:  # how a follow is meant to end: quietly, exit 0
+            pass
+        except BrokenPipeError:  # `| head`: the reader has what it wanted
+            import os  # no second error when Python flushes stdout at exit
+
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        finally:
+            records.close()
 
     _run(body)
 

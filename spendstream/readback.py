@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
 from typing import TypeVar
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from spendstream.config import Settings
 from spendstream.schemas.avro import codec
@@ -17,7 +19,7 @@ T = TypeVar("T")
 TAIL_RECORDS = 16
 
 
-def _reader(settings: Settings) -> Consumer:
+def _reader(settings: Settings, fetch_wait_ms: int = 20) -> Consumer:
     """A consumer that reads assigned partitions to their end (no group membership)."""
     return Consumer(
         {
@@ -26,7 +28,7 @@ def _reader(settings: Settings) -> Consumer:
             "group.id": "spendstream-readback",
             "enable.auto.commit": False,
             "enable.partition.eof": True,
-            "fetch.wait.max.ms": 20,  # read to the end, then stop: no long empty fetches
+            "fetch.wait.max.ms": fetch_wait_ms,  # read to the end, then stop: no long waits
         }
     )
 
@@ -61,6 +63,121 @@ def read_topic(
             if value is not None:
                 out.append((msg.key(), decode(value)))
         return out
+    finally:
+        consumer.close()
+
+
+@dataclass(frozen=True)
+class BadRecord:
+    """A record :func:`tail_topic` could not decode (foreign or corrupt): reported, not fatal."""
+
+    partition: int
+    offset: int
+    error: str
+
+
+#: errors of a partition whose leader is not known yet or moving: worth asking again
+_LEADER_MOVING = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE}
+
+
+def _watermarks(consumer: Consumer, tp: TopicPartition, timeout: float = 10) -> tuple[int, int]:
+    """Low and high offsets, retrying while a just-created topic's leader is not known yet
+    ("Not leader for partition" right after creation)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            low, high = consumer.get_watermark_offsets(tp, timeout=timeout)
+            return int(low), int(high)
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            transient = isinstance(error, KafkaError) and (
+                error.retriable() or error.code() in _LEADER_MOVING
+            )
+            if not transient or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def tail_topic(
+    settings: Settings,
+    topic: str,
+    decode: Callable[[bytes], T],
+    *,
+    follow: bool,
+    last: int | None,
+    stop: Callable[[], bool] | None = None,
+    poll_s: float = 0.5,
+    idle_timeout: float = 30,
+) -> Generator[T | BadRecord, None, None]:
+    """Decoded records of every partition of ``topic`` in arrival order, like ``tail -f``.
+
+    Starts at the beginning, or ``last`` records before the end of each partition. Without
+    ``follow`` it ends once every partition reached the end it had when the tail started
+    (or nothing arrived for ``idle_timeout`` seconds); with ``follow`` it keeps polling until
+    ``stop()`` says so or Ctrl-C (partitions added later are not picked up). A record that
+    does not decode comes out as a :class:`BadRecord`. A missing topic raises TopicsError."""
+    from spendstream.topics import TopicsError
+
+    # following waits at the broker for new records instead of asking 50 times a second
+    consumer = _reader(settings, fetch_wait_ms=500 if follow else 20)
+    try:
+        try:
+            meta = consumer.list_topics(topic, timeout=10)
+            info = meta.topics.get(topic)
+            if info is None or info.error is not None:
+                raise TopicsError(
+                    f"topic {topic} does not exist: start the worker (`spendstream worker`) or "
+                    "create the topics (`spendstream topics create`)"
+                )
+            assign, ends, pending = [], {}, set()
+            for p in sorted(info.partitions):
+                low, high = _watermarks(consumer, TopicPartition(topic, p))
+                start = low if last is None else max(low, high - last)
+                # from the beginning by name: retention may have moved ``low`` meanwhile
+                assign.append(TopicPartition(topic, p, OFFSET_BEGINNING if last is None else start))
+                ends[p] = high
+                if high > start:
+                    pending.add(p)
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            reason = error.str() if isinstance(error, KafkaError) else str(exc)
+            raise TopicsError(f"cannot read topic {topic}: {reason}") from None
+        consumer.assign(assign)
+        quiet_since = time.monotonic()
+        while follow or pending:
+            if stop is not None and stop():
+                return
+            msg = consumer.poll(poll_s)
+            if msg is None:
+                if not follow and time.monotonic() - quiet_since > idle_timeout:
+                    return
+                continue
+            p, offset = msg.partition(), msg.offset()
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    pending.discard(p)
+                    quiet_since = time.monotonic()
+                elif err.fatal():
+                    raise TopicsError(f"cannot read topic {topic}: {err.str()}")
+                continue
+            quiet_since = time.monotonic()
+            if p is None or offset is None:  # only error events lack them
+                continue
+            if not follow and (p not in pending or offset >= ends[p]):
+                continue  # arrived after the tail started: not part of this read
+            if offset >= ends[p] - 1:
+                pending.discard(p)
+            value = msg.value()
+            if value is None:
+                continue
+            try:
+                record: T | BadRecord = decode(value)
+            except Exception as exc:  # a foreign or corrupt record: report it and go on
+                record = BadRecord(p, offset, f"{type(exc).__name__}: {exc}")
+            yield record
+    except KeyboardInterrupt:  # how a follow is meant to end
+        return
     finally:
         consumer.close()
 
