@@ -9,12 +9,14 @@ checks that every figure equals what was published, to the nano-unit.
 from __future__ import annotations
 
 import random
+import secrets
 import socket
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -31,6 +33,7 @@ from spendstream.schemas.models import (
     WorkflowRun,
 )
 from spendstream.schemas.money import plain
+from spendstream.sinks.notify.receiver import WebhookReceiver
 from spendstream.streams.matching import BudgetRegistry
 from spendstream.streams.pricing import Pricer
 
@@ -157,6 +160,23 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _notify_rules(settings: Settings, org: str, url: str) -> Path:
+    """Rules sending this demo's alerts (and no one else's) to the local webhook."""
+    path = settings.data_dir / "demo-notify.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        "channels:\n"
+        "  demo-hook:\n"
+        "    type: webhook\n"
+        f"    url: {url}\n"
+        "    secret: ${SPENDSTREAM_DEMO_HOOK_SECRET}\n"
+        "rules:\n"
+        f"  - name: this demo's budgets\n    match: {{budget: '{org}-*'}}\n"
+        "    channels: [demo-hook]\n"
+    )
+    return path
+
+
 def run_demo(settings: Settings, *, events: int, timeout: float, console: Console) -> None:
     from spendstream.localkafka import LocalKafka
     from spendstream.processes import ProcessGroup, wait_for
@@ -193,11 +213,18 @@ def run_demo(settings: Settings, *, events: int, timeout: float, console: Consol
         SPENDSTREAM_WORKER_WEB_PORT=str(_free_port()),
         SPENDSTREAM_SINK_QUERY_PORT="0",
     )
+    hook_secret = secrets.token_urlsafe(24)
+    receiver = WebhookReceiver(hook_secret).__enter__()
     try:
         publish_budgets(settings, plan.budgets)
         console.print(f"budgets: {', '.join(b.budget_id for b in plan.budgets)}")
         services.start("worker", "worker")
         services.start("sink", "sink")
+        rules = _notify_rules(settings, org, receiver.url)
+        services.start("notify", "notify", "--rules", str(rules),
+                       SPENDSTREAM_DEMO_HOOK_SECRET=hook_secret)  # fmt: skip
+        console.print(f"alerts of {org}-* go to a local webhook at {receiver.url} "
+                      f"(rules: {rules})", highlight=False)  # fmt: skip
         with console.status("starting worker and sink..."):
             warehouse = wait_for(
                 "the sink's query port", lambda: sink_warehouse(settings), 90, services
@@ -241,10 +268,34 @@ def run_demo(settings: Settings, *, events: int, timeout: float, console: Consol
             return ours if len(tiers) >= expected_alert_count else None
 
         alerts = wait_for("alerts", alerts_done, 60, services) if expected_alert_count else []
+
+        def delivered() -> dict[str, Any] | None:
+            got = receiver.received()
+            return got if {a.alert_id for a in read_alerts(settings)
+                           if a.budget_id.startswith(org)} <= set(got) else None  # fmt: skip
+
+        webhook = wait_for("alerts at the webhook", delivered, 60, services)
         _print_results(console, plan, statuses, alerts, warehouse)
+        ours = read_alerts(settings)
+        mine = {a.alert_id for a in ours if a.budget_id.startswith(org)}
+        if set(webhook) != mine or receiver.rejected:
+            raise DemoError(f"the webhook got {sorted(webhook)} ({receiver.rejected} rejected); "
+                            f"the alerts topic holds {sorted(mine)}")  # fmt: skip
+
+        def logged() -> bool:
+            n = warehouse.query("SELECT uniqExact(alert_id) FROM alert_deliveries WHERE outcome "
+                                "= 'delivered' AND startsWith(budget_id, {o:String})",
+                                {"o": f"{org}-"}).scalar()  # fmt: skip
+            return int(n) == len(mine)
+
+        wait_for("the delivery log in ClickHouse", logged, 30, services)
+        console.print(f"[green]✓[/green] {len(webhook)} alerts delivered to the local webhook "
+                      "by `spendstream notify`, each once, every signature verified; the "
+                      "delivery log in ClickHouse agrees")  # fmt: skip
     finally:
-        with console.status("stopping worker and sink..."):
+        with console.status("stopping worker, sink and notify..."):
             services.stop()
+        receiver.__exit__()
         if started_kafka and kafka is not None:
             console.print(kafka.stop())
 

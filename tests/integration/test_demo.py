@@ -45,6 +45,8 @@ def test_demo_runs_end_to_end_and_cleans_up(tmp_path):
     assert "equals the published total" in out
     assert "agree to the nano-unit" in out
     assert "exactly one per crossed tier" in out
+    # its alerts reached a webhook through `spendstream notify`, counted and verified
+    assert "alerts delivered to the local webhook" in out and "every signature verified" in out
     assert "Traceback" not in out
     # The demo started the broker itself, so it stopped it again.
     settings = load_settings(data_dir=tmp_path / "home",
@@ -56,6 +58,11 @@ def test_demo_runs_end_to_end_and_cleans_up(tmp_path):
     sql = run_cli("sql", "SELECT count() AS n FROM priced_usage", "--format", "csv", env=env)
     assert sql.returncode == 0, sql.stderr
     assert sql.stdout.strip().splitlines() == ["n", "250"]
+    # ...including the delivery log of those alerts
+    log = run_cli("sql", "SELECT countIf(outcome = 'delivered') > 0 AS any, countIf(outcome "
+                  "!= 'delivered') AS bad FROM alert_deliveries", "--format", "csv", env=env)  # fmt: skip
+    assert log.returncode == 0, log.stderr
+    assert log.stdout.strip().splitlines() == ["any,bad", "1,0"]
 
 
 def test_demo_against_unreachable_kafka_fails_with_a_clear_message(tmp_path):
