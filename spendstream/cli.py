@@ -284,9 +284,9 @@ def notify(
             for name, channel in sorted(config.channels.items()):
                 console.print(f"channel {name}: {channel.type}", highlight=False)
             for i, rule in enumerate(config.rules):
-                what = "default" if rule.default else rule.match.model_dump(exclude_none=True)
+                what = "no other rule matched" if rule.default else rule.match.describe()
                 console.print(f"rule {i} {rule.name!r}: {what} -> {', '.join(rule.channels)}",
-                              highlight=False)  # fmt: skip
+                              highlight=False, soft_wrap=True)  # fmt: skip
             return
         from spendstream.sinks.notify.service import NotifyService
         from spendstream.topics import ensure_topics, wait_for_broker

@@ -211,6 +211,11 @@ class TierMatch(_Strict):
             "<": percent < self.bound,
         }[self.op]
 
+    def __str__(self) -> str:
+        if self.values:
+            return ", ".join(str(v) for v in sorted(self.values))
+        return f"{self.op}{self.bound}"
+
     @classmethod
     def parse(cls, spec: Any) -> TierMatch:
         if isinstance(spec, str):
@@ -254,6 +259,14 @@ class Match(_Strict):
     @classmethod
     def _tier(cls, v: Any) -> Any:
         return v if v is None or isinstance(v, TierMatch) else TierMatch.parse(v)
+
+    def describe(self) -> str:
+        """The conditions in words, for `spendstream notify --check`."""
+        parts = [f"{name} {' | '.join(getattr(self, name))}"
+                 for name in ("budget", "kind", "severity", "action") if getattr(self, name)]  # fmt: skip
+        if self.tier is not None:
+            parts.append(f"tier {self.tier}")
+        return " and ".join(parts) or "any alert"
 
     def holds(self, alert: dict[str, Any]) -> bool:
         """Whether ``alert`` (a decoded BudgetAlert record) meets every field given."""
@@ -310,8 +323,8 @@ def _expand(value: Any, where: str, env: dict[str, str], missing: list[str]) -> 
     if isinstance(value, str):
 
         def sub(m: re.Match[str]) -> str:
-            if m.group(1) not in env:
-                missing.append(f"{where}: environment variable {m.group(1)} is not set")
+            if not env.get(m.group(1)):
+                missing.append(f"{where}: environment variable {m.group(1)} is not set or empty")
                 return ""
             return env[m.group(1)]
 
@@ -344,7 +357,9 @@ def parse_config(
             msg = e["msg"].removeprefix("Value error, ")
             if e["type"] in ("literal_error", "enum"):  # never for free text (secrets)
                 msg += f" (got {e['input']!r})"
-            problems.append(f"{'.'.join(parts)}: {msg}")
+            where = ".".join(parts)
+            if not any(p.startswith(f".{where}: environment variable") for p in problems):
+                problems.append(f"{where}: {msg}")  # (not a consequence of a missing variable)
         config = None
     problems.extend(_cross_check(raw))
     if problems:

@@ -204,3 +204,27 @@ def test_budget_file_errors_name_the_rule_not_an_event(tmp_path):
     assert result.exit_code == 1
     assert "budget a: limit must be greater than zero" in result.output
     assert "event" not in result.output
+
+
+def test_notify_without_rules_and_with_bad_rules_says_what_to_do(tmp_path):
+    result = invoke("notify", env={"SPENDSTREAM_DATA_DIR": str(tmp_path)})
+    assert result.exit_code == 1 and "SPENDSTREAM_NOTIFY_RULES" in result.output
+    bad = tmp_path / "rules.yaml"
+    bad.write_text("channels: {a: {type: slack, url: 'x'}}\nrules: [{channels: [b]}]\n")
+    result = invoke("notify", "--rules", str(bad), "--check")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "channels.a.url: must be an http" in result.output
+    assert "rules.0.channels: unknown channel 'b'" in result.output
+
+
+def test_notify_check_lists_the_routes(tmp_path):
+    env = {"ALERTS_WEBHOOK_URL": "https://hooks.example/a", "ALERTS_WEBHOOK_SECRET": "x" * 20,
+           "SLACK_WEBHOOK_URL": "https://hooks.slack.example/T/B/x", "SMTP_HOST": "smtp.example",
+           "SMTP_USER": "u", "SMTP_PASSWORD": "pw", "SPENDSTREAM_DATA_DIR": str(tmp_path)}  # fmt: skip
+    from pathlib import Path
+
+    rules = Path(__file__).resolve().parents[2] / "examples" / "notify.yaml"
+    result = invoke("notify", "--rules", str(rules), "--check", env=env)
+    assert result.exit_code == 0, result.output
+    assert "budget team-* and tier >=90 -> ops-webhook, finance-slack" in result.output
+    assert "pw" not in result.output.split() and "x" * 20 not in result.output

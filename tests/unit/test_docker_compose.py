@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -81,3 +82,23 @@ def test_shared_environment_builds_valid_settings(compose, monkeypatch):
     assert settings.effective_clickhouse_dsn.startswith("http://")
     assert not settings.is_embedded_clickhouse
     assert settings.worker_web_bind == "0.0.0.0"
+
+
+def test_notify_service_runs_the_example_rules(compose):
+    from spendstream.sinks.notify.config import parse_config
+
+    notify = compose["services"]["notify"]
+    assert notify["command"] == ["notify"] and notify["profiles"] == ["notify"]
+    env = env_of(notify)
+    rules = env["SPENDSTREAM_NOTIFY_RULES"]
+    assert rules.startswith("/app/")
+    text = (ROOT / rules.removeprefix("/app/")).read_text()
+    # every variable the rules read is passed through from the host
+    needed = set(re.findall(r"\$\{([A-Z_]+)\}", re.sub(r"#.*", "", text)))
+    assert needed and needed <= set(env)
+    fake = {"ALERTS_WEBHOOK_URL": "https://hooks.example/spend", "SLACK_WEBHOOK_URL":
+            "https://hooks.slack.example/T/B/x", "ALERTS_WEBHOOK_SECRET": "x" * 32,
+            "SMTP_HOST": "smtp.example", "SMTP_USER": "u", "SMTP_PASSWORD": "p"}  # fmt: skip
+    config = parse_config(text, rules, env=fake)
+    assert set(config.channels) == {"ops-webhook", "finance-slack", "oncall-email"}
+    assert notify["depends_on"]["topics"]["condition"] == "service_completed_successfully"
