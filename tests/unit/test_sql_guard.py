@@ -122,8 +122,8 @@ def test_clickhouse_refuses_the_rest(db, sql):
 
 def test_readme_queries_and_ordinary_sql_run(db):
     _, _, reader = db
-    block = README.read_text().split("```sql", 1)[1].split("```", 1)[0]
-    readme = [s.strip() for s in block.split(";") if s.strip()]
+    blocks = [b.split("```", 1)[0] for b in README.read_text().split("```sql")[1:]]
+    readme = [s.strip() for block in blocks for s in block.split(";") if s.strip()]
     assert len(readme) >= 10
     ordinary = [
         "SHOW TABLES", "DESCRIBE TABLE priced_usage", "SELECT * FROM numbers(3)",
