@@ -57,8 +57,8 @@ ATTACKS = [
 
 
 def readme_queries() -> list[str]:
-    block = README.read_text().split("```sql", 1)[1].split("```", 1)[0]
-    return [s.strip() for s in block.split(";") if s.strip()]
+    blocks = [b.split("```", 1)[0] for b in README.read_text().split("```sql")[1:]]
+    return [s.strip() for block in blocks for s in block.split(";") if s.strip()]
 
 
 def cli(services, *args: str) -> subprocess.CompletedProcess[str]:
