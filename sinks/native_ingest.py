@@ -38,8 +38,13 @@ BATCH_TABLES: dict[str, dict[str, str]] = {
     "cost_allocations": {batches.ALLOCATIONS_V1: "cost_allocation_rows_json"},
 }
 
-#: sent with every native insert: fields an older writer schema lacks take the column default
-INSERT_SETTINGS = {"input_format_avro_allow_missing_fields": 1}
+#: sent with every native insert: fields an older writer schema lacks take the column default;
+#: batch rows are JSON arrays, not objects (chDB 4 reads a named tuple as an object by
+#: default and refused every batch record, which then went the slow decoded path)
+INSERT_SETTINGS = {
+    "input_format_avro_allow_missing_fields": 1,
+    "input_format_json_named_tuples_as_objects": 0,
+}
 
 
 def avro_long(n: int) -> bytes:
