@@ -38,6 +38,7 @@ from clickhouse_connect.driver.client import Client
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from spendstream.config import Settings
+from spendstream.metrics import SECONDS_BUCKETS, Histogram, Lags, consumer_lags
 from spendstream.schemas import batches
 from spendstream.schemas.avro import codec, configure_registry, framed_codec
 from spendstream.schemas.models import DeadLetter, SourcePosition
@@ -69,6 +70,8 @@ class PartitionBuffer:
     row_record: list[int] = field(default_factory=list)
     #: (key, value, offset) of every buffered record, for the DLQ and the decoding fallback
     raws: list[tuple[bytes | None, bytes | None, int]] = field(default_factory=list)
+    #: rows of each buffered record (SinkStats.rows counts rows, not records)
+    row_counts: list[int] = field(default_factory=list)
     #: set instead of ``rows`` when the table is ingested natively
     native: NativeBatch | None = None
     first_offset: int = -1
@@ -96,6 +99,10 @@ class SinkStats:
     #: monotonic time the first record arrived (benchmarks time from here, not from join)
     first_record_at: float | None = None
     last_commit_at: float = 0.0
+    #: waits before another insert attempt, after one failed
+    retries: int = 0
+    #: table -> seconds to write one batch into it (retries included), one per batch
+    insert_seconds: dict[str, Histogram] = field(default_factory=dict)
 
 
 class ClickHouseSink:
@@ -139,12 +146,17 @@ class ClickHouseSink:
         self._buffered = 0
         self._paused = False
         self._assigned_at: float | None = None
+        #: partitions assigned now, and each one's lag as last sampled (metrics, readiness)
+        self.assigned: set[tuple[str, int]] = set()
+        self.lags: Lags = {}
+        self._lags_at = 0.0
         self._stop = threading.Event()
+        self.consumer_group = f"{settings.topic_prefix}{settings.sink_group}"
         self.consumer = Consumer(
             {
                 "bootstrap.servers": settings.bootstrap_servers,
                 "logger": logging.getLogger("spendstream.kafka"),
-                "group.id": f"{settings.topic_prefix}{settings.sink_group}",
+                "group.id": self.consumer_group,
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",
                 "max.poll.interval.ms": 600_000,
@@ -188,6 +200,7 @@ class ClickHouseSink:
                     self._add(msg)
                     last_data = time.monotonic()
                 self._flush_due()
+                self._sample_lags()
                 if (
                     idle_exit_s is not None
                     and self._assigned_at is not None  # idle only counts once we own partitions
@@ -202,9 +215,18 @@ class ClickHouseSink:
             self.dlq.flush(30)
         return self.stats
 
+    def _sample_lags(self) -> None:
+        """Lag per assigned partition for /metrics, at most once a second (local values of
+        librdkafka: no broker round trip)."""
+        now = time.monotonic()
+        if now - self._lags_at >= 1.0:
+            self._lags_at = now
+            self.lags = consumer_lags(self.consumer)
+
     # --- partition assignment ----------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._assigned_at = time.monotonic()
+        self.assigned.update((tp.topic, tp.partition) for tp in partitions)
         for tp in partitions:
             table = self.topic_table[tp.topic]
             with self.lock:
@@ -231,6 +253,7 @@ class ClickHouseSink:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._flush_all()
         for tp in partitions:
+            self.assigned.discard((tp.topic, tp.partition))
             self.stored.pop((tp.topic, tp.partition), None)
             self.origin_marks.pop((tp.topic, tp.partition), None)
 
@@ -274,21 +297,25 @@ class ClickHouseSink:
                     )  # fmt: skip
                 if not batches.is_batch(value):
                     buf.native.add(value, offset, index)
+                    count = 1
                 else:
                     version = batches.version_of(value)
                     if keep is not None:
                         value = _filtered_batch(value, version, ORIGIN_BATCH_COLUMNS[table], keep)
                     buf.native.add_rows(version, batches.rows_text(value, version), offset, index)
+                    count = _batch_rows(msg, value, filtered=keep is not None)
             else:
                 rows = TABLES[table][1](value, (*tp, offset), msg.key())
                 if keep is not None:
                     rows = [r for r in rows if _newer(r, ORIGIN_COLUMNS[table], keep)]
                 buf.rows.extend(rows)
                 buf.row_record.extend([index] * len(rows))
+                count = len(rows)
         except Exception as exc:  # poison record: park it in the DLQ, never stop
             self._poison(msg, exc)
         else:
             buf.raws.append((msg.key(), value, offset))
+            buf.row_counts.append(count)
             buf.size += len(value or b"")
             self._buffered += 1
             if self._buffered > self.stats.max_buffered_rows:
@@ -366,16 +393,23 @@ class ClickHouseSink:
     def _flush(self, tp: tuple[str, int], buf: PartitionBuffer) -> None:
         if buf.raws:
             token = f"{tp[0]}:{tp[1]}:{buf.first_offset}-{buf.last_offset}"
+            started = time.perf_counter()
             if buf.native is not None:
                 rejected = self._insert_native(tp, buf, token)
             else:
                 columns = TABLES[buf.table][0]
                 failed = self._insert_with_retry(buf.table, buf.rows, columns, token)
                 rejected = _records_of(failed, buf.row_record)
+            hist = self.stats.insert_seconds.get(buf.table)
+            if hist is None:
+                hist = self.stats.insert_seconds[buf.table] = Histogram(SECONDS_BUCKETS)
+            hist.observe(time.perf_counter() - started)
             for index, reason in rejected:
                 key, value, offset = buf.raws[index]
                 self._dead_letter(tp[0], tp[1], offset, key, value, reason, "sink_insert")
-            self.stats.rows[buf.table] += len(buf.raws) - len(rejected)
+            self.stats.rows[buf.table] += sum(buf.row_counts) - sum(
+                buf.row_counts[index] for index, _ in rejected
+            )
             self.stats.batches += 1
         self._commit(tp, buf.last_offset + 1)
         self.stored[tp] = buf.last_offset
@@ -383,6 +417,7 @@ class ClickHouseSink:
         buf.rows = []
         buf.row_record = []
         buf.raws = []
+        buf.row_counts = []
         buf.size = 0
         buf.native = None
         buf.first_offset = buf.last_offset = -1
@@ -521,6 +556,7 @@ class ClickHouseSink:
         """Wait ``delay`` with consumption paused (group membership kept); next delay."""
         log.warning("insert into %s failed (%s); retrying in %.1fs", table, _first_line(exc),
                     delay)  # fmt: skip
+        self.stats.retries += 1
         if not self._paused:
             assignment = self.consumer.assignment()
             if assignment:
@@ -529,6 +565,7 @@ class ClickHouseSink:
         end = time.monotonic() + delay
         while time.monotonic() < end:
             self.consumer.poll(0.1)  # paused: no records, but the group sees us alive
+            self._sample_lags()
         if self._stop.is_set():
             # Leave without committing: the batch is replayed by the next run.
             raise SinkStopped(f"stopped while {table} could not be written") from exc
@@ -588,6 +625,22 @@ ORIGIN_BATCH_COLUMNS: dict[str, tuple[int, int, int]] = {
     "cost_allocations": (batches.A["origin_topic"], batches.A["origin_partition"],
                          batches.A["origin_offset"]),
 }  # fmt: skip
+
+
+def _batch_rows(msg: Any, value: bytes, *, filtered: bool) -> int:
+    """Rows in a batch record: its ``rows`` header (the price stage writes it, so the native
+    path never decodes), or, for a record without one or filtered here, counted by decoding."""
+    if not filtered:
+        for key, text in msg.headers() or ():
+            if key == "rows":
+                try:
+                    return int(text)
+                except ValueError:
+                    break
+    try:
+        return len(batches.decode(value)[1])
+    except batches.BatchFormatError:  # ClickHouse refuses it; the fallback dead-letters it
+        return 0
 
 
 def _filtered_batch(

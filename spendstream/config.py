@@ -186,6 +186,16 @@ class Settings(BaseSettings):
         description="Loopback port where a sink holding chDB answers queries (0 = any free).",
     )
     sink_group: str = Field(default="spendstream-sink", description="Sink consumer group.")
+    sink_metrics_port: int = Field(
+        default=9465,
+        ge=0,
+        le=65535,
+        description="Port of the sink's /metrics, /healthz and /readyz (0 = any free).",
+    )
+    sink_metrics_bind: str = Field(
+        default="127.0.0.1",
+        description="Address the sink's metrics port binds (0.0.0.0 in Docker).",
+    )
 
     # --- alert delivery (spendstream notify) ----------------------------------------------
     notify_rules: Path | None = Field(
@@ -197,6 +207,16 @@ class Settings(BaseSettings):
     )
     notify_workers: int = Field(
         default=8, ge=1, le=256, description="Deliveries `spendstream notify` sends at once."
+    )
+    notify_metrics_port: int = Field(
+        default=9466,
+        ge=0,
+        le=65535,
+        description="Port of `spendstream notify`'s /metrics, /healthz and /readyz (0 = any free).",
+    )
+    notify_metrics_bind: str = Field(
+        default="127.0.0.1",
+        description="Address `spendstream notify`'s metrics port binds (0.0.0.0 in Docker).",
     )
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(

@@ -177,7 +177,14 @@ def _notify_rules(settings: Settings, org: str, url: str) -> Path:
     return path
 
 
-def run_demo(settings: Settings, *, events: int, timeout: float, console: Console) -> None:
+def run_demo(
+    settings: Settings,
+    *,
+    events: int,
+    timeout: float,
+    console: Console,
+    keep_running: bool = False,
+) -> None:
     from spendstream.localkafka import LocalKafka
     from spendstream.processes import ProcessGroup, wait_for
     from spendstream.producer import UsagePublisher, publish_budgets
@@ -208,11 +215,13 @@ def run_demo(settings: Settings, *, events: int, timeout: float, console: Consol
             "another SPENDSTREAM_DATA_DIR"
         )
 
+    web_port = _free_port()
     services = ProcessGroup(
         settings,
-        SPENDSTREAM_WORKER_WEB_PORT=str(_free_port()),
+        SPENDSTREAM_WORKER_WEB_PORT=str(web_port),
         SPENDSTREAM_SINK_QUERY_PORT="0",
     )
+    dashboard = dashboard_url(settings.worker_web_bind, web_port)
     hook_secret = secrets.token_urlsafe(24)
     receiver = WebhookReceiver(hook_secret).__enter__()
     try:
@@ -225,6 +234,9 @@ def run_demo(settings: Settings, *, events: int, timeout: float, console: Consol
                        SPENDSTREAM_DEMO_HOOK_SECRET=hook_secret)  # fmt: skip
         console.print(f"alerts of {org}-* go to a local webhook at {receiver.url} "
                       f"(rules: {rules})", highlight=False)  # fmt: skip
+        console.print(f"live dashboard: {dashboard} (while the demo runs"
+                      + ("" if keep_running else "; --keep-running keeps it up afterwards")
+                      + ")", highlight=False)  # fmt: skip
         with console.status("starting worker and sink..."):
             warehouse = wait_for(
                 "the sink's query port", lambda: sink_warehouse(settings), 90, services
@@ -292,12 +304,35 @@ def run_demo(settings: Settings, *, events: int, timeout: float, console: Consol
         console.print(f"[green]✓[/green] {len(webhook)} alerts delivered to the local webhook "
                       "by `spendstream notify`, each once, every signature verified; the "
                       "delivery log in ClickHouse agrees")  # fmt: skip
+        if keep_running:
+            _keep_running(console, services, dashboard)
     finally:
         with console.status("stopping worker, sink and notify..."):
             services.stop()
         receiver.__exit__()
         if started_kafka and kafka is not None:
             console.print(kafka.stop())
+
+
+def dashboard_url(bind: str, port: int) -> str:
+    """Where a browser on this machine reaches the worker's dashboard."""
+    host = "127.0.0.1" if bind in ("", "0.0.0.0", "::", "[::]") else bind
+    host = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    return f"http://{host}:{port}/dashboard"
+
+
+def _keep_running(console: Console, services: Any, dashboard: str) -> None:
+    """Keep worker, sink and notify up until Ctrl-C, so a person can open the dashboard."""
+    import time
+
+    console.print(f"the stack keeps running: open {dashboard} (publish more with "
+                  "`spendstream publish`); press Ctrl-C to stop", highlight=False)  # fmt: skip
+    try:
+        while True:
+            services.check_alive()
+            time.sleep(1)
+    except KeyboardInterrupt:
+        console.print("Ctrl-C: stopping")
 
 
 def _print_results(

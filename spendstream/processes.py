@@ -104,12 +104,12 @@ def wait_for(
 
 
 def worker_metrics(port: int) -> dict[str, int] | None:
-    """A worker's /metrics counters, or None while it does not answer."""
+    """A worker's counters (``/metrics.json``), or None while it does not answer."""
     import json
     import urllib.request
 
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics.json", timeout=5) as resp:
             data: dict[str, int] = json.loads(resp.read())
             return data
     except OSError:

@@ -24,31 +24,37 @@ import os
 import time
 import weakref
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import faust
 
 from spendstream.config import Settings
+from spendstream.metrics import SECONDS_BUCKETS, SIZE_BUCKETS, Histogram
 from spendstream.processes import RECOVERY_STUCK
 from spendstream.schemas import batches
 from spendstream.schemas.avro import AvroDecodeError, codec, configure_registry, framed_codec
 from spendstream.schemas.models import SourcePosition
-from spendstream.topics import committed_or_start, has_records, worker_group
+from spendstream.topics import committed_or_start, has_records, price_group, worker_group
 
 from .aggregate_stage import AggregateStage, allocation_row
 from .aggregation import AlertPolicy
 from .api import BudgetApi, jsonable, mount
 from .budget_feed import BudgetFeed
 from .checkpoint import Checkpoint
+from .dashboard import mount_dashboard
 from .matching import BudgetRegistry
+from .observability import PRICE_INTERNAL, mount_metrics
 from .offset_guard import OffsetGuard
 from .output import OutputProducer
 from .price_loop import price_metrics_path
 from .pricing import Catalog, Pricer
 from .processor import dead_letter
+
+if TYPE_CHECKING:
+    from spendstream.sinks.warehouse import Warehouse
 
 log = logging.getLogger("spendstream.worker")
 
@@ -62,7 +68,7 @@ def _enc(name: str, model: Any, topic: str) -> bytes:
 
 
 class Metrics(Counter[str]):
-    """Counters served on the worker's /metrics endpoint."""
+    """Counters served on the worker's /metrics (Prometheus) and /metrics.json endpoints."""
 
 
 class WorkerApp(faust.App):
@@ -113,6 +119,13 @@ class Worker:
     price_metrics: Path
     #: wall-clock time of the last batch that counted something (benchmarks time to it)
     last_aggregated_at: float | None = None
+    #: the aggregator's input topic and consumer groups (observability.py: lag, readiness)
+    input_topic: str = ""
+    group: str = ""
+    price_group: str = ""
+    #: the aggregator's batches: records in each, seconds to process each
+    batch_size: Histogram = field(default_factory=lambda: Histogram(SIZE_BUCKETS))
+    batch_seconds: Histogram = field(default_factory=lambda: Histogram(SECONDS_BUCKETS))
 
     def start_feed(self) -> None:
         """Read every budget before faust starts: an agent that waits for budgets inside
@@ -130,13 +143,16 @@ class Worker:
         log.info("budget feed ready: %d budgets", len(self.registry))
 
     def all_metrics(self) -> dict[str, Any]:
-        """This process's counters plus the price stage's (its own process writes them)."""
+        """This process's counters plus the price stage's (its own process writes them):
+        ``/metrics.json``."""
         import json
 
         try:
             price = json.loads(self.price_metrics.read_text())
         except (OSError, ValueError):
             price = {}
+        for key in PRICE_INTERNAL:
+            price.pop(key, None)
         return {**price, **self.metrics, "budgets": len(self.registry),
                 "aggregated_last_at": self.last_aggregated_at}  # fmt: skip
 
@@ -252,6 +268,8 @@ def create_worker(settings: Settings) -> Worker:
 
     async def aggregate_batch(events: list[faust.EventT]) -> None:
         async with lock:
+            started = time.perf_counter()
+            metrics["aggregate_consumed"] += len(events)
             now = datetime.now(UTC)
             result = stage.process(decoded(events), lambda k: checkpoint.load(k, spend.get), now)
             await checkpoint.batch(result, events)
@@ -263,6 +281,8 @@ def create_worker(settings: Settings) -> Worker:
                 log.info("batch aggregate %s", offset_spans(events))
             if checkpoint.due():
                 await commit(now)
+            worker.batch_size.observe(len(events))
+            worker.batch_seconds.observe(time.perf_counter() - started)
 
     async def commit(now: datetime) -> None:
         written = await checkpoint.commit(now)
@@ -286,11 +306,14 @@ def create_worker(settings: Settings) -> Worker:
     def write_state(key: str, state: Any, source: faust.EventT) -> None:
         with_event(source, lambda: spend.__setitem__(key, state.dumps()))
 
+    def send_alert(alert: Any) -> None:
+        metrics[f"alerts_{alert.kind}"] += 1
+        out.send(topics.alerts, alert.budget_id.encode(), _enc("BudgetAlert", alert, topics.alerts))
+
     checkpoint: Checkpoint[faust.EventT] = Checkpoint(
         registry, policy,
         write_state=write_state,
-        send_alert=lambda a: out.send(topics.alerts, a.budget_id.encode(),
-                                      _enc("BudgetAlert", a, topics.alerts)),
+        send_alert=send_alert,
         send_status=lambda key, st: out.send(topics.status, key.encode(),
                                              _enc("BudgetStatus", st, topics.status)),
         drain=drain, finish=offset_guard.finish, resolved=feed.resolved,
@@ -330,13 +353,13 @@ def create_worker(settings: Settings) -> Worker:
             logging.shutdown()
             os._exit(RECOVERY_STUCK)
 
-    worker = Worker(app, registry, feed, metrics, price_metrics_path(settings))
-
-    @app.page("/metrics")
-    async def metrics_page(web: Any, request: Any) -> Any:
-        return web.json(worker.all_metrics())
+    worker = Worker(app, registry, feed, metrics, price_metrics_path(settings),
+                    input_topic=topics.allocations, group=group,
+                    price_group=price_group(settings))  # fmt: skip
+    mount_metrics(app, worker)  # /metrics, /metrics.json, /healthz, /readyz
 
     mount(app, make_api(settings, feed, pricer), settings.worker_web_bind)
+    mount_dashboard(app, feed, lambda: worker_warehouse(settings), settings.worker_web_bind)
 
     def close_output(app: Any, *args: Any, **kwargs: Any) -> None:
         out.close()
@@ -384,26 +407,24 @@ def make_api(settings: Settings, feed: BudgetFeed, pricer: Pricer) -> BudgetApi:
     )
 
 
+def worker_warehouse(settings: Settings) -> Warehouse | None:
+    """A worker's way to ClickHouse: the running sink's query port (embedded ClickHouse)
+    or the server; None when no sink runs. A worker never opens the chDB directory itself:
+    the sink holds it. (The API's usage and the dashboard read through it.)"""
+    from spendstream.sinks.warehouse import DirectWarehouse, connect, sink_warehouse
+
+    if settings.is_embedded_clickhouse:
+        return sink_warehouse(settings)
+    return DirectWarehouse(connect(settings, create_database=False))
+
+
 def recent_usage(settings: Settings, budget_id: str, limit: int) -> list[dict[str, Any]] | None:
     """Newest allocations of a budget, from the running sink (embedded ClickHouse) or the
-    server; None when neither answers. A worker never opens the chDB directory itself:
-    the sink holds it. Rows are JSON-ready, money as exact decimal strings."""
-    from spendstream.sinks.warehouse import (
-        DirectWarehouse,
-        Warehouse,
-        connect,
-        sink_warehouse,
-    )
-
-    warehouse: Warehouse
+    server; None when neither answers. Rows are JSON-ready, money as exact decimal strings."""
     try:
-        if settings.is_embedded_clickhouse:
-            through_sink = sink_warehouse(settings)
-            if through_sink is None:
-                return None
-            warehouse = through_sink
-        else:
-            warehouse = DirectWarehouse(connect(settings, create_database=False))
+        warehouse = worker_warehouse(settings)
+        if warehouse is None:
+            return None
         try:
             result = warehouse.query(
                 "SELECT event_id, occurred_at, period_key, amount, currency, source, provider, "

@@ -28,6 +28,7 @@ from typing import Any, Protocol
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 
+from spendstream.metrics import SECONDS_BUCKETS, SIZE_BUCKETS, Histogram, consumer_lags
 from spendstream.producer import produce_waiting
 from spendstream.schemas.avro import codec
 
@@ -115,6 +116,10 @@ class PriceLoop:
         self._errors: list[str] = []
         self._stop = threading.Event()
         self._metrics_written = 0.0
+        #: observed once per batch (records in it; seconds to price it and hand its outputs
+        #: to the producer), shipped to the faust process's /metrics in the metrics file
+        self.batch_sizes = Histogram(SIZE_BUCKETS)
+        self.batch_times = Histogram(SECONDS_BUCKETS)
 
     # --- the commit protocol -------------------------------------------------------------
     def commit(self, batch: PricedBatch) -> None:
@@ -256,7 +261,11 @@ class PriceLoop:
         if records:
             if self.first_record_at is None:
                 self.first_record_at = time.time()
+            started = time.perf_counter()
             self.commit(self.stage.process(records))
+            self.batch_times.observe(time.perf_counter() - started)
+            self.batch_sizes.observe(len(records))
+            self.metrics["consumed"] += len(records)
         else:
             self.settle()
         self.write_metrics()
@@ -268,7 +277,12 @@ class PriceLoop:
             return
         self._metrics_written = now
         data = {**self.metrics, "price_first_record_at": self.first_record_at,
-                "dedupe_ids": len(self.stage.dedupe), "price_pid": os.getpid()}  # fmt: skip
+                "dedupe_ids": len(self.stage.dedupe), "price_pid": os.getpid(),
+                # for Prometheus only (Worker.all_metrics leaves them out of /metrics.json)
+                "written_at": time.time(), "assigned": len(self.stage.dedupe.partitions),
+                "lag": [[t, p, n] for (t, p), n in consumer_lags(self.consumer).items()],
+                "histograms": {"batch_size": self.batch_sizes.to_json(),
+                               "batch_seconds": self.batch_times.to_json()}}  # fmt: skip
         tmp = self.metrics_path.with_suffix(".tmp")
         tmp.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_text(json.dumps(data))

@@ -379,6 +379,7 @@ class PriceStage:
             if isinstance(decoded, Rejected):
                 dead.append(self._dead_letter(decoded, record, now))
                 counters["dlq"] += 1
+                counters[f"dlq_{decoded.code}"] += 1
                 continue
             event, raw, model = decoded
             event_id = event["event_id"]
@@ -390,6 +391,7 @@ class PriceStage:
             if isinstance(priced, Rejected):
                 dead.append(self._dead_letter(priced, record, now))
                 counters["dlq"] += 1
+                counters[f"dlq_{priced.code}"] += 1
                 continue
             if priced.fallback:
                 counters[f"price_fallback_{priced.fallback}"] += 1
@@ -399,6 +401,7 @@ class PriceStage:
             if late is not None:
                 dead.append(self._dead_letter(late, record, now))
                 counters["dlq"] += 1
+                counters[f"dlq_{late.code}"] += 1
                 counters["too_late"] += 1
             if skipped:
                 counters["skipped_currency_mismatch"] += len(skipped)
@@ -437,7 +440,7 @@ class PriceStage:
             )
             batch.outputs.append(OutputRecord(
                 allocations_topic, target, None, batches.encode(batches.ALLOCATIONS_V1, rows),
-                [("origin", ranges.encode())]))  # fmt: skip
+                [("origin", ranges.encode()), ("rows", b"%d" % len(rows))]))  # fmt: skip
         newest = max((p.newest_ms for p in parts.values()), default=0)
         if newest:
             dedupe.expire(newest)
@@ -473,8 +476,8 @@ def _log_skipped(budgets: BudgetRegistry) -> Callable[[str, str, list[str]], Non
                 budget = budgets.get(budget_id)
                 log.warning(
                     "budget '%s' is in %s: %s spend (first: event %s) does not count toward "
-                    "it, amounts are never converted; /metrics skipped_currency_mismatch "
-                    "counts every such event (logged once per budget and currency)",
+                    "it, amounts are never converted; spendstream_currency_mismatches_total on "
+                    "/metrics counts every such event (logged once per budget and currency)",
                     budget_id, budget.currency if budget else "?", currency, event_id,
                 )  # fmt: skip
 

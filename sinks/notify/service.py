@@ -16,8 +16,10 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from prometheus_client.core import CounterMetricFamily, Metric
 
 from spendstream.config import Settings
+from spendstream.metrics import Lags, consumer_lags, lag_family, registry_of, start_health_server
 from spendstream.producer import producer_config
 from spendstream.readback import read_topic
 from spendstream.schemas.avro import codec, framed_codec
@@ -110,6 +112,36 @@ class NotifyService:
         self.stop_event = threading.Event()
         self.dispatcher: Dispatcher | None = None
         self._committed: dict[tuple[str, int], int] = {}
+        #: partitions assigned now, and each one's lag as last sampled (metrics, readiness)
+        self.assigned: set[tuple[str, int]] = set()
+        self.lags: Lags = {}
+
+    # --- metrics and readiness (README, "Metrics and health") ------------------------------
+    def families(self) -> list[Metric]:
+        """The dispatcher's counters as metric families (read, never changed here)."""
+        stats = dict(self.dispatcher.stats) if self.dispatcher is not None else {}
+        deliveries = CounterMetricFamily(
+            "spendstream_notify_deliveries", "(alert, channel) deliveries by outcome; "
+            "retried counts attempts that will be retried.", labels=["outcome"])  # fmt: skip
+        for outcome in ("delivered", "retried", "failed", "skipped", "unrouted"):
+            deliveries.add_metric([outcome], float(stats.get(outcome, 0)))
+        return [
+            CounterMetricFamily("spendstream_notify_alerts", "Alerts read from the alerts topic.",
+                                value=float(stats.get("alerts", 0))),
+            deliveries,
+            CounterMetricFamily("spendstream_notify_digests", "Digest messages assembled.",
+                                value=float(stats.get("digests", 0))),
+            lag_family([(notify_group(self.settings), dict(self.lags))]),
+        ]  # fmt: skip
+
+    def not_ready(self) -> list[str]:
+        """Ready: the delivery log was read at start and the alerts topic is assigned."""
+        reasons = []
+        if self.dispatcher is None:
+            reasons.append("delivery log not read yet")
+        if not self.assigned:
+            reasons.append("no alerts partitions assigned")
+        return reasons
 
     def install_signal_handlers(self) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -152,6 +184,15 @@ class NotifyService:
 
     def run(self, *, idle_exit_s: float | None = None) -> dict[str, int]:
         s = self.settings
+        server = start_health_server(registry_of(self.families), self.not_ready,
+                                     s.notify_metrics_port, s.notify_metrics_bind, "notify")  # fmt: skip
+        try:
+            return self._run(idle_exit_s)
+        finally:
+            server.stop()
+
+    def _run(self, idle_exit_s: float | None) -> dict[str, int]:
+        s = self.settings
         settled = settled_pairs(s)
         log.info("delivery log: %d (alert, channel) pairs already settled", len(settled))
         dispatcher = Dispatcher(self.config, self.outbox, done_before=settled,
@@ -176,12 +217,16 @@ class NotifyService:
             dispatcher.forget((p.topic, p.partition) for p in parts)
             for p in parts:
                 self._committed.pop((p.topic, p.partition), None)
+                self.assigned.discard((p.topic, p.partition))
 
-        consumer.subscribe([s.topics.alerts], on_revoke=on_revoke)
+        def on_assign(c: Consumer, parts: list[TopicPartition]) -> None:
+            self.assigned.update((p.topic, p.partition) for p in parts)
+
+        consumer.subscribe([s.topics.alerts], on_assign=on_assign, on_revoke=on_revoke)
         pool = ThreadPoolExecutor(s.notify_workers, thread_name_prefix="notify-send")
         running: dict[Future[SendResult], Delivery] = {}
         paused = False
-        last_commit = last_activity = time.monotonic()
+        last_commit = last_activity = lags_at = time.monotonic()
         log.info("notify: delivering %s to %d channels", s.topics.alerts, len(self.senders))
         try:
             while not self.stop_event.is_set():
@@ -208,6 +253,8 @@ class NotifyService:
                 if now - last_commit >= COMMIT_INTERVAL_S:
                     self.commit(consumer, dispatcher)
                     last_commit = now
+                if now - lags_at >= 1.0:
+                    self.lags, lags_at = consumer_lags(consumer), now
                 over = len(dispatcher.pending) >= MAX_PENDING
                 if over != paused:
                     parts = consumer.assignment()

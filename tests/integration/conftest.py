@@ -59,6 +59,8 @@ def settings(kafka_bootstrap: str, tmp_path: Path) -> Settings:
         sink_group=f"sink-{run}",
         worker_web_port=free_port(),
         sink_query_port=0,
+        sink_metrics_port=free_port(),
+        notify_metrics_port=free_port(),
         topic_partitions=4,
         batch_linger_ms=20,
         sink_linger_ms=200,

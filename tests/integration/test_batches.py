@@ -118,6 +118,9 @@ def test_batch_records_land_one_row_per_fact_and_a_rebatched_replay_adds_nothing
         assert db.query("SELECT sum(cost) FROM daily_spend_by_budget").result_rows[0][0] == \
             Decimal("10.750000002")  # fmt: skip
         assert sink.stats.partial_origin_replays == 2 and sink.stats.skipped_origin_replays == 1
+        assert sink.stats.native_fallbacks == 0  # the native path took every batch
+        # rows, not records (spendstream_sink_rows_total): a replay's filtered rows only
+        assert sink.stats.rows["cost_allocations"] == 7 and sink.stats.rows["priced_usage"] == 8
     client.close()
 
 

@@ -1,7 +1,7 @@
 """A budget skipped for its currency is counted and visible, on a real worker and broker.
 
 EUR spend that matches a USD budget does not count toward it (amounts are never
-converted); the worker must say so: every such event in /metrics
+converted); the worker must say so: every such event in /metrics.json
 ``skipped_currency_mismatch``, and one log line per budget and currency, not per event.
 """
 

@@ -8,6 +8,7 @@ import json
 import logging
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -18,6 +19,7 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 
 from spendstream.config import Settings
 from spendstream.processes import ProcessGroup, wait_for
@@ -175,8 +177,29 @@ def test_webhook_retries_retry_after_final_answers_and_the_delivery_log(
     alerts = [ok, flaky, gone, busy, never]
     produce(s, alerts)
     config = load_config(rules_file(tmp_path, receiver.url))
-    stats = run_until(NotifyService(s, config), lambda: len(receiver.requests) >= 1 + 3 + 1 + 2 + 4
-                      and committed_lag(s) == 0)  # fmt: skip
+    scraped: dict[str, Any] = {}
+
+    def delivered() -> bool:
+        if len(receiver.requests) < 1 + 3 + 1 + 2 + 4 or committed_lag(s) != 0:
+            return False
+        # while it runs, its metrics port says so (README, "Metrics and health")
+        base = f"http://127.0.0.1:{s.notify_metrics_port}"
+        with urllib.request.urlopen(f"{base}/readyz", timeout=10) as resp:
+            scraped["ready"] = (resp.status, json.loads(resp.read()))
+        with urllib.request.urlopen(f"{base}/metrics", timeout=10) as resp:
+            scraped["metrics"] = {
+                (m.name, m.labels.get("outcome")): m.value
+                for f in text_string_to_metric_families(resp.read().decode()) for m in f.samples
+            }  # fmt: skip
+        return True
+
+    stats = run_until(NotifyService(s, config), delivered)
+    assert scraped["ready"] == (200, {"ready": True})
+    metrics = scraped["metrics"]
+    assert metrics[("spendstream_notify_alerts_total", None)] == len(alerts)
+    assert metrics[("spendstream_notify_deliveries_total", "delivered")] == 3
+    assert metrics[("spendstream_notify_deliveries_total", "failed")] == 2
+    assert metrics[("spendstream_notify_deliveries_total", "retried")] == stats["retried"] >= 6
 
     # every request is signed; the body is the alert with money as exact strings
     for r in receiver.requests:

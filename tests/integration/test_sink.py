@@ -25,6 +25,7 @@ from spendstream.schemas.models import (
     UsageEvent,
 )
 from spendstream.sinks.clickhouse_sink import ClickHouseSink
+from spendstream.sinks.service import SinkWatch
 from spendstream.sinks.warehouse import connect
 from spendstream.topics import ensure_topics
 
@@ -163,10 +164,17 @@ def test_clickhouse_outage_holds_then_catches_up_with_bounded_memory(sink_settin
     time.sleep(4)  # the outage
     assert real.query("SELECT count() FROM priced_usage").result_rows[0][0] == 0
     assert flaky.failed >= 3
+    # /readyz says why (README, "Metrics and health"); the retries are counted
+    reasons = SinkWatch(sink_settings, sink).not_ready()
+    assert len(reasons) == 1 and reasons[0].startswith("ClickHouse inserts failing since ")
+    assert reasons[0].endswith("ClickHouse unreachable (injected)")
+    assert sink.stats.retries >= 3 and sink.stats.insert_failures == flaky.failed
     flaky.down.clear()
     thread.join(120)
     assert not thread.is_alive()
     assert counts(real) == (2000, 2000, total)
+    assert sink.stats.rows["priced_usage"] == 2000
+    assert sink.stats.insert_seconds["priced_usage"].count == sink.stats.batches
     partitions = sink_settings.topic_partitions
     assert sink.stats.max_buffered_rows <= sink_settings.sink_batch_rows * partitions
 

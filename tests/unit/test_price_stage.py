@@ -90,6 +90,8 @@ def test_a_batch_becomes_batch_records_dead_letters_changelog_and_commits():
     assert batch.commits == {("usage.llm", 0): 17}
     assert batch.counters["priced"] == 3 and batch.counters["duplicates"] == 1
     assert batch.counters["dlq"] == 3 and batch.counters["skipped_currency_mismatch"] == 1
+    # per reason too, for /metrics (spendstream_events_dead_lettered_total{reason})
+    assert [batch.counters[f"dlq_{r}"] for r in ("decode", "unknown_model")] == [1, 1]
     (priced,) = outputs(batch, "usage.priced")
     assert priced.partition == 0 and priced.headers == [("origin", b"usage.llm:0:10-16")]
     version, items = batches.decode(priced.value)
@@ -106,6 +108,8 @@ def test_a_batch_becomes_batch_records_dead_letters_changelog_and_commits():
     allocs = {}
     A = batches.A
     for out in outputs(batch, "cost-allocations"):
+        # the sink counts rows from this header without decoding the record
+        assert dict(out.headers or [])["rows"] == b"%d" % len(batches.decode(out.value)[1])
         for a in batches.decode(out.value)[1]:
             assert out.partition == partition_for(a[A["budget_id"]].encode(), 4)
             allocs[f"{a[A['event_id']]}/{a[A['budget_id']]}"] = a
