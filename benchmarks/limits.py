@@ -51,10 +51,10 @@ def raw(bootstrap: str, topic: str, events: int) -> dict[str, float]:
 
 
 def floor(bootstrap: str, topic: str, events: int) -> dict[str, float]:
+    import tempfile
+
     import faust
     from faust import Worker
-
-    import tempfile
 
     # faust makes <id>-data in the working directory unless told otherwise.
     app = faust.App(f"limit-{uuid.uuid4().hex[:8]}", broker=f"kafka://{bootstrap}",

@@ -12,13 +12,15 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import click
 import typer
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.table import Table
 
 from spendstream.config import ConfigError, Settings, load_settings
 from spendstream.schemas.money import plain
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from spendstream.streams.budget_feed import BudgetFeed
 
 app = typer.Typer(
@@ -547,12 +549,26 @@ def budgets_delete(
 @budgets_app.command("status")
 def budgets_status(
     budget_id: Annotated[str | None, typer.Argument(help="Only this budget.")] = None,
+    watch: Annotated[
+        bool,
+        typer.Option(
+            "--watch", "-w", help="Keep the view open, updated as statuses arrive (Ctrl-C ends)."
+        ),
+    ] = False,
+    interval: Annotated[
+        float, typer.Option("--interval", help="Seconds between refreshes of --watch.")
+    ] = 2.0,
 ) -> None:
     """Latest status per budget and period (from the budget-status topic); with an id, the
     detail: burn rate, projection with its 95% band, days left, active alerts."""
 
     def body() -> None:
         settings = _settings()
+        if watch:
+            if not 0.1 <= interval <= 3600:
+                raise CliError(f"--interval must be between 0.1 and 3600 seconds, not {interval}")
+            _watch_statuses(settings, budget_id, interval)
+            return
         feed = _read_budgets(settings, follow_status=True)
         statuses = list(feed.statuses.values())
         if budget_id:
@@ -564,6 +580,105 @@ def budgets_status(
         console.print(status_table(statuses))
 
     _run(body)
+
+
+def _watch_statuses(settings: Settings, budget_id: str | None, interval: float) -> None:
+    """``budgets status --watch``: one feed follows the status topic in its background
+    thread (``BudgetFeed`` keeps consuming after it caught up, and its statuses are safe to
+    read from another thread); the view is rendered again every ``interval`` seconds. On a
+    terminal that is a rich ``Live`` view; otherwise (a pipe, a file) a new snapshot is
+    printed whenever the figures change. Ctrl-C ends it quietly with exit code 0."""
+    import time
+
+    from rich.live import Live
+
+    from spendstream.streams.budget_feed import BudgetFeed
+
+    # a follower, not a one-shot reader: empty fetches wait longer than _read_budgets' 20 ms
+    feed = BudgetFeed(settings, follow_status=True, fetch_wait_ms=100)
+
+    def view() -> RenderableType:
+        statuses = feed.statuses.values()
+        if budget_id:
+            statuses = [s for s in statuses if s.budget_id == budget_id]
+        return status_view(statuses, resolved=feed.resolved(), budget_id=budget_id)
+
+    def figures() -> list[Any]:  # what a snapshot shows, without the clock
+        return sorted(
+            (s.budget_id, s.period_key, s.spent, s.limit, s.state, s.event_count)
+            for s in feed.statuses.values()
+            if not budget_id or s.budget_id == budget_id
+        )
+
+    try:
+        feed.start()
+        if not feed.caught_up.wait(30):
+            raise CliError("could not read the budgets topics within 30 s: is Kafka running?")
+        if feed.error:
+            raise CliError(f"{feed.error}: run `spendstream topics create` or apply budgets first")
+        if console.is_terminal:
+            with Live(view(), console=console, auto_refresh=False) as live:
+                while feed.is_alive():
+                    time.sleep(interval)
+                    live.update(view(), refresh=True)
+        else:
+            shown: list[Any] | None = None
+            while feed.is_alive():
+                if (current := figures()) != shown:
+                    console.print(view())
+                    console.file.flush()
+                    shown = current
+                time.sleep(interval)
+        raise CliError("stopped following the budget-status topic (see the log above)")
+    except KeyboardInterrupt:  # how a watch is meant to end: quietly, exit 0
+        pass
+    finally:
+        feed.stop()
+        feed.join(5)
+
+
+#: the states the --watch header counts, most severe last
+WATCHED_STATES = ("warning", "critical", "exceeded")
+
+
+def status_view(
+    statuses: list[Any],
+    *,
+    resolved: set[str] | None = None,
+    budget_id: str | None = None,
+    now: datetime | None = None,
+) -> RenderableType:
+    """What ``budgets status --watch`` shows: a header line (time, budgets, how many are in
+    each alerting state, judged by each budget's latest period) over the same table as
+    ``budgets status`` (or, for one budget, its detail)."""
+    from datetime import UTC, datetime
+
+    from rich.console import Group
+    from rich.text import Text
+
+    latest: dict[str, Any] = {}
+    for s in statuses:
+        if s.budget_id not in latest or s.period_start > latest[s.budget_id].period_start:
+            latest[s.budget_id] = s
+    counts = {state: sum(s.state == state for s in latest.values()) for state in WATCHED_STATES}
+    stamp = (now or datetime.now(UTC)).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
+    header = Text.assemble(
+        (stamp, "bold"),
+        f"  {len(latest)} budget{'' if len(latest) == 1 else 's'}: ",
+        (f"{counts['warning']} warning", "yellow" if counts["warning"] else ""),
+        ", ",
+        (f"{counts['critical']} critical", "red" if counts["critical"] else ""),
+        ", ",
+        (f"{counts['exceeded']} exceeded", "bold red" if counts["exceeded"] else ""),
+    )
+    if not statuses:
+        what = f"budget '{budget_id}'" if budget_id else "any budget"
+        body: RenderableType = Text(f"no status for {what} yet; waiting for the workers...")
+    elif budget_id:
+        body = status_detail(statuses, resolved or set())
+    else:
+        body = status_table(statuses)
+    return Group(header, body)
 
 
 def status_detail(statuses: list[Any], resolved: set[str]) -> Table:
@@ -1233,13 +1348,21 @@ def _require_stored_budget(warehouse: Any, budget_id: str) -> None:
 def demo(
     events: Annotated[int, typer.Option(min=10, max=100_000, help="Events to publish.")] = 300,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for processing.")] = 180,
+    keep_running: Annotated[
+        bool,
+        typer.Option(
+            "--keep-running",
+            help="After the checks, keep the stack up (the live dashboard) until Ctrl-C.",
+        ),
+    ] = False,
 ) -> None:
     """End to end on this machine: local Kafka, worker, sink, synthetic usage, results."""
 
     def body() -> None:
         from spendstream.demo import run_demo
 
-        run_demo(_settings(), events=events, timeout=timeout, console=console)
+        run_demo(_settings(), events=events, timeout=timeout, console=console,
+                 keep_running=keep_running)  # fmt: skip
 
     _run(body)
 
