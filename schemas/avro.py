@@ -20,12 +20,14 @@ from typing import Any, cast
 import fastavro
 import fastavro.schema
 
+from spendstream.errors import SpendstreamError, UserError
+
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
 CONFLUENT_MAGIC = b"\x00"
 NAMESPACE = "dev.spendstream"
 
 
-class AvroDecodeError(ValueError):
+class AvroDecodeError(UserError, ValueError):
     """A record that cannot be decoded; the message says why in plain words."""
 
 
@@ -187,7 +189,7 @@ def schema_json(schema: Any) -> Any:
     return clean(fastavro.schema.expand_schema(schema))
 
 
-class IncompatibleSchema(ValueError):
+class IncompatibleSchema(SpendstreamError, ValueError):
     """A reader schema that cannot read records written with an older schema."""
 
 

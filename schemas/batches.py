@@ -22,6 +22,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from spendstream.errors import SpendstreamError
+
 ALLOCATIONS_V1 = "allocations/1"
 #: columns of an allocation row (cost_allocations holds the same, with Decimal and times)
 ALLOCATION_COLUMNS = (
@@ -44,7 +46,7 @@ P = {name: index for index, name in enumerate(PRICED_COLUMNS)}
 FORMATS = {ALLOCATIONS_V1: ALLOCATION_COLUMNS, PRICED_V1: PRICED_COLUMNS}
 
 
-class BatchFormatError(ValueError):
+class BatchFormatError(SpendstreamError, ValueError):
     """Not a batch record of a format this reader knows; the message says why."""
 
 

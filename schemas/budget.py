@@ -13,6 +13,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from spendstream.errors import UserError
+
 from .avro import codec
 from .models import AwareDatetime, Currency, Money, Strict, Threshold, explain
 from .money import plain
@@ -38,7 +40,7 @@ SCOPE_FIELDS = (
 DEFAULT_TIERS = (Decimal(50), Decimal(75), Decimal(90), Decimal(100))
 
 
-class BudgetError(ValueError):
+class BudgetError(UserError, ValueError):
     """A budget definition that cannot be accepted, with the reason."""
 
 

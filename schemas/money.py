@@ -10,12 +10,14 @@ from __future__ import annotations
 import math
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 
+from spendstream.errors import UserError
+
 SCALE = 9
 NANO = Decimal(1).scaleb(-SCALE)
 MAX_MONEY = Decimal(10) ** (38 - SCALE) - NANO
 
 
-class MoneyError(ValueError):
+class MoneyError(UserError, ValueError):
     pass
 
 

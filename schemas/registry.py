@@ -13,8 +13,10 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from spendstream.errors import SpendstreamError
 
-class RegistryError(RuntimeError):
+
+class RegistryError(SpendstreamError, RuntimeError):
     pass
 
 

@@ -38,6 +38,7 @@ from clickhouse_connect.driver.client import Client
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from spendstream.config import Settings
+from spendstream.errors import SpendstreamError
 from spendstream.metrics import SECONDS_BUCKETS, Histogram, Lags, consumer_lags
 from spendstream.schemas import batches
 from spendstream.schemas.avro import codec, configure_registry, framed_codec
@@ -58,7 +59,7 @@ from .warehouse import connect, migrate
 log = logging.getLogger("spendstream.sink")
 
 
-class SinkStopped(Exception):
+class SinkStopped(SpendstreamError):
     """Stop requested while a batch could not be written; nothing was committed for it."""
 
 

@@ -3,8 +3,10 @@ them without importing the connection code."""
 
 from __future__ import annotations
 
+from spendstream.errors import SpendstreamError
 
-class WarehouseError(RuntimeError):
+
+class WarehouseError(SpendstreamError, RuntimeError):
     """ClickHouse could not be reached or refused a query; the message says what to do."""
 
 

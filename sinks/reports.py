@@ -20,6 +20,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from spendstream.errors import UserError
 from spendstream.schemas.budget import BudgetDefinition
 from spendstream.schemas.models import to_micros
 from spendstream.schemas.money import from_nanos, to_nanos
@@ -47,7 +48,7 @@ DIMENSIONS = {
 FORMATS = ("table", "csv", "json", "md")
 
 
-class ReportError(ValueError):
+class ReportError(UserError, ValueError):
     pass
 
 

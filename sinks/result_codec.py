@@ -21,6 +21,8 @@ from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 from uuid import UUID
 
+from spendstream.errors import SpendstreamError
+
 
 @dataclass(frozen=True)
 class Codec:
@@ -61,7 +63,7 @@ def _codec_for(value: Any) -> Codec | None:
     return found
 
 
-class UnsupportedValue(TypeError):
+class UnsupportedValue(SpendstreamError, TypeError):
     """A value with no JSON form here: add a Codec for its type."""
 
 

@@ -32,6 +32,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from spendstream.errors import UserError
 from spendstream.schemas.models import (
     ApifyRun,
     Attributes,
@@ -42,7 +43,7 @@ from spendstream.schemas.models import (
 )
 
 
-class BuilderError(ValueError):
+class BuilderError(UserError, ValueError):
     """The payload is not what the builder expects; the message names the field."""
 
 

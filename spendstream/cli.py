@@ -16,6 +16,7 @@ from rich.console import Console, RenderableType
 from rich.table import Table
 
 from spendstream.config import ConfigError, Settings, load_settings
+from spendstream.errors import SpendstreamError, UserError
 from spendstream.schemas.money import plain
 
 if TYPE_CHECKING:
@@ -45,7 +46,7 @@ err = Console(stderr=True)
 T = TypeVar("T")
 
 
-class CliError(Exception):
+class CliError(UserError):
     """An error whose message is the whole story for the user."""
 
 
@@ -66,37 +67,9 @@ def _settings() -> Settings:
 
 def _run(action: Callable[[], T]) -> T:
     """Run a command body, turning every known failure into a message and exit code 1."""
-    from spendstream.builders import BuilderError
-    from spendstream.demo import DemoError
-    from spendstream.localkafka import LocalKafkaError
-    from spendstream.processes import ServiceFailed
-    from spendstream.producer import PublishError
-    from spendstream.schemas.budget import BudgetError
-    from spendstream.sinks.notify import NotifyError
-    from spendstream.sinks.notify.config import NotifyConfigError
-    from spendstream.sinks.reports import ReportError
-    from spendstream.sinks.warehouse import WarehouseError
-    from spendstream.streams.pricing import PricingError
-    from spendstream.topics import TopicsError
-
     try:
         return action()
-    except (
-        ConfigError,
-        CliError,
-        BuilderError,
-        DemoError,
-        ServiceFailed,
-        LocalKafkaError,
-        PublishError,
-        BudgetError,
-        WarehouseError,
-        TopicsError,
-        PricingError,
-        ReportError,
-        NotifyConfigError,
-        NotifyError,
-    ) as exc:
+    except SpendstreamError as exc:
         # one line, unwrapped: a message to read, grep and paste, whatever the terminal width
         err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None

@@ -17,6 +17,8 @@ from urllib.parse import urlparse
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from spendstream.errors import UserError
+
 ENV_PREFIX = "SPENDSTREAM_"
 
 
@@ -387,7 +389,7 @@ class Topics:
         return configs
 
 
-class ConfigError(Exception):
+class ConfigError(UserError):
     """Raised with a message a person can act on when settings are invalid."""
 
 

@@ -24,6 +24,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from spendstream.config import Settings
+from spendstream.errors import SpendstreamError
 from spendstream.schemas.budget import BudgetDefinition, validate_hierarchy
 from spendstream.schemas.models import (
     ApifyRun,
@@ -47,7 +48,7 @@ LLM_MODELS = [
 TEAMS = ["ml", "web", "data"]
 
 
-class DemoError(RuntimeError):
+class DemoError(SpendstreamError, RuntimeError):
     pass
 
 

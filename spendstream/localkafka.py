@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from spendstream.config import Settings
+from spendstream.errors import SpendstreamError
 
 
 def new_cluster_id() -> str:
@@ -36,7 +37,7 @@ def new_cluster_id() -> str:
             return raw
 
 
-class LocalKafkaError(RuntimeError):
+class LocalKafkaError(SpendstreamError, RuntimeError):
     """The local broker could not be set up or started; the message says what to do."""
 
 

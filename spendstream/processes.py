@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import TypeVar
 
 from spendstream.config import Settings
+from spendstream.errors import SpendstreamError
 
 T = TypeVar("T")
 
 
-class ServiceFailed(RuntimeError):
+class ServiceFailed(SpendstreamError, RuntimeError):
     pass
 
 

@@ -19,12 +19,13 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from spendstream.config import Settings, load_settings
+from spendstream.errors import SpendstreamError
 from spendstream.schemas.avro import configure_registry, framed_codec
 from spendstream.schemas.budget import BudgetDefinition
 from spendstream.schemas.models import AlertAction, UsageEvent
 
 
-class PublishError(RuntimeError):
+class PublishError(SpendstreamError, RuntimeError):
     pass
 
 

@@ -9,9 +9,10 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from spendstream.config import Settings
+from spendstream.errors import SpendstreamError
 
 
-class TopicsError(RuntimeError):
+class TopicsError(SpendstreamError, RuntimeError):
     pass
 
 

@@ -22,6 +22,7 @@ from typing import Any, cast
 
 from pydantic import BaseModel, ValidationError
 
+from spendstream.errors import UserError
 from spendstream.schemas.budget import BudgetDefinition, BudgetError, validate_hierarchy
 from spendstream.schemas.checks import CheckRequest
 from spendstream.schemas.models import AlertAction, BudgetStatus, explain
@@ -257,7 +258,7 @@ class BudgetApi:
         return 200, dump(result)
 
 
-class ApiError(Exception):
+class ApiError(UserError):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status

@@ -16,12 +16,13 @@ import threading
 
 from confluent_kafka import KafkaError, Message, Producer
 
+from spendstream.errors import SpendstreamError
 from spendstream.producer import produce_waiting
 
 log = logging.getLogger("spendstream.worker")
 
 
-class OutputError(RuntimeError):
+class OutputError(SpendstreamError, RuntimeError):
     """Records of a batch could not be delivered; the batch must not be acknowledged."""
 
 

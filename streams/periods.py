@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+from spendstream.errors import UserError
 from spendstream.schemas.budget import BudgetDefinition
 
 
-class PeriodError(ValueError):
+class PeriodError(UserError, ValueError):
     pass
 
 

@@ -28,6 +28,7 @@ from typing import Any, Protocol
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 
+from spendstream.errors import SpendstreamError
 from spendstream.metrics import SECONDS_BUCKETS, SIZE_BUCKETS, Histogram, consumer_lags
 from spendstream.producer import produce_waiting
 from spendstream.schemas.avro import codec
@@ -82,7 +83,7 @@ class Stage(Protocol):
     def process(self, records: list[InputRecord]) -> PricedBatch: ...
 
 
-class DeliveryFailed(RuntimeError):
+class DeliveryFailed(SpendstreamError, RuntimeError):
     """Outputs of a batch could not be stored; its input offsets must not be committed."""
 
 

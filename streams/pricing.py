@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from spendstream.errors import UserError
 from spendstream.schemas.models import (
     ApifyRun,
     CostComponent,
@@ -31,7 +32,7 @@ from spendstream.schemas.money import money
 MTOK = Decimal(1_000_000)
 
 
-class PricingError(ValueError):
+class PricingError(UserError, ValueError):
     """The event cannot be priced; ``code`` is machine-readable, the message is for people."""
 
     def __init__(self, code: str, message: str) -> None:

@@ -5,6 +5,8 @@
 rate limits and digests without Kafka, and ``service`` wires it to the alerts topic.
 """
 
+from spendstream.errors import SpendstreamError
 
-class NotifyError(RuntimeError):
+
+class NotifyError(SpendstreamError, RuntimeError):
     """Delivery cannot go on: the delivery log or dead letters could not be written."""

@@ -44,12 +44,14 @@ from pydantic import (
     model_validator,
 )
 
+from spendstream.errors import UserError
+
 #: a budget id (schemas/budget.py) or a glob over budget ids
 _GLOB_CHARS = re.compile(r"^[A-Za-z0-9._*?!\[\]-]{1,128}$")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
-class NotifyConfigError(ValueError):
+class NotifyConfigError(UserError, ValueError):
     """The rules file cannot be used; the message names every problem and where."""
 
 
