@@ -99,6 +99,26 @@ def redact(text: str, secrets: Iterable[str]) -> str:
     return text
 
 
+def _outcome(
+    started: float,
+    secrets: Sequence[str],
+    ok: bool,
+    final: bool,
+    status: int | None,
+    error: str | None,
+    retry: float | None = None,
+) -> SendResult:
+    """A SendResult timed from ``started`` (time.monotonic), its error redacted."""
+    return SendResult(
+        ok=ok,
+        final=final,
+        status=status,
+        retry_after_s=retry,
+        error=None if error is None else redact(error, secrets),
+        latency_ms=(time.monotonic() - started) * 1000,
+    )
+
+
 def _describe(exc: BaseException) -> str:
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
@@ -152,14 +172,7 @@ def post_json(
     def result(
         ok: bool, final: bool, status: int | None, error: str | None, retry: float | None = None
     ) -> SendResult:
-        return SendResult(
-            ok=ok,
-            final=final,
-            status=status,
-            retry_after_s=retry,
-            error=None if error is None else redact(error, secrets),
-            latency_ms=(time.monotonic() - started) * 1000,
-        )
+        return _outcome(started, secrets, ok, final, status, error, retry)
 
     if urlsplit(url).scheme.lower() not in ("http", "https"):
         return result(False, True, None, f"invalid URL {url!r}: only http and https are sent to")
@@ -390,14 +403,7 @@ class EmailSender:
         started = time.monotonic()
 
         def result(ok: bool, final: bool, status: int | None, error: str | None) -> SendResult:
-            return SendResult(
-                ok=ok,
-                final=final,
-                status=status,
-                retry_after_s=None,
-                error=None if error is None else redact(error, self._secrets),
-                latency_ms=(time.monotonic() - started) * 1000,
-            )
+            return _outcome(started, self._secrets, ok, final, status, error)
 
         c = self.config
         try:
