@@ -45,7 +45,7 @@ def read_topic(
         parts = list(meta.topics[topic].partitions)
         pending = set()
         for p in parts:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
+            low, high = _watermarks(consumer, TopicPartition(topic, p), timeout)
             if high > low:
                 pending.add(p)
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
@@ -195,7 +195,7 @@ def read_newest(
             return None
         starts = []
         for p in meta.topics[topic].partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
+            low, high = _watermarks(consumer, TopicPartition(topic, p), timeout)
             if high > low:  # a few back: the last offsets may be transaction markers
                 starts.append(TopicPartition(topic, p, max(low, high - TAIL_RECORDS)))
         pending = {tp.partition for tp in starts}

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 from prometheus_client.parser import text_string_to_metric_families
 
 from spendstream.config import Settings
@@ -31,7 +31,7 @@ from spendstream.sinks.notify.channels import verify_signature
 from spendstream.sinks.notify.config import load_config
 from spendstream.sinks.notify.service import NotifyService
 from spendstream.sinks.warehouse import connect
-from spendstream.topics import ensure_topics, notify_group
+from spendstream.topics import ensure_topics, notify_group, topic_lags
 
 pytestmark = pytest.mark.integration
 
@@ -126,18 +126,10 @@ def produce(settings: Settings, alerts: list[BudgetAlert]) -> None:
 
 def committed_lag(settings: Settings) -> int:
     """Alerts the notify group has not committed."""
-    c = Consumer({"bootstrap.servers": settings.bootstrap_servers,
-                  "group.id": notify_group(settings), "enable.auto.commit": False})  # fmt: skip
-    try:
-        topic = settings.topics.alerts
-        parts = [TopicPartition(topic, p) for p in c.list_topics(topic).topics[topic].partitions]
-        lag = 0
-        for tp in c.committed(parts, timeout=30):
-            low, high = c.get_watermark_offsets(tp, timeout=30)
-            lag += high - (tp.offset if tp.offset >= 0 else low)
-        return lag
-    finally:
-        c.close()
+    return sum(
+        v or 0
+        for v in topic_lags(settings, notify_group(settings), [settings.topics.alerts]).values()
+    )
 
 
 def run_until(service: NotifyService, done: Any, timeout: float = 60) -> dict[str, int]:
