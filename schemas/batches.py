@@ -43,7 +43,21 @@ PRICED_COLUMNS = (
 )  # fmt: skip
 P = {name: index for index, name in enumerate(PRICED_COLUMNS)}
 
-FORMATS = {ALLOCATIONS_V1: ALLOCATION_COLUMNS, PRICED_V1: PRICED_COLUMNS}
+CONVERSIONS_V1 = "conversions/1"
+#: columns of a conversion row: an allocation in another currency than its budget's, as
+#: the aggregator converted it (``rate`` a decimal string, ``rate_day`` YYYY-MM-DD: the day
+#: whose reference rate applied; amounts in nano-units of each currency)
+CONVERSION_COLUMNS = (
+    "event_id", "budget_id", "period_key", "occurred_at_us", "amount_nanos", "currency",
+    "budget_currency", "rate", "rate_day", "budget_amount_nanos", "converted_at_us",
+)  # fmt: skip
+C = {name: index for index, name in enumerate(CONVERSION_COLUMNS)}
+
+FORMATS = {
+    ALLOCATIONS_V1: ALLOCATION_COLUMNS,
+    PRICED_V1: PRICED_COLUMNS,
+    CONVERSIONS_V1: CONVERSION_COLUMNS,
+}
 
 
 class BatchFormatError(SpendstreamError, ValueError):

@@ -402,6 +402,10 @@ class BudgetStatus(Strict):
     days_left: Decimal | None = None
     days_to_limit: Decimal | None = None
     active_alerts: list[str] = Field(default_factory=list)
+    #: allocations in another currency waiting for their day's exchange rate, and what
+    #: they amount to per billed currency (not in ``spent`` until converted)
+    held_allocations: int = 0
+    held_amounts: dict[str, ExactDecimal] = Field(default_factory=dict)
 
     @property
     def remaining(self) -> Decimal:

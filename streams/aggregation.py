@@ -74,6 +74,12 @@ class PeriodState:
     hourly: dict[int, int] = field(default_factory=dict)
     #: alert kind -> event time (us) of its last alert, for the cooldown
     last_alert_us: dict[str, int] = field(default_factory=dict)
+    #: allocations in another currency counted (their origin is in ``watermarks``) but
+    #: waiting for their day's exchange rate: [event_id, nanos, currency, occurred_us]
+    held: list[list[Any]] = field(default_factory=list)
+    #: the partition of the allocations topic (and of the table's changelog) the state
+    #: lives in; a release of held allocations writes it there without an input record
+    partition: int = -1
     #: the last projection and what it was computed from (not part of the stored state)
     _projected: tuple[tuple[Any, ...], Projection] | None = field(
         default=None, repr=False, compare=False
@@ -102,6 +108,8 @@ class PeriodState:
             "daily": {str(k): v for k, v in self.daily.items()},
             "hourly": {str(k): v for k, v in self.hourly.items()},
             "last_alert_us": dict(self.last_alert_us),
+            "held": [list(h) for h in self.held],
+            "partition": self.partition,
         }
 
     def dumps(self) -> str:
@@ -133,9 +141,34 @@ class PeriodState:
     ) -> bool:
         """``apply`` on plain values (the hot path reads fastavro dicts, not models):
         ``origin`` is "topic:partition" of the raw input, times are epoch microseconds."""
+        if not self.admit(origin, offset):
+            return False
+        self.add(nanos, when, start_us, end_us)
+        return True
+
+    def admit(self, origin: str, offset: int) -> bool:
+        """Record an origin position; False when it was counted (or held) before."""
         if offset <= self.watermarks.get(origin, -1):
             return False
         self.watermarks[origin] = offset
+        return True
+
+    def hold(self, event_id: str, nanos: int, currency: str, when: int, start_us: int,
+             end_us: int) -> None:  # fmt: skip
+        """Keep an admitted allocation until its exchange rate is known (fx.py)."""
+        self.held.append([event_id, nanos, currency, when])
+        self.period_start_us = start_us
+        self.period_end_us = end_us
+
+    def held_amounts(self) -> dict[str, int]:
+        """Nano-units waiting for a rate, per currency they were billed in."""
+        amounts: dict[str, int] = {}
+        for _, nanos, currency, _ in self.held:
+            amounts[currency] = amounts.get(currency, 0) + nanos
+        return amounts
+
+    def add(self, nanos: int, when: int, start_us: int, end_us: int) -> None:
+        """Count an amount (in the budget's currency) at event time ``when``."""
         self.spent_nanos += nanos
         self.count += 1
         self.period_start_us = start_us
@@ -150,7 +183,6 @@ class PeriodState:
             self.hourly[hour] = self.hourly.get(hour, 0) + nanos
             for old in [h for h in self.hourly if h <= newest - HOURS_KEPT]:
                 del self.hourly[old]
-        return True
 
     def projection(self, limit: Decimal, now_us: int | None = None) -> Projection:
         """Projection at ``now_us`` (default: the latest event time, so replays agree);
@@ -345,4 +377,6 @@ def status_of(
         days_left=proj.days_left,
         days_to_limit=proj.days_to_limit,
         active_alerts=[prefix + t for t in state.alerted if prefix + t not in done],
+        held_allocations=len(state.held),
+        held_amounts={c: from_nanos(n) for c, n in sorted(state.held_amounts().items())},
     )

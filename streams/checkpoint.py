@@ -54,6 +54,8 @@ class Checkpoint(Generic[Source]):
     #: let the offsets of these records commit
     finish: Callable[[list[Any]], None]
     resolved: Callable[[], set[str]] = set
+    #: send ``conversions/1`` rows (allocations converted to their budget's currency)
+    send_conversions: Callable[[list[list[Any]]], None] = lambda rows: None
     interval_s: float = 1.0
     clock: Callable[[], float] = time.monotonic
     #: "budget|period" -> the newest state (the table's value, or newer)
@@ -80,14 +82,18 @@ class Checkpoint(Generic[Source]):
         written), remember its changed states and its records."""
         for alert in result.alerts:
             self.send_alert(alert)
+        if result.conversions:  # like the alerts: acked before the states that count them
+            self.send_conversions(result.conversions)
+        if not self.waiting and not self.dirty:
+            self.since = self.clock()  # the interval runs from the oldest unwritten batch
         for key, state in result.states.items():
             self.dirty[key] = Dirty(state, result.sources[key], result.last_event.get(key))
-        if not self.waiting:
-            self.since = self.clock()  # the interval runs from the oldest unwritten batch
         self.waiting.extend(events)
 
     def due(self) -> bool:
-        return bool(self.waiting) and self.clock() - self.since >= self.interval_s
+        """A release of held allocations changes states without input records: they are
+        due like a batch's."""
+        return bool(self.waiting or self.dirty) and self.clock() - self.since >= self.interval_s
 
     async def commit(self, now: datetime) -> int:
         """Write what the batches since the last checkpoint changed; returns the number of
@@ -95,10 +101,14 @@ class Checkpoint(Generic[Source]):
 
         1. Forecast and anomaly rules run once per changed (budget, period); the alerts
            due are recorded in its state. Crash after: nothing left the process.
-        2. Deliver those alerts and wait for the broker's acks of every alert sent since
-           the last checkpoint (the batches' threshold alerts included). Crash after: the
+        2. Deliver those alerts and wait for the broker's acks of every alert and
+           conversion row sent since the last checkpoint (the batches' threshold alerts
+           included). Crash after: the
            states that record them were not written, so the replayed batches fire them
-           again with the same alert ids (subscribers and the sink dedupe on them).
+           again with the same alert ids (subscribers and the sink dedupe on them), and
+           the same conversions (ClickHouse keeps one row per event and budget); held
+           allocations released since are still held in the stored states and are
+           released again.
         3. Write each changed state to the table (faust sends it to the changelog and
            flushes its producer before committing offsets). Crash after: the batches are
            replayed; the watermarks in whichever state was restored skip what it counted.

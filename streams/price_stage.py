@@ -47,7 +47,6 @@ from .partitioner import KeyPartitioner
 from .periods import LateWindow, Period, budget_period
 from .price_loop import InputRecord, OutputRecord, PricedBatch
 from .pricing import Pricer, PricingError
-from .processor import MismatchLog
 
 log = logging.getLogger("spendstream.price")
 
@@ -250,20 +249,17 @@ class PriceRules:
     # --- allocate ----------------------------------------------------------------------
     def allocate(
         self, priced: Priced, origin: tuple[str, int, int], arrived: datetime
-    ) -> tuple[list[list[Any]], Rejected | None, list[str]]:
+    ) -> tuple[list[list[Any]], Rejected | None]:
         """(allocation rows in the ``allocations/1`` column order, the too_late rejection
-        if any, budgets skipped for currency)."""
+        if any). A budget in another currency gets the amount as billed: the aggregator
+        converts it at the rate of the event's day (fx.py)."""
         event = priced.event
         when = event["occurred_at"]
         rows: list[list[Any]] = []
-        skipped: list[str] = []
         late: Rejected | None = None
         tail: list[Any] | None = None
         for match in self.budgets.match(EventView(event)):
             budget = match.budget
-            if budget.currency != priced.currency:
-                skipped.append(budget.budget_id)
-                continue
             found = self._period(budget, when)
             if found is None:
                 continue
@@ -285,7 +281,7 @@ class PriceRules:
                 tail = self._event_columns(priced, origin)
             rows.append([event["event_id"], budget.budget_id, match.via, period.key, start_us,
                          end_us, *tail])  # fmt: skip
-        return rows, late, skipped
+        return rows, late
 
     @staticmethod
     def _event_columns(priced: Priced, origin: tuple[str, int, int]) -> list[Any]:
@@ -345,14 +341,12 @@ class PriceStage:
         dlq_topic: str,
         changelog_topic: str,
         partitions: Callable[[str], int],
-        on_skipped: Callable[[str, str, list[str]], None] | None = None,
     ) -> None:
         self.rules = rules
         self.dedupe = dedupe
         self.topics = (priced_topic, allocations_topic, dlq_topic, changelog_topic)
         self.partitions = partitions
         self.allocation_partition = KeyPartitioner(partitions(allocations_topic))
-        self.on_skipped = on_skipped or _log_skipped(rules.budgets)
         self._seen = framed_codec("SeenEvents", changelog_topic)
         self._dead = framed_codec("DeadLetter", dlq_topic)
 
@@ -397,15 +391,12 @@ class PriceStage:
                 counters[f"price_fallback_{priced.fallback}"] += 1
             arrived = from_micros(record.timestamp_ms * 1000) if record.timestamp_ms > 0 else now
             origin = (record.topic, record.partition, record.offset)
-            allocations, late, skipped = rules.allocate(priced, origin, arrived)
+            allocations, late = rules.allocate(priced, origin, arrived)
             if late is not None:
                 dead.append(self._dead_letter(late, record, now))
                 counters["dlq"] += 1
                 counters[f"dlq_{late.code}"] += 1
                 counters["too_late"] += 1
-            if skipped:
-                counters["skipped_currency_mismatch"] += len(skipped)
-                self.on_skipped(event_id, priced.currency, skipped)
             part.rows.append(_priced_row(priced, origin, now_us))
             for row in allocations:
                 target = self.allocation_partition(row[budget_column])
@@ -465,20 +456,3 @@ def _priced_row(priced: Priced, origin: tuple[str, int, int], now_us: int) -> li
         priced.priced, [list(line) for line in priced.lines], priced.source, priced.version,
         *origin, now_us,
     ]  # fmt: skip
-
-
-def _log_skipped(budgets: BudgetRegistry) -> Callable[[str, str, list[str]], None]:
-    mismatches = MismatchLog()
-
-    def report(event_id: str, currency: str, budget_ids: list[str]) -> None:
-        for budget_id in budget_ids:
-            if mismatches.first(budget_id, currency):
-                budget = budgets.get(budget_id)
-                log.warning(
-                    "budget '%s' is in %s: %s spend (first: event %s) does not count toward "
-                    "it, amounts are never converted; spendstream_currency_mismatches_total on "
-                    "/metrics counts every such event (logged once per budget and currency)",
-                    budget_id, budget.currency if budget else "?", currency, event_id,
-                )  # fmt: skip
-
-    return report

@@ -42,32 +42,10 @@ class Outcome:
     priced: PricedUsage | None = None
     allocations: list[CostAllocation] = field(default_factory=list)
     dead: DeadLetter | None = None
-    #: budgets the event matched but does not count toward because their currency differs
-    #: from the cost's (amounts are never converted)
-    skipped_budgets: list[str] = field(default_factory=list)
 
     @property
     def too_late(self) -> bool:
         return self.priced is not None and self.dead is not None
-
-
-class MismatchLog:
-    """Which (budget, currency) pairs were already reported: a currency mismatch is logged
-    once per pair, not once per event (the metric counts every event)."""
-
-    def __init__(self, max_pairs: int = 10_000) -> None:
-        self.max_pairs = max_pairs
-        self._seen: set[tuple[str, str]] = set()
-
-    def first(self, budget_id: str, currency: str) -> bool:
-        """True the first time this pair is seen (and after the memory was reset)."""
-        pair = (budget_id, currency)
-        if pair in self._seen:
-            return False
-        if len(self._seen) >= self.max_pairs:
-            self._seen.clear()
-        self._seen.add(pair)
-        return True
 
 
 def dead_letter(
@@ -179,9 +157,6 @@ class UsageProcessor:
         outcome = Outcome(event=event, priced=priced)
         for match in self.budgets.match(event):
             budget = match.budget
-            if budget.currency != cost.currency:
-                outcome.skipped_budgets.append(budget.budget_id)
-                continue
             period = budget_period(budget, event.occurred_at)
             if period is None:
                 continue
@@ -190,8 +165,7 @@ class UsageProcessor:
                 # All or nothing: an event counts toward every budget it falls under or
                 # toward none, so ClickHouse and the budgets never disagree about it. It
                 # is still priced (real spend, stored in priced_usage); the dead letter
-                # records why it counts nowhere. The loop goes on only to list every
-                # currency-skipped budget.
+                # records why it counts nowhere.
                 outcome.allocations.clear()
                 outcome.dead = dead_letter(
                     "too_late",

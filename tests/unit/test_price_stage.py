@@ -89,7 +89,7 @@ def test_a_batch_becomes_batch_records_dead_letters_changelog_and_commits():
     batch = s.process(records, NOW)
     assert batch.commits == {("usage.llm", 0): 17}
     assert batch.counters["priced"] == 3 and batch.counters["duplicates"] == 1
-    assert batch.counters["dlq"] == 3 and batch.counters["skipped_currency_mismatch"] == 1
+    assert batch.counters["dlq"] == 3 and batch.counters["allocations"] == 9
     # per reason too, for /metrics (spendstream_events_dead_lettered_total{reason})
     assert [batch.counters[f"dlq_{r}"] for r in ("decode", "unknown_model")] == [1, 1]
     (priced,) = outputs(batch, "usage.priced")
@@ -113,9 +113,12 @@ def test_a_batch_becomes_batch_records_dead_letters_changelog_and_commits():
         for a in batches.decode(out.value)[1]:
             assert out.partition == partition_for(a[A["budget_id"]].encode(), 4)
             allocs[f"{a[A['event_id']]}/{a[A['budget_id']]}"] = a
-    # e1, e3: org, ml, daily-openai; e2 (web): org, daily-openai (eur skipped: currency)
+    # e1, e3: org, ml, daily-openai; e2 (web): org, daily-openai, eur: the EUR budget gets
+    # the USD amount as billed (the aggregator converts it)
     assert sorted(allocs) == sorted(["e1/org", "e1/ml", "e1/daily-openai", "e3/org", "e3/ml",
-                                     "e3/daily-openai", "e2/org", "e2/daily-openai"])  # fmt: skip
+                                     "e3/daily-openai", "e2/org", "e2/daily-openai",
+                                     "e2/eur"])  # fmt: skip
+    assert allocs["e2/eur"][A["currency"]] == "USD"
     assert allocs["e1/ml"][A["amount_nanos"]] == to_nanos(want.total)
     assert allocs["e1/ml"][A["matched_via"]] == "ml"
     assert allocs["e1/org"][A["occurred_at_us"]] == to_micros(events[0].occurred_at)
@@ -174,7 +177,7 @@ def reference(event_bytes: bytes | None, offset: int, late: int | None = 1):
     allocs = sorted((a.budget_id, a.period_key, a.amount, a.matched_via) for a in out.allocations)
     return ("priced", out.priced.cost, out.priced.currency,
             [(c.name, c.quantity, c.amount) for c in out.priced.components], allocs,
-            out.dead.error_code if out.dead else None, sorted(out.skipped_budgets))  # fmt: skip
+            out.dead.error_code if out.dead else None)  # fmt: skip
 
 
 def fast(event_bytes: bytes | None, offset: int, late: int | None = 1):
@@ -186,13 +189,13 @@ def fast(event_bytes: bytes | None, offset: int, late: int | None = 1):
     priced = rules.price(*decoded)
     if isinstance(priced, Rejected):
         return ("dead", priced.code, priced.reason)
-    allocs, late_dead, skipped = rules.allocate(priced, ("usage.llm", 0, offset), NOW)
+    allocs, late_dead = rules.allocate(priced, ("usage.llm", 0, offset), NOW)
     A = batches.A
     return ("priced", from_nanos(priced.total_nanos), priced.currency,
             [(n, from_nanos(q), from_nanos(a)) for n, q, _, a in priced.lines],
             sorted((a[A["budget_id"]], a[A["period_key"]], from_nanos(a[A["amount_nanos"]]),
                     a[A["matched_via"]]) for a in allocs),
-            late_dead.code if late_dead else None, sorted(skipped))  # fmt: skip
+            late_dead.code if late_dead else None)  # fmt: skip
 
 
 def payloads(rng: random.Random):
