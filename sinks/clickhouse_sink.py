@@ -130,6 +130,8 @@ class ClickHouseSink:
             self.topics.dlq: "dead_letters",
             self.topics.alert_actions: "alert_actions",
             self.topics.alert_deliveries: "alert_deliveries",
+            self.topics.conversions: "allocation_conversions",
+            self.topics.fx_rates: "fx_rates",
         }
         self._client_factory = client_factory or (lambda: connect(settings))
         self.client = client or self._client_factory()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from binascii import a2b_base64
 from collections.abc import Callable
+from datetime import date
+from decimal import Decimal
 from typing import Any
 
 from spendstream.schemas import batches
@@ -218,6 +220,37 @@ def delivery_row(value: bytes, pos: Position) -> list[Any]:
     ]  # fmt: skip
 
 
+CONVERSION_COLUMNS = [
+    "event_id", "budget_id", "period_key", "occurred_at", "amount", "currency",
+    "budget_currency", "rate", "rate_day", "budget_amount", "converted_at",
+    "_topic", "_partition", "_offset",
+]  # fmt: skip
+
+
+def conversion_rows(value: bytes, pos: Position) -> list[list[Any]]:
+    """Rows of a ``conversions/1`` batch record (the aggregator's currency conversions)."""
+    version, rows = batches.decode(value)
+    if version != batches.CONVERSIONS_V1:
+        raise batches.BatchFormatError(f"a {version} record on the conversions topic")
+    return [
+        [r[0], r[1], r[2], from_micros(r[3]), from_nanos(r[4]), r[5], r[6], Decimal(r[7]),
+         date.fromisoformat(r[8]), from_nanos(r[9]), from_micros(r[10]), *pos]
+        for r in rows
+    ]  # fmt: skip
+
+
+FX_RATE_COLUMNS = [
+    "day", "base", "quote", "rate", "source", "published_at", "_topic", "_partition", "_offset",
+]  # fmt: skip
+
+
+def fx_rate_rows(value: bytes | None, pos: Position) -> list[list[Any]]:
+    if value is None:  # a tombstone: the rate is withdrawn; the table keeps what it had
+        return []
+    r = codec("FxRate").decode(value)
+    return [[r["day"], r["base"], r["quote"], r["rate"], r["source"], r["published_at"], *pos]]
+
+
 #: table name -> (columns, builder of the rows of one record, taking (value, position, key))
 RowBuilder = Callable[[Any, Position, Any], list[list[Any]]]
 TABLES: dict[str, tuple[list[str], RowBuilder]] = {
@@ -228,4 +261,6 @@ TABLES: dict[str, tuple[list[str], RowBuilder]] = {
     "dead_letters": (DLQ_COLUMNS, lambda v, p, k: [dlq_row(v, p)]),
     "alert_actions": (ACTION_COLUMNS, lambda v, p, k: [action_row(v, p)]),
     "alert_deliveries": (DELIVERY_COLUMNS, lambda v, p, k: [delivery_row(v, p)]),
+    "allocation_conversions": (CONVERSION_COLUMNS, lambda v, p, k: conversion_rows(v, p)),
+    "fx_rates": (FX_RATE_COLUMNS, lambda v, p, k: fx_rate_rows(v, p)),
 }

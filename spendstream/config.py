@@ -368,6 +368,16 @@ class Topics:
         """Alerts a notification channel gave up on, with the channel and the reason."""
         return self.name("alerts.dlq")
 
+    @property
+    def fx_rates(self) -> str:
+        """Reference exchange rates (compacted, key = base/quote/day; fx.py)."""
+        return self.name("fx-rates")
+
+    @property
+    def conversions(self) -> str:
+        """Allocations the aggregator converted to their budget's currency (conversions/1)."""
+        return self.name("allocation-conversions")
+
     def source_family(self, topic: str) -> str:
         """'usage.llm' (with prefix) -> 'llm'."""
         base = topic[len(self.prefix) :] if topic.startswith(self.prefix) else topic
@@ -383,6 +393,8 @@ class Topics:
         configs[self.alerts] = {}
         configs[self.alert_deliveries] = {}
         configs[self.alerts_dlq] = {}
+        configs[self.conversions] = {}
+        configs[self.fx_rates] = dict(compacted)
         configs[self.budgets] = dict(compacted)
         configs[self.status] = dict(compacted)
         configs[self.alert_actions] = dict(compacted)

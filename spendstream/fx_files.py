@@ -84,9 +84,7 @@ def _day(text: str) -> date:
     raise ValueError(f"'{text}' is not a date (YYYY-MM-DD or '26 November 2026')")
 
 
-def _rate(
-    number: int, day: date, base: str, quote: str, text: str, source: str
-) -> FxRate | str:
+def _rate(number: int, day: date, base: str, quote: str, text: str, source: str) -> FxRate | str:
     try:
         value = Decimal(text)
     except InvalidOperation:

@@ -127,7 +127,7 @@ def sink_inputs(settings: Settings) -> list[str]:
     """Topics the sink group consumes (as sinks/clickhouse_sink.py subscribes)."""
     t = settings.topics
     return [t.priced, t.allocations, t.alerts, t.budgets, t.dlq, t.alert_actions,
-            t.alert_deliveries]  # fmt: skip
+            t.alert_deliveries, t.conversions, t.fx_rates]  # fmt: skip
 
 
 def group_lag(settings: Settings, group: str, topics: Iterable[str]) -> int:

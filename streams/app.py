@@ -202,7 +202,7 @@ def create_worker(settings: Settings) -> Worker:
     feed = BudgetFeed(settings, registry, follow_status=True)
     pricer = Pricer(Catalog.for_settings(settings.price_catalog))
     policy = AlertPolicy.from_settings(settings)
-    stage = AggregateStage(registry, policy)
+    stage = AggregateStage(registry, policy, feed.fx)
     from spendstream.producer import producer_config
 
     out = OutputProducer(producer_config(settings, **{"linger.ms": 2}))
@@ -318,7 +318,36 @@ def create_worker(settings: Settings) -> Worker:
                                              _enc("BudgetStatus", st, topics.status)),
         drain=drain, finish=offset_guard.finish, resolved=feed.resolved,
         interval_s=settings.worker_commit_interval_ms / 1000,
+        send_conversions=lambda rows: out.send(
+            topics.conversions, None, batches.encode(batches.CONVERSIONS_V1, rows)),
     )  # fmt: skip
+
+    released_at = [feed.fx.version]
+
+    @app.timer(interval=1.0)
+    async def release_held() -> None:
+        """New exchange rates: count the held allocations they convert (states of this
+        worker's partitions; the checkpoint writes them like a batch's)."""
+        version = feed.fx.version
+        if version == released_at[0] or app.rebalancing:
+            return
+        async with lock:
+            assigned = {tp.partition for tp in app.assignor.assigned_actives()
+                        if tp.topic == topics.allocations}  # fmt: skip
+            held = []
+            for key in held_keys(checkpoint.states, spend):
+                state = checkpoint.load(key, spend.get)
+                if state.held and state.partition in assigned:
+                    held.append((key, state, PartitionRef(topics.allocations, state.partition)))
+            now = datetime.now(UTC)
+            result = stage.release(held, now)
+            await checkpoint.batch(result, [])
+            metrics.update(result.counters)
+            metrics["alerts"] += len(result.alerts)
+            released_at[0] = version
+            if result.counters["fx_released"]:
+                log.info("exchange rates released %d held allocations",
+                         result.counters["fx_released"])  # fmt: skip
 
     def with_event(event: faust.EventT, action: Any) -> Any:
         """Run a table access in the context of ``event`` so it uses that event's partition."""
@@ -366,6 +395,33 @@ def create_worker(settings: Settings) -> Worker:
 
     app.on_before_shutdown.connect(close_output)  # type: ignore[arg-type]
     return worker
+
+
+class PartitionRef:
+    """Where a state lives when no input record changed it (a release of held
+    allocations): what the table write (``message.partition``) and a revocation
+    (``message.tp``) read of a faust event."""
+
+    def __init__(self, topic: str, partition: int) -> None:
+        from faust.types import TP
+
+        self.message = _Message(partition, TP(topic, partition))
+
+
+@dataclass(frozen=True)
+class _Message:
+    partition: int
+    tp: Any
+
+
+def held_keys(states: dict[str, Any], table: Any) -> set[str]:
+    """Keys of states holding allocations that wait for an exchange rate: in memory, or
+    in the table (a worker that restarted has not loaded them)."""
+    keys = {k for k, state in states.items() if state.held}
+    for key, value in list(table.items()):
+        if key not in states and value and '"held":[[' in value:
+            keys.add(key)
+    return keys
 
 
 def offset_spans(events: list[Any]) -> str:

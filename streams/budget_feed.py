@@ -22,8 +22,10 @@ from spendstream.config import Settings
 from spendstream.readback import newer_status
 from spendstream.schemas.avro import codec
 from spendstream.schemas.budget import BudgetDefinition
+from spendstream.schemas.fx import FxRate
 from spendstream.schemas.models import AlertAction, BudgetStatus
 
+from .fx import FxTable, Rate
 from .matching import BudgetRegistry
 
 log = logging.getLogger(__name__)
@@ -131,6 +133,8 @@ class BudgetFeed(threading.Thread):
         #: "budget_id|period_key" -> latest status; alert_id -> latest action
         self.statuses = LatestStatuses()
         self.actions: dict[str, AlertAction] = {}
+        #: every reference exchange rate (fx-rates topic), when following state
+        self.fx = FxTable()
         self.follow_status = follow_status
         self.fetch_wait_ms = fetch_wait_ms
         #: set once the budgets topic is read to its end; ``caught_up`` once every topic is
@@ -150,7 +154,7 @@ class BudgetFeed(threading.Thread):
         topics = self.settings.topics
         wanted = [topics.budgets]
         if self.follow_status:
-            wanted += [topics.status, topics.alert_actions]
+            wanted += [topics.status, topics.alert_actions, topics.fx_rates]
         consumer = Consumer(
             {
                 "bootstrap.servers": self.settings.bootstrap_servers,
@@ -243,6 +247,9 @@ class BudgetFeed(threading.Thread):
         if topic == self.settings.topics.status:
             self.statuses.add(name, value)  # decoded when read
             return
+        if topic == self.settings.topics.fx_rates:
+            self._apply_rate(name, value)
+            return
         if value is None:
             self.actions.pop(name, None)
             return
@@ -251,3 +258,13 @@ class BudgetFeed(threading.Thread):
         except Exception as exc:
             self.rejected += 1
             log.error("ignoring undecodable %s record %s: %s", topic, name, exc)
+
+    def _apply_rate(self, key: str, value: bytes | None) -> None:
+        if value is None:  # withdrawn rates stay known: amounts converted at them stand
+            return
+        try:
+            rate = FxRate.decode(value)
+            self.fx.add(Rate(rate.day, rate.base, rate.quote, rate.rate))
+        except Exception as exc:
+            self.rejected += 1
+            log.error("ignoring undecodable exchange rate %s: %s", key, exc)

@@ -147,9 +147,13 @@ def worker_families(worker: Worker) -> list[Metric]:
         _counter("spendstream_allocations_aggregated", "Cost allocations counted into "
                  "budget spend by the aggregator (replays excluded).", _int(agg, "aggregated")),
         alerts,
-        _counter("spendstream_currency_mismatches", "Allocations skipped: the event's "
-                 "currency differs from its budget's (never converted).",
-                 _int(price, "skipped_currency_mismatch")),
+        fx_family(agg),
+        GaugeMetricFamily("spendstream_fx_held_allocations", "Allocations in another "
+                          "currency than their budget's waiting for their day's exchange "
+                          "rate (all budgets, from the latest statuses).",
+                          value=float(held_allocations(worker))),
+        GaugeMetricFamily("spendstream_fx_rates", "Reference exchange rates known.",
+                          value=float(len(worker.feed.fx))),
         _counter("spendstream_price_fallbacks", "Events priced by a fallback rule (not an "
                  "exact catalog entry).", fallbacks),
         GaugeMetricFamily("spendstream_budgets", "Budgets this worker knows.",
@@ -161,6 +165,24 @@ def worker_families(worker: Worker) -> list[Metric]:
                          seconds),
         lag_family([(worker.price_group, price_lags), (worker.group, agg_lags)]),
     ]  # fmt: skip
+
+
+def fx_family(agg: Mapping[str, Any]) -> CounterMetricFamily:
+    """Allocations the aggregator converted to their budget's currency: on arrival, or
+    released from hold when their rate was published; and how many it held."""
+    family = CounterMetricFamily(
+        "spendstream_fx_allocations", "Cross-currency allocations by what happened: "
+        "converted on arrival, held for a missing rate, released from hold.",
+        labels=["outcome"],
+    )  # fmt: skip
+    for outcome, key in (("converted", "fx_converted"), ("held", "fx_held"),
+                         ("released", "fx_released")):  # fmt: skip
+        family.add_metric([outcome], _int(agg, key))
+    return family
+
+
+def held_allocations(worker: Worker) -> int:
+    return sum(getattr(s, "held_allocations", 0) or 0 for s in worker.feed.statuses.values())
 
 
 def worker_not_ready(worker: Worker, now: float | None = None) -> list[str]:
