@@ -67,6 +67,11 @@ class BudgetVerdict(Strict):
     approval_required: bool = False
     downgrade_to: str | None = None
     reason: str
+    #: the budget's currency (spent, limit and spent_after are in it); when it differs
+    #: from the call's, the cost converted at the newest reference rate and that rate
+    currency: str | None = None
+    cost_in_budget_currency: ExactDecimal | None = None
+    rate: Decimal | None = None
 
 
 class CheckResult(Strict):

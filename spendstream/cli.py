@@ -743,7 +743,7 @@ def check_cmd(
         feed = _read_budgets(settings, follow_status=True)
         pricer = Pricer(Catalog.for_settings(settings.price_catalog))
         result = check(request, feed.registry, spent_from(feed.statuses), pricer,
-                       datetime.now(UTC))  # fmt: skip
+                       datetime.now(UTC), feed.fx)  # fmt: skip
         if as_json:
             print(json.dumps(dump(result), indent=2))
             return result.decision

@@ -250,7 +250,7 @@ class BudgetApi:
         try:
             request = CheckRequest.model_validate(data)
             result = check(request, self.registry, spent_from(self.feed.statuses), self.pricer,
-                           datetime.now(UTC))  # fmt: skip
+                           datetime.now(UTC), getattr(self.feed, "fx", None))  # fmt: skip
         except ValidationError as exc:
             return error(422, explain(exc, "check"))
         except PricingError as exc:

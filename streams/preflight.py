@@ -16,9 +16,10 @@ from typing import Any
 from spendstream.schemas.budget import BudgetDefinition
 from spendstream.schemas.checks import SEVERITY, BudgetVerdict, CheckRequest, CheckResult
 from spendstream.schemas.models import LlmUsage, UsageEvent
-from spendstream.schemas.money import plain
+from spendstream.schemas.money import from_nanos, plain, to_nanos
 
 from .aggregation import state_key
+from .fx import FxTable
 from .matching import BudgetRegistry
 from .periods import budget_period
 from .pricing import Pricer
@@ -57,7 +58,12 @@ def estimate(request: CheckRequest, pricer: Pricer, now: datetime) -> Decimal:
 
 
 def verdict(
-    budget: BudgetDefinition, via: str, period_key: str, spent: Decimal, cost: Decimal
+    budget: BudgetDefinition,
+    via: str,
+    period_key: str,
+    spent: Decimal,
+    cost: Decimal,
+    **extra: Any,
 ) -> BudgetVerdict:
     after = spent + cost
     pct = (after * 100 / budget.limit).quantize(Decimal("0.01"))
@@ -65,7 +71,7 @@ def verdict(
     base: dict[str, Any] = {
         "budget_id": budget.budget_id, "budget_name": budget.name, "matched_via": via,
         "period_key": period_key, "spent": spent, "limit": budget.limit,
-        "spent_after": after, "percent_after": pct,
+        "spent_after": after, "percent_after": pct, "currency": budget.currency, **extra,
     }  # fmt: skip
     where = f"{budget.name} ({budget.budget_id}) {period_key}: {plain(pct)}% of {plain(budget.limit)} {budget.currency} after this call"
     if not crossed:
@@ -93,19 +99,37 @@ def check(
     spent_of: SpentLookup,
     pricer: Pricer,
     now: datetime,
+    fx: FxTable | None = None,
 ) -> CheckResult:
-    """The answer for ``request`` at ``now`` from every matching budget and ancestor."""
+    """The answer for ``request`` at ``now`` from every matching budget and ancestor. A
+    budget in another currency weighs the cost converted at the newest reference rate;
+    without one it cannot tell, and says so (warn)."""
     cost = estimate(request, pricer, now)
     verdicts: list[BudgetVerdict] = []
     for match in registry.match(request):
         budget = match.budget
-        if budget.currency != request.currency:
-            continue
         period = budget_period(budget, now)
         if period is None:
             continue
         spent = spent_of(state_key(budget.budget_id, period.key)) or Decimal(0)
-        verdicts.append(verdict(budget, match.via, period.key, spent, cost))
+        if budget.currency == request.currency:
+            verdicts.append(verdict(budget, match.via, period.key, spent, cost))
+            continue
+        conversion = fx.latest(request.currency, budget.currency) if fx is not None else None
+        if conversion is None:
+            verdicts.append(BudgetVerdict(
+                budget_id=budget.budget_id, budget_name=budget.name, matched_via=match.via,
+                period_key=period.key, spent=spent, limit=budget.limit, spent_after=spent,
+                percent_after=(spent * 100 / budget.limit).quantize(Decimal("0.01")),
+                decision="warn", currency=budget.currency,
+                reason=f"{budget.name} ({budget.budget_id}) is in {budget.currency}: no "
+                       f"{request.currency}->{budget.currency} exchange rate published "
+                       "(spendstream fx publish), so this call cannot be weighed against it",
+            ))  # fmt: skip
+            continue
+        converted = from_nanos(conversion.convert(to_nanos(cost)))
+        verdicts.append(verdict(budget, match.via, period.key, spent, converted,
+                                cost_in_budget_currency=converted, rate=conversion.rate))  # fmt: skip
     if not verdicts:
         return CheckResult(decision="allow", estimated_cost=cost, currency=request.currency,
                            reason="no budget covers this call")  # fmt: skip
