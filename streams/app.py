@@ -399,17 +399,18 @@ def create_worker(settings: Settings) -> Worker:
 
 class PartitionRef:
     """Where a state lives when no input record changed it (a release of held
-    allocations): what the table write (``message.partition``) and a revocation
-    (``message.tp``) read of a faust event."""
+    allocations): what the table write (``message.topic``, ``message.partition``) and a
+    revocation (``message.tp``) read of a faust event."""
 
     def __init__(self, topic: str, partition: int) -> None:
         from faust.types import TP
 
-        self.message = _Message(partition, TP(topic, partition))
+        self.message = _Message(topic, partition, TP(topic, partition))
 
 
 @dataclass(frozen=True)
 class _Message:
+    topic: str
     partition: int
     tp: Any
 

@@ -10,7 +10,9 @@ none on weekends and TARGET holidays). A day's rate is the rate dated that day; 
 without one uses the most recent earlier rate, but only once a rate dated after it has been
 published for both currencies (the publisher has moved past the day, so it will not get
 one of its own). Until then the allocation waits: a Saturday's spend converts when
-Monday's rates arrive, at Friday's rate, and the stored rate date says Friday.
+Monday's rates arrive, at Friday's rate, and the stored rate date says Friday. So rates
+are published day by day, in order (the ECB's files are): a later day's rate closes the
+days before it.
 
 Rates are "1 <base> = rate <quote>" (the ECB's are EUR-based); a pair of currencies
 converts through any base both are quoted against (a base converts to its quotes
