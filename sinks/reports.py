@@ -142,12 +142,14 @@ def _json(value: Any) -> Any:
 
 
 def _source(filters: Filters, params: dict[str, Any]) -> tuple[str, str, str]:
-    """(table, money column, where) — allocations when a budget is named, else usage."""
+    """(table expression, money column, where) — a budget's allocations in its currency (converted
+    where billed in another; those still waiting for a rate are left out) when a budget is
+    named, else usage as billed."""
     if filters.budget:
         params["budget"] = filters.budget
-        where = filters.clause(params) + " AND budget_id = {budget:String}"
-        return "cost_allocations", "amount", where
-    return "priced_usage", "cost", filters.clause(params)
+        where = filters.clause(params) + " AND budget_id = {budget:String} AND NOT held"
+        return "allocations_in_budget_currency", "amount", where
+    return "priced_usage FINAL", "cost", filters.clause(params)
 
 
 def summary(w: Warehouse, filters: Filters) -> Report:
@@ -156,12 +158,12 @@ def summary(w: Warehouse, filters: Filters) -> Report:
     table, money, where = _source(filters, params)
     totals = w.query(
         f"SELECT currency, count(), sum({money}), min(occurred_at), max(occurred_at) "
-        f"FROM {table} FINAL WHERE {where} GROUP BY currency ORDER BY currency",
+        f"FROM {table} WHERE {where} GROUP BY currency ORDER BY currency",
         params,
     ).rows
     by = w.query(
         f"SELECT source, if(provider = '', '-', provider) AS provider, currency, "
-        f"count() AS events, sum({money}) AS cost FROM {table} FINAL WHERE {where} "
+        f"count() AS events, sum({money}) AS cost FROM {table} WHERE {where} "
         "GROUP BY source, provider, currency ORDER BY currency, cost DESC, source, provider",
         params,
     )
@@ -187,7 +189,7 @@ def trend(w: Warehouse, filters: Filters, granularity: str = "day") -> Report:
     table, money, where = _source(filters, params)
     result = w.query(
         f"SELECT {bucket}(occurred_at) AS bucket, currency, count() AS events, "
-        f"sum({money}) AS cost FROM {table} FINAL WHERE {where} GROUP BY bucket, currency "
+        f"sum({money}) AS cost FROM {table} WHERE {where} GROUP BY bucket, currency "
         "ORDER BY bucket, currency",
         params,
     )
@@ -239,7 +241,7 @@ def compare(
         f"{{pe:DateTime64(6, 'UTC')}}) AS previous, "
         f"sumIf({money}, occurred_at >= {{cs:DateTime64(6, 'UTC')}} AND occurred_at < "
         f"{{ce:DateTime64(6, 'UTC')}}) AS current "
-        f"FROM {table} FINAL WHERE {where} GROUP BY key, currency "
+        f"FROM {table} WHERE {where} GROUP BY key, currency "
         "HAVING previous != 0 OR current != 0 ORDER BY currency, current DESC, key",
         params,
     )
@@ -319,7 +321,7 @@ def _selection_projection(w: Warehouse, filters: Filters, now: datetime) -> list
     result = w.query(
         f"SELECT currency, intDiv(toUnixTimestamp64Micro(occurred_at) - {{s_us:Int64}}, "
         f"{US_PER_DAY}) AS day, sum({money}), max(toUnixTimestamp64Micro(occurred_at)) "
-        f"FROM {table} FINAL WHERE {where} AND occurred_at >= {{s:DateTime64(6, 'UTC')}} "
+        f"FROM {table} WHERE {where} AND occurred_at >= {{s:DateTime64(6, 'UTC')}} "
         "AND occurred_at < {e:DateTime64(6, 'UTC')} GROUP BY currency, day",
         params,
     )
@@ -376,8 +378,9 @@ def _period_spend(
         return {}
     result = w.query(
         f"SELECT budget_id, period_key, {_DAY_OF_PERIOD} AS day, sum(amount), "
-        "max(toUnixTimestamp64Micro(occurred_at)) FROM cost_allocations FINAL "
+        "max(toUnixTimestamp64Micro(occurred_at)) FROM allocations_in_budget_currency "
         "WHERE budget_id IN {ids:Array(String)} AND period_key IN {keys:Array(String)} "
+        "AND NOT held "
         "GROUP BY budget_id, period_key, day",
         {"ids": sorted(current), "keys": sorted({p.key for p in current.values()})},
     )
@@ -396,11 +399,11 @@ def top(w: Warehouse, filters: Filters, by: str = "model", limit: int = 10) -> R
     column = column_of(by)
     params: dict[str, Any] = {"n": limit}
     table, money, where = _source(filters, params)
-    totals = dict(w.query(f"SELECT currency, sum({money}) FROM {table} FINAL WHERE {where} "
+    totals = dict(w.query(f"SELECT currency, sum({money}) FROM {table} WHERE {where} "
                           "GROUP BY currency", params).rows)  # fmt: skip
     result = w.query(
         f"SELECT {column} AS key, currency, count() AS events, sum({money}) AS cost "
-        f"FROM {table} FINAL WHERE {where} GROUP BY key, currency "
+        f"FROM {table} WHERE {where} GROUP BY key, currency "
         "ORDER BY currency, cost DESC, key LIMIT {n:UInt32} BY currency",
         params,
     )

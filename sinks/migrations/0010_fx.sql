@@ -38,21 +38,28 @@ CREATE TABLE IF NOT EXISTS fx_rates
 ENGINE = ReplacingMergeTree(published_at)
 ORDER BY (base, quote, day);
 
--- Every allocation in its budget's currency: as billed when the currencies agree, else
--- as converted; ``held`` = still waiting for its day's rate (budget_amount NULL then).
+-- Every allocation in its budget's currency, a drop-in for cost_allocations in reports
+-- about a budget: ``amount`` / ``currency`` are the budget's (as billed when the currencies
+-- agree, else as converted), ``billed_amount`` / ``billed_currency`` what the provider
+-- billed; ``held`` = still waiting for its day's rate (amount 0 until it is converted).
+-- A budget the budgets table does not know (yet) keeps the billed currency.
 CREATE VIEW IF NOT EXISTS allocations_in_budget_currency AS
-SELECT a.event_id AS event_id, a.budget_id AS budget_id, a.period_key AS period_key,
-       a.occurred_at AS occurred_at, a.amount AS amount, a.currency AS currency,
-       b.currency AS budget_currency,
-       if(a.currency = b.currency, CAST(a.amount AS Nullable(Decimal(38, 9))),
-          if(c.event_id = '', NULL, CAST(c.budget_amount AS Nullable(Decimal(38, 9))))) AS budget_amount,
-       if(a.currency = b.currency OR c.event_id = '', NULL, c.rate) AS rate,
-       if(a.currency = b.currency OR c.event_id = '', NULL, c.rate_day) AS rate_day,
-       a.currency != b.currency AND c.event_id = '' AS held,
-       a.source AS source, a.provider AS provider, a.model AS model, a.team AS team,
-       a.project AS project, a.user AS user
+SELECT a.allocation_id AS allocation_id, a.event_id AS event_id, a.budget_id AS budget_id,
+       a.matched_via AS matched_via, a.period_key AS period_key, a.period_start AS
+       period_start, a.period_end AS period_end, a.occurred_at AS occurred_at, a.source AS
+       source, a.provider AS provider, a.model AS model, a.org AS org, a.team AS team,
+       a.project AS project, a.user AS user, a.department AS department, a.feature AS
+       feature, a.tags AS tags, a.origin_topic AS origin_topic, a.origin_partition AS
+       origin_partition, a.origin_offset AS origin_offset,
+       a.amount AS billed_amount, a.currency AS billed_currency,
+       if(b.budget_currency = '', a.currency, b.budget_currency) AS currency,
+       if(a.currency = currency, a.amount, c.budget_amount) AS amount,
+       if(a.currency = currency, toDecimal128(1, 18), c.rate) AS rate,
+       if(a.currency = currency, toDate32(a.occurred_at), c.rate_day) AS rate_day,
+       a.currency != currency AND c.event_id = '' AS held
 FROM cost_allocations AS a FINAL
-INNER JOIN (SELECT budget_id, argMax(currency, updated_at) AS currency FROM budgets FINAL
+LEFT JOIN (SELECT budget_id, argMaxIf(currency, _offset, deleted = 0) AS budget_currency FROM budgets
             GROUP BY budget_id) AS b ON a.budget_id = b.budget_id
-LEFT JOIN (SELECT * FROM allocation_conversions FINAL) AS c
+LEFT JOIN (SELECT event_id, budget_id, budget_amount, rate, rate_day
+           FROM allocation_conversions FINAL) AS c
        ON a.budget_id = c.budget_id AND a.event_id = c.event_id;

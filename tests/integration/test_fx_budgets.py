@@ -23,7 +23,8 @@ from spendstream.schemas.budget import BudgetDefinition
 from spendstream.schemas.models import Attributes, CustomCost, UsageEvent
 from spendstream.schemas.money import from_nanos, to_nanos
 from spendstream.sinks.clickhouse_sink import ClickHouseSink
-from spendstream.sinks.warehouse import connect
+from spendstream.sinks.reports import Filters, projection, summary
+from spendstream.sinks.warehouse import DirectWarehouse, connect
 from spendstream.streams.fx import round_half_even
 from spendstream.topics import ensure_topics
 
@@ -100,7 +101,7 @@ def test_eur_budget_holds_usd_spend_until_the_rate_then_everything_agrees(
     assert {r[5] for r in rows} == {when.date()}
     assert rows[0][4] == (Decimal(1) / Decimal("1.0987")).quantize(Decimal("1e-18"))
     total, held_rows = db.query(
-        "SELECT sum(budget_amount), countIf(held) FROM allocations_in_budget_currency "
+        "SELECT sum(amount), countIf(held) FROM allocations_in_budget_currency "
         "WHERE budget_id = 'eu'").result_rows[0]  # fmt: skip
     assert total == want and held_rows == 0  # ClickHouse == status, to the nano-unit
     # the input: the USD budget counts the USD as billed; ClickHouse keeps both amounts
@@ -108,6 +109,13 @@ def test_eur_budget_holds_usd_spend_until_the_rate_then_everything_agrees(
                       "AND currency = 'USD'").result_rows[0][0]  # fmt: skip
     assert usd_in == sum(Decimal(a) for a in amounts)
     assert db.query("SELECT count() FROM fx_rates").result_rows[0][0] == 2
-    us_total = db.query("SELECT sum(budget_amount) FROM allocations_in_budget_currency "
+    us_total = db.query("SELECT sum(amount) FROM allocations_in_budget_currency "
                         "WHERE budget_id = 'us'").result_rows[0][0]  # fmt: skip
     assert us_total == us.spent
+    # reports about a budget work in its currency
+    report = summary(DirectWarehouse(db), Filters(budget="eu"))
+    (total,) = [r for r in report.rows if r[0] == "total"]
+    assert total[2] == "EUR" and total[4] == want
+    (row,) = [r for r in projection(DirectWarehouse(db), Filters(budget="eu")).rows
+              if r[0] == "eu"]  # fmt: skip
+    assert row[2] == "EUR" and row[3] == want
