@@ -960,10 +960,17 @@ def alerts_resolve(
 
 def status_table(statuses: list[Any], *, names: bool = False) -> Table:
     """Budget status; ``names`` shows budget names instead of ids (narrow terminals)."""
-    table = Table("budget", "period", "spent", "limit", "%", "state", "events")
+    held = any(getattr(s, "held_allocations", 0) for s in statuses)
+    columns = ["budget", "period", "spent", "limit", "%", "state", "events"]
+    table = Table(*columns, *(["waiting for a rate"] if held else []))
     for s in sorted(statuses, key=lambda s: (s.budget_id, s.period_key)):
-        table.add_row(s.budget_name if names else s.budget_id, s.period_key, plain(s.spent),
-                      plain(s.limit), f"{s.percent}", s.state, str(s.event_count))  # fmt: skip
+        row = [s.budget_name if names else s.budget_id, s.period_key,
+               f"{plain(s.spent)} {s.currency}", plain(s.limit), f"{s.percent}", s.state,
+               str(s.event_count)]  # fmt: skip
+        if held:
+            amounts = ", ".join(f"{plain(v)} {c}" for c, v in (s.held_amounts or {}).items())
+            row.append(f"{s.held_allocations} ({amounts})" if s.held_allocations else "")
+        table.add_row(*row)
     return table
 
 
@@ -1364,8 +1371,7 @@ def fx_publish(
     another currency convert at the rate of their event's day; those waiting for a rate
     are counted as soon as it arrives."""
     from spendstream.fx_files import read_rates
-    from spendstream.producer import publish_records
-    from spendstream.schemas.avro import configure_registry, framed_codec
+    from spendstream.producer import publish_rates
     from spendstream.topics import ensure_topics
 
     def body() -> None:
@@ -1373,10 +1379,7 @@ def fx_publish(
         rates = read_rates(file, base=base)
         ensure_topics(settings)
         topic = settings.topics.fx_rates
-        configure_registry(settings.schema_registry_url or None)
-        encode = framed_codec("FxRate", topic).encode
-        count = publish_records(settings, topic, ((r.key, encode(r.to_avro())) for r in rates),
-                                "exchange rates")  # fmt: skip
+        count = publish_rates(settings, rates)
         days = sorted({r.day for r in rates})
         quotes = sorted({r.quote for r in rates})
         console.print(f"published {count} rates ({len(quotes)} currencies against "

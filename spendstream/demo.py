@@ -26,6 +26,7 @@ from rich.table import Table
 from spendstream.config import Settings
 from spendstream.errors import SpendstreamError
 from spendstream.schemas.budget import BudgetDefinition, validate_hierarchy
+from spendstream.schemas.fx import FxRate
 from spendstream.schemas.models import (
     ApifyRun,
     Attributes,
@@ -33,8 +34,9 @@ from spendstream.schemas.models import (
     UsageEvent,
     WorkflowRun,
 )
-from spendstream.schemas.money import plain
+from spendstream.schemas.money import from_nanos, plain, to_nanos
 from spendstream.sinks.notify.receiver import WebhookReceiver
+from spendstream.streams.fx import FxTable, Rate
 from spendstream.streams.matching import BudgetRegistry
 from spendstream.streams.pricing import Pricer
 
@@ -59,6 +61,7 @@ class Plan:
     org: str
     events: list[UsageEvent]
     budgets: list[BudgetDefinition]
+    rates: list[FxRate] = field(default_factory=list)
     total: Decimal = Decimal(0)
     per_budget: dict[str, Decimal] = field(default_factory=dict)
     allocations: int = 0
@@ -133,13 +136,27 @@ def make_plan(org: str, count: int, now: datetime, pricer: Pricer) -> Plan:
             scope={"org": [org], "provider": ["openai"]},
         ),  # fmt: skip
     ]
+    rates = demo_rates(now)
+    fx = FxTable([Rate(r.day, r.base, r.quote, r.rate) for r in rates])
+
+    def in_eur(event: UsageEvent) -> Decimal:
+        conversion = fx.conversion("USD", "EUR", event.occurred_at.date())
+        assert conversion is not None  # the demo publishes every day's rate first
+        return from_nanos(conversion.convert(to_nanos(costs[event.event_id])))
+
+    total_eur = sum((in_eur(e) for e in events), Decimal(0))
+    # a budget kept in euros: USD spend converts at the ECB-style rate of each event's day
+    budgets.append(BudgetDefinition(budget_id=f"{org}-eur", name="all spend, in EUR",
+                                    currency="EUR", limit=limit(total_eur * Decimal("1.3")),
+                                    scope={"org": [org]}))  # fmt: skip
     validate_hierarchy({b.budget_id: b for b in budgets})
-    plan = Plan(org=org, events=events, budgets=budgets, total=total)
+    plan = Plan(org=org, events=events, budgets=budgets, total=total, rates=rates)
     registry = BudgetRegistry(budgets)
     spent: dict[str, Decimal] = defaultdict(Decimal)
     for event in events:
         for match in registry.match(event):
-            spent[match.budget.budget_id] += costs[event.event_id]
+            eur = match.budget.currency == "EUR"
+            spent[match.budget.budget_id] += in_eur(event) if eur else costs[event.event_id]
             plan.allocations += 1
     plan.per_budget = dict(spent)
     for b in budgets:
@@ -149,6 +166,15 @@ def make_plan(org: str, count: int, now: datetime, pricer: Pricer) -> Plan:
             tiers.append("exceeded")
         plan.expected_alerts[b.budget_id] = tiers
     return plan
+
+
+def demo_rates(now: datetime) -> list[FxRate]:
+    """EUR reference rates of the last week up to today, as `spendstream fx publish`
+    reads them from the ECB's file (1 EUR = rate USD)."""
+    today = now.date()
+    return [FxRate(day=today - timedelta(days=d), base="EUR", quote="USD",
+                   rate=Decimal("1.0842") + Decimal("0.0013") * d, source="demo")
+            for d in range(7)]  # fmt: skip
 
 
 #: alert kinds the demo predicts exactly (forecasts depend on the day of the month)
@@ -188,7 +214,7 @@ def run_demo(
 ) -> None:
     from spendstream.localkafka import LocalKafka
     from spendstream.processes import ProcessGroup, wait_for
-    from spendstream.producer import UsagePublisher, publish_budgets
+    from spendstream.producer import UsagePublisher, publish_budgets, publish_rates
     from spendstream.readback import read_alerts, read_statuses
     from spendstream.sinks.warehouse import running_sink_url, sink_warehouse
     from spendstream.topics import ensure_topics, wait_for_broker
@@ -228,6 +254,8 @@ def run_demo(
     try:
         publish_budgets(settings, plan.budgets)
         console.print(f"budgets: {', '.join(b.budget_id for b in plan.budgets)}")
+        publish_rates(settings, plan.rates)
+        console.print(f"exchange rates: {len(plan.rates)} days of EUR/USD (for {org}-eur)")
         services.start("worker", "worker")
         services.start("sink", "sink")
         rules = _notify_rules(settings, org, receiver.url)
@@ -367,8 +395,8 @@ def _print_results(
     ).scalar()
     ch_budget = dict(
         warehouse.query(
-            "SELECT budget_id, sum(amount) FROM cost_allocations FINAL WHERE org = {o:String} "
-            "GROUP BY budget_id",
+            "SELECT budget_id, sum(amount) FROM allocations_in_budget_currency WHERE org = "
+            "{o:String} GROUP BY budget_id",
             {"o": plan.org},
         ).rows
     )
@@ -393,7 +421,8 @@ def _print_results(
         raise DemoError("demo results do not add up:\n  " + "\n  ".join(problems))
     console.print(f"[green]✓[/green] ClickHouse total {ch_total} USD equals the published total")
     console.print(f"[green]✓[/green] {len(plan.per_budget)} budgets: stream state, ClickHouse "
-                  "and input agree to the nano-unit")  # fmt: skip
+                  "and input agree to the nano-unit (the EUR budget's USD spend converted at "
+                  "each day's rate)")  # fmt: skip
     tiered = [a for a in alerts if a.kind in TIER_KINDS]
     others = len(alerts) - len(tiered)
     console.print(f"[green]✓[/green] {len(tiered)} threshold alerts: exactly one per crossed tier"

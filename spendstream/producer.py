@@ -22,6 +22,7 @@ from spendstream.config import Settings, load_settings
 from spendstream.errors import SpendstreamError
 from spendstream.schemas.avro import configure_registry, framed_codec
 from spendstream.schemas.budget import BudgetDefinition
+from spendstream.schemas.fx import FxRate
 from spendstream.schemas.models import AlertAction, UsageEvent
 
 
@@ -209,3 +210,13 @@ def publish_alert_action(settings: Settings, action: AlertAction) -> None:
     topic = settings.topics.alert_actions
     value = framed_codec("AlertAction", topic).encode(action.to_avro())
     publish_records(settings, topic, [(action.alert_id, value)], "alert action")
+
+
+def publish_rates(settings: Settings, rates: Iterable[FxRate]) -> int:
+    """Write reference exchange rates to the compacted fx-rates topic (key base/quote/day:
+    a later record corrects a rate)."""
+    configure_registry(settings.schema_registry_url or None)
+    topic = settings.topics.fx_rates
+    encode = framed_codec("FxRate", topic).encode
+    return publish_records(settings, topic, ((r.key, encode(r.to_avro())) for r in rates),
+                           "exchange rates")  # fmt: skip

@@ -8,7 +8,7 @@ from decimal import Decimal
 from rich.console import Console
 from typer.testing import CliRunner
 
-from spendstream.cli import app, status_view
+from spendstream.cli import app, status_table, status_view
 from spendstream.schemas.models import BudgetStatus
 
 NOW = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
@@ -49,11 +49,11 @@ def test_watch_view_shows_exact_figures_and_counts_states():
              for line in text.splitlines() if line.startswith("│ ")]  # fmt: skip
     rows = {(row[0], row[1]): row for row in cells}
     # budget, period, spent, limit, %, state, events: money exact to the nano-unit
-    assert rows[("acme", "2026-11")] == ["acme", "2026-11", "95.123456789", "100", "95.12",
+    assert rows[("acme", "2026-11")] == ["acme", "2026-11", "95.123456789 USD", "100", "95.12",
                                         "critical", "7"]  # fmt: skip
-    assert rows[("acme-ml", "2026-11")][2:6] == ["15", "30", "50.00", "warning"]
-    assert rows[("beta", "2026-11")][2:6] == ["0.000000001", "50", "0.00", "normal"]
-    assert rows[("gamma", "2026-11")][2:6] == ["120.5", "100", "120.50", "exceeded"]
+    assert rows[("acme-ml", "2026-11")][2:6] == ["15 USD", "30", "50.00", "warning"]
+    assert rows[("beta", "2026-11")][2:6] == ["0.000000001 USD", "50", "0.00", "normal"]
+    assert rows[("gamma", "2026-11")][2:6] == ["120.5 USD", "100", "120.50", "exceeded"]
     assert ("gamma", "2026-10") in rows
 
 
@@ -82,3 +82,11 @@ def test_watch_interval_is_checked_before_kafka_is_touched(tmp_path):
     )  # fmt: skip
     assert result.exit_code == 1
     assert "--interval must be between 0.1 and 3600 seconds" in result.output
+
+
+def test_the_table_shows_what_waits_for_an_exchange_rate():
+    waiting = status("eu", "40", "100", "normal").model_copy(
+        update={"currency": "EUR", "held_allocations": 2, "held_amounts": {"USD": Decimal("7.5")}}
+    )
+    text = render(status_table([waiting, status("acme", "10", "100", "normal")]))
+    assert "waiting for a rate" in text and "2 (7.5 USD)" in text and "40 EUR" in text
