@@ -200,6 +200,10 @@ def load_budgets_file(
         raise BudgetError(f"{path}: expected a list of budgets or a mapping with 'budgets:'")
     budgets: list[BudgetDefinition] = []
     for index, item in enumerate(items):
+        if isinstance(item, dict) and "actor" in item:
+            ident = item.get("budget_id", f"#{index + 1}")
+            raise BudgetError(f"{path}: budget {ident}: 'actor' is not part of a budget file: "
+                              "it is who applies it (`budgets apply --actor NAME`)")  # fmt: skip
         try:
             budgets.append(BudgetDefinition.model_validate(item))
         except ValidationError as exc:
