@@ -1,28 +1,42 @@
-"""`budgets history` on the real broker with the sink: two applies with different actors
-and notes (CLI), an update through the worker's API wiring with a named token, a delete
-(CLI); the history shows the four versions with their actors, notes and diffs, from the
-topic and from ClickHouse's budget_history (through the running sink's query port)."""
+"""`budgets history` on the real broker with a worker and the sink: two applies with
+different actors and notes (CLI), an update through the worker's HTTP API with a named
+token, a delete (CLI); the history shows the four versions with their actors, notes and
+diffs, from the topic and from ClickHouse's budget_history (through the sink's port)."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+import urllib.error
+import urllib.request
+from typing import Any
 
 import pytest
-from pydantic import SecretStr
 
-from spendstream.processes import ProcessGroup, wait_for
+from spendstream.processes import ProcessGroup, wait_for, worker_metrics
 from spendstream.sinks.warehouse import sink_warehouse
-from spendstream.streams.app import make_api
-from spendstream.streams.budget_feed import BudgetFeed
-from spendstream.streams.pricing import Pricer
 from spendstream.topics import ensure_topics
 
 pytestmark = pytest.mark.integration
 
+TOKEN = "tok-9f2c"
 V1 = "- {budget_id: acme, name: Acme, limit: '100', scope: {org: acme}}\n"
 V2 = "- {budget_id: acme, name: Acme, limit: '150', scope: {org: acme, team: [ml]}}\n"
+
+
+def call(settings, method: str, path: str, body: object = None) -> tuple[int, Any]:  # type: ignore[no-untyped-def]
+    """(status, JSON body) of a request to the worker's API with the named token."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{settings.worker_web_port}{path}", data=None if body is None else json.dumps(body).encode(),
+        method=method, headers={"Authorization": f"Bearer {TOKEN}",
+                                "Content-Type": "application/json"},
+    )  # fmt: skip
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
 
 
 def cli(settings, *args: str) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
@@ -34,6 +48,7 @@ def cli(settings, *args: str) -> subprocess.CompletedProcess[str]:  # type: igno
 def test_history_shows_who_changed_what_from_topic_and_clickhouse(settings, services, tmp_path):
     ensure_topics(settings)
     services.start("sink", "sink")
+    services.start("worker", "worker", SPENDSTREAM_API_TOKENS=f"ci-bot={TOKEN},other=tok-2")
     (tmp_path / "v1.yaml").write_text(V1)
     (tmp_path / "v2.yaml").write_text(V2)
     first = cli(settings, "budgets", "apply", str(tmp_path / "v1.yaml"), "--actor", "ana",
@@ -43,18 +58,19 @@ def test_history_shows_who_changed_what_from_topic_and_clickhouse(settings, serv
                  "--note", "ml joins")  # fmt: skip
     assert second.returncode == 0, second.stderr
 
-    # the worker's API as `spendstream worker` wires it, with a named token
-    named = settings.model_copy(update={"api_tokens": SecretStr("ci-bot=tok-9f2c")})
-    feed = BudgetFeed(named, fetch_wait_ms=20)
-    feed.start()
-    assert feed.caught_up.wait(30)
-    feed.stop()
-    api = make_api(named, feed, Pricer())
+    # the worker's HTTP API with a named token: the token's name is the actor, not the body's
+    wait_for("the worker's HTTP API", lambda: worker_metrics(settings.worker_web_port), 90,
+             services)  # fmt: skip
+    wait_for("the worker to know the second version",
+             lambda: call(settings, "GET", "/budgets/acme")[1].get("actor") == "bob", 60,
+             services)  # fmt: skip
     body = {"name": "Acme", "limit": "150", "scope": {"org": "acme", "team": ["ml"]},
             "thresholds": [{"percent": 80}, {"percent": 100, "action": "block"}],
             "actor": "mallory", "note": "tighter tiers"}  # fmt: skip
-    status, reply = api.put_budget("acme", json.dumps(body).encode(), "Bearer tok-9f2c")
+    status, reply = call(settings, "PUT", "/budgets/acme", body)
     assert status == 200 and reply["actor"] == "ci-bot", reply
+    status, reply = call(settings, "DELETE", "/budgets/acme", {"note": 5})  # a DELETE's body
+    assert status == 422 and "note" in reply["error"], reply
 
     gone = cli(settings, "budgets", "delete", "acme", "--yes", "--actor", "ops",
                "--note", "project ended")  # fmt: skip
