@@ -503,6 +503,9 @@ def budgets_show(
         console.print(f"  limit       {plain(budget.limit)} {budget.currency} {budget.period}"
                       f" ({budget.timezone})")  # fmt: skip
         console.print(f"  parent      {budget.parent_id or '-'}")
+        changed = f"{budget.updated_at:%Y-%m-%d %H:%M} UTC by {budget.actor or '(unknown)'}"
+        console.print(f"  changed     {changed}" + (f": {budget.note}" if budget.note else "")
+                      + f" (`budgets history {budget.budget_id}`)", highlight=False)  # fmt: skip
         console.print(f"  children    {', '.join(children) or '-'}")
         console.print(f"  scope       {json.dumps(budget.scope)}")
         tiers = ", ".join(f"{plain(t.percent)}% {t.action}"

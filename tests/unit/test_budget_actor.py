@@ -212,3 +212,15 @@ def test_history_says_when_clickhouse_was_not_read(sources, monkeypatch):
     data = json.loads(result.output)
     assert len(data["versions"]) == 2  # the topic's only
     assert any("ClickHouse not read (no ClickHouse data yet)" in n for n in data["notes"])
+
+
+def test_show_says_who_made_the_current_version(monkeypatch, tmp_path):
+    monkeypatch.setenv("SPENDSTREAM_DATA_DIR", str(tmp_path))
+    current = BudgetDefinition(budget_id="acme", name="Acme", limit="150", updated_at=T0,
+                               actor="bob", note="ml joins")  # fmt: skip
+    registry = SimpleNamespace(all=lambda: [current], get={"acme": current}.get)
+    feed = SimpleNamespace(registry=registry, statuses={}, resolved=set)
+    monkeypatch.setattr(cli, "_read_budgets", lambda s, **k: feed)
+    result = runner.invoke(cli.app, ["budgets", "show", "acme"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "2026-11-20 09:00 UTC by bob: ml joins (`budgets history acme`)" in result.output

@@ -7,6 +7,7 @@ import io
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import pytest
 from rich.console import Console
@@ -208,3 +209,17 @@ def test_budget_history_table_keeps_every_version_and_the_rows_diff_like_the_top
     # the same definitions as read from the topic: no false changes between the sources
     assert stored[0].definition == definition_of(first)
     assert [e.lines() for e in history(stored)][1] == ["limit 100 -> 150"]
+
+
+def test_a_row_stored_before_migration_0011_still_diffs_on_its_columns():
+    row = {"budget_id": "acme", "deleted": 0, "updated_at": T0.replace(tzinfo=None),
+           "actor": "", "note": "", "definition": "", "name": "Acme", "parent_id": "",
+           "limit": Decimal("100.000000000"), "currency": "USD", "period": "monthly",
+           "timezone": "UTC", "scope": '{"org": ["acme"]}',
+           "thresholds": '[{"percent": "50.0000", "action": "notify", "downgrade_to": null}]',
+           "custom_start": None, "custom_end": None, "_partition": 0, "_offset": 3}  # fmt: skip
+    old = version_from_row(row)
+    assert old.actor is None and old.at == T0 and old.offset == 3
+    assert old.definition["limit"] == "100" and old.definition["thresholds"][0]["percent"] == "50"
+    new = record(budget(limit="120", thresholds=[{"percent": 50}], owner="ana"), 4)
+    assert [describe(c) for c in diff(old.definition, new.definition)] == ["limit 100 -> 120"]
