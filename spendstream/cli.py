@@ -579,11 +579,12 @@ def budgets_history(
 
         from spendstream import budget_history as bh
         from spendstream.schemas.budget import BUDGET_ID_PATTERN
-        from spendstream.topics import TopicsError
+        from spendstream.topics import TopicsError, wait_for_broker
 
         if not re.fullmatch(BUDGET_ID_PATTERN, budget_id):
             raise CliError(f"'{budget_id}' is not a budget id (letters, digits, '.', '_', '-')")
         settings = _settings()
+        wait_for_broker(settings.bootstrap_servers, 30)  # quietly, and says what to do
         try:
             on_topic, notes = bh.topic_versions(settings, budget_id)
         except TopicsError as exc:

@@ -171,7 +171,10 @@ def _version(offset: int, actor: str, note: str | None, limit: str | None) -> bh
 
 @pytest.fixture
 def sources(monkeypatch, tmp_path):
+    from spendstream import topics
+
     monkeypatch.setenv("SPENDSTREAM_DATA_DIR", str(tmp_path))
+    monkeypatch.setattr(topics, "wait_for_broker", lambda *a, **k: None)
     topic = [_version(1, "bob", "more room", "150"), _version(2, "ops", "retired", None)]
     stored = [replace(_version(0, "ana", "initial", "100"), sources=("clickhouse",)),
               replace(_version(1, "bob", None, "150"), sources=("clickhouse",))]  # fmt: skip
