@@ -426,8 +426,8 @@ def _who(actor: str | None, note: str | None) -> tuple[str, str | None]:
 def budgets_apply(file: Path, actor: ActorOption = None, note: NoteOption = None) -> None:
     """Validate budgets from a YAML/JSON file and publish them to the budgets topic.
 
-    Each budget's new version records ``--actor`` (default: the OS user) and ``--note``
-    (a budget in the file may carry its own ``note``; ``--note`` replaces it)."""
+    Each budget's new version records --actor (default: the OS user) and --note (a
+    budget in the file may carry its own note; --note replaces it)."""
 
     def body() -> None:
         from spendstream.producer import publish_budgets
@@ -531,8 +531,8 @@ def budgets_delete(
 ) -> None:
     """Delete a budget: matching stops; its spend history stays in ClickHouse.
 
-    The deletion is a tombstone on the budgets topic; ``--actor`` (default: the OS user)
-    and ``--note`` go with it as record headers, and `budgets history` shows them."""
+    The deletion is a tombstone on the budgets topic; --actor (default: the OS user) and
+    --note go with it as record headers, and `budgets history` shows them."""
 
     def body() -> None:
         from spendstream.producer import publish_budgets
