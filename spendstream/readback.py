@@ -6,7 +6,7 @@ import logging
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
@@ -124,7 +124,9 @@ def read_records(
                 pending.discard(p)
             if key is None or msg.key() == key:
                 stamp = msg.timestamp()[1]
-                out.append(RawRecord(msg.key(), msg.value(), list(msg.headers() or ()),
+                headers = [(k, v.encode() if isinstance(v, str) else v)
+                           for k, v in cast(list[tuple[str, Any]], msg.headers() or [])]  # fmt: skip
+                out.append(RawRecord(msg.key(), msg.value(), headers,
                                      stamp if stamp >= 0 else None, p, offset))  # fmt: skip
         return out
     finally:
