@@ -67,6 +67,10 @@ class BudgetDefinition(Strict):
     allocations: dict[str, Money] = Field(default_factory=dict)
     owner: str | None = None
     updated_at: AwareDatetime = Field(default_factory=lambda: datetime.now(UTC))
+    #: who wrote this version and why (v2; None in versions written before): set by the
+    #: CLI (``--actor``, default the OS user) and the API (the token's name), never by a file
+    actor: Annotated[str, Field(min_length=1, max_length=256)] | None = None
+    note: Annotated[str, Field(max_length=2000)] | None = None
 
     @field_validator("budget_id")
     @classmethod
@@ -77,6 +81,11 @@ class BudgetDefinition(Strict):
                 "or '-', starting with a letter or digit"
             )
         return value
+
+    @field_validator("note")
+    @classmethod
+    def _blank_note(cls, value: str | None) -> str | None:
+        return value or None  # an empty --note or "note": "" is no note
 
     @field_validator("timezone")
     @classmethod
@@ -191,6 +200,10 @@ def load_budgets_file(
         raise BudgetError(f"{path}: expected a list of budgets or a mapping with 'budgets:'")
     budgets: list[BudgetDefinition] = []
     for index, item in enumerate(items):
+        if isinstance(item, dict) and "actor" in item:
+            ident = item.get("budget_id", f"#{index + 1}")
+            raise BudgetError(f"{path}: budget {ident}: 'actor' is not part of a budget file: "
+                              "it is who applies it (`budgets apply --actor NAME`)")  # fmt: skip
         try:
             budgets.append(BudgetDefinition.model_validate(item))
         except ValidationError as exc:

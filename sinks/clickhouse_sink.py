@@ -53,7 +53,7 @@ from .native_ingest import (
     json_position,
     position_prefix,
 )
-from .rows import ALLOCATION_COLUMNS, DLQ_COLUMNS, PRICED_COLUMNS, TABLES
+from .rows import ALLOCATION_COLUMNS, DLQ_COLUMNS, PRICED_COLUMNS, TABLES, budget_row
 from .warehouse import connect, migrate
 
 log = logging.getLogger("spendstream.sink")
@@ -308,7 +308,12 @@ class ClickHouseSink:
                     buf.native.add_rows(version, batches.rows_text(value, version), offset, index)
                     count = _batch_rows(msg, value, filtered=keep is not None)
             else:
-                rows = TABLES[table][1](value, (*tp, offset), msg.key())
+                if table == "budgets":  # a tombstone's actor and note are in its headers
+                    stamp = msg.timestamp()[1]
+                    rows = [budget_row(value, (*tp, offset), msg.key(), msg.headers(),
+                                       stamp if stamp >= 0 else None)]  # fmt: skip
+                else:
+                    rows = TABLES[table][1](value, (*tp, offset), msg.key())
                 if keep is not None:
                     rows = [r for r in rows if _newer(r, ORIGIN_COLUMNS[table], keep)]
                 buf.rows.extend(rows)

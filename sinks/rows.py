@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 from binascii import a2b_base64
-from collections.abc import Callable
-from datetime import date
+from collections.abc import Callable, Sequence
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -158,25 +158,44 @@ def alert_row(value: bytes, pos: Position) -> list[Any]:
 BUDGET_COLUMNS = [
     "budget_id", "name", "parent_id", "limit", "currency", "period", "timezone", "scope",
     "thresholds", "deleted", "updated_at", "custom_start", "custom_end",
+    "actor", "note", "definition",
     "_topic", "_partition", "_offset",
 ]  # fmt: skip
 
 
-def budget_row(value: bytes | None, pos: Position, key: bytes | None = None) -> list[Any]:
-    from datetime import UTC, datetime
-    from decimal import Decimal
+def budget_row(
+    value: bytes | None,
+    pos: Position,
+    key: bytes | None = None,
+    headers: Sequence[tuple[str, bytes | None]] | None = None,
+    timestamp_ms: int | None = None,
+) -> list[Any]:
+    """A version of a budget (migration 0011 copies every one into ``budget_history``).
+
+    A tombstone is kept as a deleted row: its actor and note come from the record's
+    headers, its time from the record's timestamp (a tombstone has no value)."""
+    from spendstream.budget_history import definition_of, version_from_record
 
     if value is None:  # tombstone: keep history, mark deleted
-        budget_id = key.decode() if key else ""
-        return [budget_id, "", "", Decimal(0), "", "", "", "{}", "[]", 1,
-                datetime.now(UTC), None, None, *pos]  # fmt: skip
+        gone = version_from_record(key, None, headers, timestamp_ms)
+        at = gone.at if timestamp_ms is not None else datetime.now(UTC)
+        return [gone.budget_id, "", "", Decimal(0), "", "", "", "{}", "[]", 1,
+                at, None, None, gone.actor or "", gone.note or "", "", *pos]  # fmt: skip
     b = BudgetDefinition.from_avro(codec("BudgetDefinition").decode(value))
     thresholds = [t.model_dump(mode="json") for t in b.thresholds]
+    # a definition written before v2 has no actor: its headers may still say
+    actor = b.actor or _header_text(headers, "actor")
+    note = b.note or _header_text(headers, "note")
     return [
         b.budget_id, b.name, b.parent_id or "", b.limit, b.currency, b.period, b.timezone,
         json.dumps(b.scope, sort_keys=True), json.dumps(thresholds), 0, b.updated_at,
-        b.custom_start, b.custom_end, *pos,
+        b.custom_start, b.custom_end, actor, note,
+        json.dumps(definition_of(b), sort_keys=True), *pos,
     ]  # fmt: skip
+
+
+def _header_text(headers: Sequence[tuple[str, bytes | None]] | None, name: str) -> str:
+    return next((v.decode(errors="replace") for k, v in headers or () if k == name and v), "")
 
 
 ACTION_COLUMNS = [

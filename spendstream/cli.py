@@ -179,11 +179,13 @@ def worker(
             wait_for_broker(settings.bootstrap_servers, 60)
             ensure_topics(settings)  # before either stage: no stage races topic creation
             if settings.budgets_file:
+                from spendstream.budget_history import default_actor
                 from spendstream.producer import publish_budgets
                 from spendstream.schemas.budget import load_budgets_file
 
                 budgets = load_budgets_file(settings.budgets_file)
-                publish_budgets(settings, budgets)
+                publish_budgets(settings, budgets, actor=default_actor(),
+                                note="SPENDSTREAM_BUDGETS_FILE at worker start")  # fmt: skip
                 logging.getLogger("spendstream").info("published %d budgets", len(budgets))
             me = [sys.executable, "-m", "spendstream.cli", "worker", "--stage"]
             env = {**os.environ, "SPENDSTREAM_WORKER_CHILD": "1"}
@@ -399,9 +401,37 @@ def _print_status(report: dict[str, Any]) -> None:
 
 
 # --- budgets -------------------------------------------------------------------------------
+ActorOption = Annotated[
+    str | None,
+    typer.Option("--actor", help="Who makes this change, recorded with it (default: the OS "
+                 "user).", show_default=False),
+]  # fmt: skip
+NoteOption = Annotated[
+    str | None,
+    typer.Option("--note", help="Why, recorded with the change (see `budgets history`).",
+                 show_default=False),
+]  # fmt: skip
+
+
+def _who(actor: str | None, note: str | None) -> tuple[str, str | None]:
+    """The actor (``--actor``, else the OS user) and note a change records, checked."""
+    from spendstream.budget_history import default_actor
+
+    who = default_actor() if actor is None else actor.strip()
+    if not who or len(who) > 256:
+        raise CliError("--actor must be 1 to 256 characters")
+    why = (note or "").strip() or None
+    if why is not None and len(why) > 2000:
+        raise CliError("--note must be at most 2000 characters")
+    return who, why
+
+
 @budgets_app.command("apply")
-def budgets_apply(file: Path) -> None:
-    """Validate budgets from a YAML/JSON file and publish them to the budgets topic."""
+def budgets_apply(file: Path, actor: ActorOption = None, note: NoteOption = None) -> None:
+    """Validate budgets from a YAML/JSON file and publish them to the budgets topic.
+
+    Each budget's new version records --actor (default: the OS user) and --note (a
+    budget in the file may carry its own note; --note replaces it)."""
 
     def body() -> None:
         from spendstream.producer import publish_budgets
@@ -409,13 +439,14 @@ def budgets_apply(file: Path) -> None:
         from spendstream.topics import ensure_topics, wait_for_broker
 
         settings = _settings()
+        who, why = _who(actor, note)
         load_budgets_file(file, hierarchy=False)  # file errors first, before waiting for Kafka
         wait_for_broker(settings.bootstrap_servers, 30)
         ensure_topics(settings)
         # a file may name parents defined earlier: check the hierarchy with what is live
         live = {b.budget_id: b for b in _read_budgets(settings).registry.all()}
         budgets = load_budgets_file(file, known=live)
-        publish_budgets(settings, budgets)
+        publish_budgets(settings, budgets, actor=who, note=why)
         console.print(f"applied {len(budgets)} budgets: {', '.join(b.budget_id for b in budgets)}")
 
     _run(body)
@@ -476,6 +507,9 @@ def budgets_show(
         console.print(f"  limit       {plain(budget.limit)} {budget.currency} {budget.period}"
                       f" ({budget.timezone})")  # fmt: skip
         console.print(f"  parent      {budget.parent_id or '-'}")
+        changed = f"{budget.updated_at:%Y-%m-%d %H:%M} UTC by {budget.actor or '(unknown)'}"
+        console.print(f"  changed     {changed}" + (f": {budget.note}" if budget.note else "")
+                      + f" (`budgets history {budget.budget_id}`)", highlight=False)  # fmt: skip
         console.print(f"  children    {', '.join(children) or '-'}")
         console.print(f"  scope       {json.dumps(budget.scope)}")
         tiers = ", ".join(f"{plain(t.percent)}% {t.action}"
@@ -496,8 +530,13 @@ def budgets_show(
 def budgets_delete(
     budget_id: str,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
+    actor: ActorOption = None,
+    note: NoteOption = None,
 ) -> None:
-    """Delete a budget: matching stops; its spend history stays in ClickHouse."""
+    """Delete a budget: matching stops; its spend history stays in ClickHouse.
+
+    The deletion is a tombstone on the budgets topic; --actor (default: the OS user) and
+    --note go with it as record headers, and `budgets history` shows them."""
 
     def body() -> None:
         from spendstream.producer import publish_budgets
@@ -507,6 +546,7 @@ def budgets_delete(
             raise CliError(f"not deleted: pass --yes to delete budget '{budget_id}' without a "
                            "prompt (no terminal to ask on)")  # fmt: skip
         settings = _settings()
+        who, why = _who(actor, note)
         registry = _read_budgets(settings).registry
         if registry.get(budget_id) is None:
             raise CliError(f"no budget '{budget_id}' (see `spendstream budgets list`)")
@@ -516,9 +556,60 @@ def budgets_delete(
                            "them first")  # fmt: skip
         if not yes and not typer.confirm(f"delete budget '{budget_id}'?"):
             raise CliError("not deleted")
-        publish_budgets(settings, [], delete=[budget_id])
+        publish_budgets(settings, [], delete=[budget_id], actor=who, note=why)
         console.print(f"deleted {budget_id}: new events no longer count toward it; its history "
                       "stays")  # fmt: skip
+
+    _run(body)
+
+
+@budgets_app.command("history")
+def budgets_history(
+    budget_id: str,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object, for machines.")] = False,
+) -> None:
+    """Every version of a budget, oldest first: when, who (actor), why (note) and what
+    changed against the version before (limit 100 -> 150, thresholds, scope ...),
+    deletions included.
+
+    Versions come from the budgets topic and from ClickHouse's budget_history (the sink
+    stores every version it reads). The topic is compacted: Kafka keeps each budget's
+    newest record, so older versions may be gone from it; without ClickHouse (no sink has
+    run, or it is unreachable) only what the topic still holds is shown, and the output
+    says so."""
+
+    def body() -> None:
+        import re
+
+        from spendstream import budget_history as bh
+        from spendstream.schemas.budget import BUDGET_ID_PATTERN
+        from spendstream.topics import TopicsError, wait_for_broker
+
+        if not re.fullmatch(BUDGET_ID_PATTERN, budget_id):
+            raise CliError(f"'{budget_id}' is not a budget id (letters, digits, '.', '_', '-')")
+        settings = _settings()
+        wait_for_broker(settings.bootstrap_servers, 30)  # quietly, and says what to do
+        try:
+            on_topic, notes = bh.topic_versions(settings, budget_id)
+        except TopicsError as exc:
+            raise CliError(f"{exc}: is Kafka running?") from None
+        stored, problem = bh.warehouse_versions(settings, budget_id)
+        notes.append(bh.COMPACTION_NOTE)
+        if problem:
+            notes.append(f"ClickHouse not read ({problem}): only the versions still on the "
+                         "budgets topic are shown")  # fmt: skip
+        versions = bh.merge_versions(on_topic, stored)
+        if not versions:
+            raise CliError(f"no budget '{budget_id}' in the history: it was never applied, or "
+                           "its versions are gone from the topic and not in ClickHouse "
+                           "(see `spendstream budgets list`)")  # fmt: skip
+        entries = bh.history(versions)
+        if as_json:
+            print(json.dumps(bh.history_json(budget_id, entries, notes), indent=2))
+            return
+        console.print(bh.history_table(budget_id, entries))
+        for line in notes:
+            console.print(f"note: {line}", style="dim", highlight=False, soft_wrap=True)
 
     _run(body)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from decimal import Decimal
 from pathlib import Path
 from typing import Literal
@@ -161,6 +162,15 @@ class Settings(BaseSettings):
         default=SecretStr(""),
         description="Bearer token the worker HTTP API requires for changes (empty = read-only).",
     )
+    api_token_name: str = Field(
+        default="api",
+        description="Actor recorded for changes made with SPENDSTREAM_API_TOKEN.",
+    )
+    api_tokens: SecretStr = Field(
+        default=SecretStr(""),
+        description="Named API tokens, name=token[,name=token...]: a change through the API "
+        "records the name of the token it came with as its actor.",
+    )
 
     # --- ClickHouse / sink ----------------------------------------------------------------
     clickhouse_dsn: str = Field(
@@ -256,11 +266,42 @@ class Settings(BaseSettings):
             raise ValueError("may only hold letters, digits, '.', '_' and '-'")
         return value
 
+    @field_validator("api_token_name")
+    @classmethod
+    def _check_token_name(cls, value: str) -> str:
+        return _token_name(value.strip())
+
+    @field_validator("api_tokens")
+    @classmethod
+    def _check_tokens(cls, value: SecretStr) -> SecretStr:
+        parse_api_tokens(value.get_secret_value())
+        return value
+
     @model_validator(mode="after")
     def _check_ports(self) -> Settings:
         if self.kafka_local_port == self.kafka_local_controller_port:
             raise ValueError("kafka_local_port and kafka_local_controller_port must differ")
+        self.api_token_names()  # the single token must not clash with the named ones
         return self
+
+    def api_token_names(self) -> dict[str, str]:
+        """Token -> actor name of every token the worker API accepts for changes: the named
+        tokens, and SPENDSTREAM_API_TOKEN under SPENDSTREAM_API_TOKEN_NAME."""
+        named = parse_api_tokens(self.api_tokens.get_secret_value())
+        single = self.api_token.get_secret_value().strip()
+        if single:
+            if single in named and named[single] != self.api_token_name:
+                raise ValueError(
+                    "SPENDSTREAM_API_TOKEN is also in SPENDSTREAM_API_TOKENS under another "
+                    f"name ('{named[single]}'): a change could not say who made it"
+                )
+            if self.api_token_name in named.values() and named.get(single) is None:
+                raise ValueError(
+                    f"the name '{self.api_token_name}' (SPENDSTREAM_API_TOKEN_NAME) is also a "
+                    "name in SPENDSTREAM_API_TOKENS: give each token its own name"
+                )
+            named[single] = self.api_token_name
+        return named
 
     # --- derived values --------------------------------------------------------------------
     @property
@@ -300,6 +341,7 @@ class Settings(BaseSettings):
             text = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
             env[ENV_PREFIX + name.upper()] = text
         env[ENV_PREFIX + "API_TOKEN"] = self.api_token.get_secret_value()
+        env[ENV_PREFIX + "API_TOKENS"] = self.api_tokens.get_secret_value()
         return env
 
     @property
@@ -401,6 +443,43 @@ class Topics:
         return configs
 
 
+#: an API token's name: it becomes the actor of every change made with the token
+TOKEN_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$"
+#: settings whose values never appear in an error message
+SECRET_FIELDS = {"api_token", "api_tokens"}
+
+
+def _token_name(name: str) -> str:
+    if not re.fullmatch(TOKEN_NAME_PATTERN, name):
+        raise ValueError(
+            f"'{name}' is not a token name: use 1-64 letters, digits, '.', '_', '@' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def parse_api_tokens(text: str) -> dict[str, str]:
+    """``name=token[,name=token...]`` -> {token: name}. Errors name the entry by its
+    position and name, never the token."""
+    tokens: dict[str, str] = {}
+    names: set[str] = set()
+    for index, entry in enumerate((e.strip() for e in text.split(",")), start=1):
+        if not entry:
+            continue
+        name, sep, token = entry.partition("=")
+        name, token = name.strip(), token.strip()
+        if not sep or not token:
+            raise ValueError(f"entry {index} is not name=token")
+        _token_name(name)
+        if name in names:
+            raise ValueError(f"the name '{name}' is given twice")
+        if token in tokens:
+            raise ValueError(f"'{tokens[token]}' and '{name}' have the same token")
+        names.add(name)
+        tokens[token] = name
+    return tokens
+
+
 class ConfigError(UserError):
     """Raised with a message a person can act on when settings are invalid."""
 
@@ -414,7 +493,9 @@ def load_settings(**overrides: object) -> Settings:
         for err in exc.errors():
             field = ".".join(str(p) for p in err["loc"]) or "settings"
             env = ENV_PREFIX + field.upper() if field != "settings" else ENV_PREFIX + "*"
-            lines.append(f"  {env}: {err['msg']} (got {err.get('input')!r})")
+            hidden = field in SECRET_FIELDS or field == "settings"  # the whole input: secrets too
+            shown = "" if hidden else f" (got {err.get('input')!r})"
+            lines.append(f"  {env}: {err['msg']}{shown}")
         raise ConfigError("invalid configuration:\n" + "\n".join(lines)) from None
 
 

@@ -169,9 +169,14 @@ class UsagePublisher:
 
 
 def publish_records(
-    settings: Settings, topic: str, records: Iterable[tuple[str, bytes | None]], what: str
+    settings: Settings,
+    topic: str,
+    records: Iterable[tuple[str, bytes | None]],
+    what: str,
+    headers: list[tuple[str, bytes]] | None = None,
 ) -> int:
-    """Write keyed records (None = tombstone) to a topic and wait until all are stored."""
+    """Write keyed records (None = tombstone) to a topic, each with ``headers``, and wait
+    until all are stored."""
     producer = Producer(producer_config(settings))
     failures: list[str] = []
 
@@ -181,7 +186,8 @@ def publish_records(
 
     count = 0
     for key, value in records:
-        producer.produce(topic, key=key.encode(), value=value, on_delivery=on_delivery)
+        extra: dict[str, Any] = {"headers": headers} if headers else {}
+        producer.produce(topic, key=key.encode(), value=value, on_delivery=on_delivery, **extra)
         count += 1
     remaining = producer.flush(60)
     if remaining or failures:
@@ -190,18 +196,44 @@ def publish_records(
     return count
 
 
+#: headers of every budgets-topic record a change writes: who (``actor``) and why
+#: (``note``), UTF-8. A tombstone has no value, so its headers are the only place a
+#: deletion's actor and note are kept (the budget history and the sink read them).
+ACTOR_HEADER = "actor"
+NOTE_HEADER = "note"
+
+
+def change_headers(actor: str | None, note: str | None) -> list[tuple[str, bytes]]:
+    """The ``actor`` and ``note`` headers of a change (those that are set)."""
+    pairs = ((ACTOR_HEADER, actor), (NOTE_HEADER, note))
+    return [(name, text.encode()) for name, text in pairs if text]
+
+
 def publish_budgets(
-    settings: Settings, budgets: Iterable[BudgetDefinition], delete: Iterable[str] = ()
+    settings: Settings,
+    budgets: Iterable[BudgetDefinition],
+    delete: Iterable[str] = (),
+    *,
+    actor: str | None = None,
+    note: str | None = None,
 ) -> int:
-    """Write definitions (and tombstones for deletions) to the compacted budgets topic."""
+    """Write definitions (and tombstones for deletions) to the compacted budgets topic.
+
+    ``actor`` and ``note`` stamp every definition written (``note`` only when given: a
+    definition may carry its own) and go as headers on every record, tombstones
+    included."""
     configure_registry(settings.schema_registry_url or None)
     topic = settings.topics.budgets
     codec = framed_codec("BudgetDefinition", topic)
+    stamp: dict[str, Any] = {"actor": actor} if actor else {}
+    if note:
+        stamp["note"] = note
+    stamped = [b.model_copy(update=stamp) if stamp else b for b in budgets]
     records: list[tuple[str, bytes | None]] = [
-        (b.budget_id, codec.encode(b.to_avro())) for b in budgets
+        (b.budget_id, codec.encode(b.to_avro())) for b in stamped
     ]
     records += [(budget_id, None) for budget_id in delete]
-    return publish_records(settings, topic, records, "budgets")
+    return publish_records(settings, topic, records, "budgets", change_headers(actor, note))
 
 
 def publish_alert_action(settings: Settings, action: AlertAction) -> None:

@@ -6,7 +6,7 @@ import logging
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
@@ -62,6 +62,72 @@ def read_topic(
             value = msg.value()
             if value is not None:
                 out.append((msg.key(), decode(value)))
+        return out
+    finally:
+        consumer.close()
+
+
+@dataclass(frozen=True)
+class RawRecord:
+    """A record as it is on the topic: tombstones (value None) and headers included."""
+
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes | None]]
+    timestamp_ms: int | None
+    partition: int
+    offset: int
+
+
+def read_records(
+    settings: Settings, topic: str, *, key: bytes | None = None, timeout: float = 30
+) -> list[RawRecord]:
+    """Every record of ``topic`` (only those with ``key``, when given) from the beginning
+    to the end it had when the read started, undecoded, in offset order per partition.
+    A missing topic has none; a broker that does not answer raises TopicsError."""
+    from spendstream.topics import TopicsError
+
+    consumer = _reader(settings)
+    try:
+        try:
+            meta = consumer.list_topics(topic, timeout=timeout)
+            info = meta.topics.get(topic)
+            if info is None or info.error is not None:
+                return []
+            ends: dict[int, int] = {}
+            for p in info.partitions:
+                low, high = _watermarks(consumer, TopicPartition(topic, p), timeout)
+                if high > low:
+                    ends[p] = high
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            reason = error.str() if isinstance(error, KafkaError) else str(exc)
+            raise TopicsError(f"cannot read topic {topic}: {reason}") from None
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
+        pending = set(ends)
+        out: list[RawRecord] = []
+        while pending:
+            msg = consumer.poll(timeout)
+            if msg is None:
+                raise TopicsError(f"cannot read topic {topic}: no answer within {timeout:.0f} s")
+            err = msg.error()
+            p, offset = msg.partition(), msg.offset()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    pending.discard(p)
+                elif err.fatal():
+                    raise TopicsError(f"cannot read topic {topic}: {err.str()}")
+                continue
+            if p is None or offset is None or p not in pending or offset >= ends[p]:
+                continue
+            if offset >= ends[p] - 1:
+                pending.discard(p)
+            if key is None or msg.key() == key:
+                stamp = msg.timestamp()[1]
+                headers = [(k, v.encode() if isinstance(v, str) else v)
+                           for k, v in cast(list[tuple[str, Any]], msg.headers() or [])]  # fmt: skip
+                out.append(RawRecord(msg.key(), msg.value(), headers,
+                                     stamp if stamp >= 0 else None, p, offset))  # fmt: skip
         return out
     finally:
         consumer.close()

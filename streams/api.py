@@ -15,7 +15,7 @@ import hmac
 import json
 import logging
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, date, datetime, time
 from decimal import Decimal
 from typing import Any, cast
@@ -36,8 +36,9 @@ from .pricing import Pricer, PricingError
 log = logging.getLogger("spendstream.api")
 
 Reply = tuple[int, Any]
-#: publish a definition (or a tombstone for an id), and an alert action; blocking calls
-BudgetWriter = Callable[[BudgetDefinition | None, str], None]
+#: publish a definition (or a tombstone for an id) with who did it and why (actor, note),
+#: and an alert action; blocking calls
+BudgetWriter = Callable[[BudgetDefinition | None, str, str, str | None], None]
 ActionWriter = Callable[[AlertAction], None]
 #: recent usage rows of a budget, newest first (None = no warehouse reachable)
 UsageReader = Callable[[str, int], list[dict[str, Any]] | None]
@@ -45,6 +46,10 @@ UsageReader = Callable[[str, int], list[dict[str, Any]] | None]
 
 #: request bodies above this get a JSON 413 (aiohttp's default ``client_max_size``)
 MAX_BODY = 1024**2
+#: actor of changes made with the single unnamed token (SPENDSTREAM_API_TOKEN_NAME's default)
+DEFAULT_TOKEN_NAME = "api"
+#: longest note a change may carry (as BudgetDefinition.note)
+MAX_NOTE = 2000
 
 
 def dump(model: BaseModel) -> dict[str, Any]:
@@ -100,7 +105,7 @@ class BudgetApi:
         self,
         feed: BudgetFeed,
         pricer: Pricer,
-        token: str,
+        tokens: str | Mapping[str, str],
         write_budget: BudgetWriter,
         write_action: ActionWriter,
         read_usage: UsageReader | None = None,
@@ -108,22 +113,38 @@ class BudgetApi:
         self.feed = feed
         self.registry = feed.registry
         self.pricer = pricer
-        self.token = token
+        #: token -> name; a plain string is the single unnamed token (SPENDSTREAM_API_TOKEN)
+        self.tokens = (
+            dict(tokens)
+            if not isinstance(tokens, str)
+            else ({tokens: DEFAULT_TOKEN_NAME} if tokens else {})
+        )
         self.write_budget = write_budget
         self.write_action = write_action
         self.read_usage = read_usage
 
     # --- helpers -------------------------------------------------------------------------
-    def authorize(self, header: str | None) -> Reply | None:
-        """None when the caller may change things, else the error reply."""
-        if not self.token:
-            return error(403, "this API is read-only: set SPENDSTREAM_API_TOKEN on the workers")
+    def authenticate(self, header: str | None) -> tuple[str, None] | tuple[None, Reply]:
+        """(the token's name, None) when the caller may change things, else (None, the
+        error reply). The name is the actor of the change: a client never picks it."""
+        if not self.tokens:
+            return None, error(403, "this API is read-only: set SPENDSTREAM_API_TOKEN or "
+                                    "SPENDSTREAM_API_TOKENS on the workers")  # fmt: skip
         scheme, _, given = (header or "").partition(" ")
         if scheme.lower() != "bearer" or not given:
-            return error(401, "missing 'Authorization: Bearer <token>' header")
-        if not hmac.compare_digest(given.strip().encode(), self.token.encode()):
-            return error(401, "invalid token")
-        return None
+            return None, error(401, "missing 'Authorization: Bearer <token>' header")
+        offered = given.strip().encode()
+        found: str | None = None
+        for token, name in self.tokens.items():  # every one: no early exit to time
+            if hmac.compare_digest(offered, token.encode()):
+                found = name
+        if found is None:
+            return None, error(401, "invalid token")
+        return found, None
+
+    def authorize(self, header: str | None) -> Reply | None:
+        """None when the caller may change things, else the error reply."""
+        return self.authenticate(header)[1]
 
     @staticmethod
     def parse(body: bytes) -> Any:
@@ -156,12 +177,13 @@ class BudgetApi:
 
     def put_budget(self, budget_id: str | None, body: bytes, auth: str | None) -> Reply:
         """Create (POST, ``budget_id`` None) or create-or-replace (PUT) a budget."""
-        denied = self.authorize(auth)
+        actor, denied = self.authenticate(auth)
         if denied:
             return denied
         data = self.parse(body)
         if not isinstance(data, dict):
             return error(400, "expected a JSON object with the budget definition")
+        data["actor"] = actor  # the token's name, whatever the body says
         if budget_id is not None and data.setdefault("budget_id", budget_id) != budget_id:
             return error(400, f"budget_id in the body ({data['budget_id']}) is not "
                               f"the one in the path ({budget_id})")  # fmt: skip
@@ -180,21 +202,29 @@ class BudgetApi:
             validate_hierarchy(known)
         except BudgetError as exc:
             return error(422, str(exc))
-        self.write_budget(budget, budget.budget_id)
+        self.write_budget(budget, budget.budget_id, actor or "", budget.note)
         self.registry.put(budget)  # read-your-writes on this worker; the feed confirms it
         return (200 if exists else 201), dump(budget)
 
-    def delete_budget(self, budget_id: str, auth: str | None) -> Reply:
-        denied = self.authorize(auth)
+    def delete_budget(self, budget_id: str, auth: str | None, body: bytes = b"") -> Reply:
+        """Delete (a tombstone); an optional body ``{"note": "..."}`` says why. The actor
+        and the note travel as headers of the tombstone, which has no value."""
+        actor, denied = self.authenticate(auth)
         if denied:
             return denied
+        data = self.parse(body) or {}
+        if not isinstance(data, dict) or set(data) - {"note"}:
+            return error(400, 'expected no body or a JSON object such as {"note": "why"}')
+        note = data.get("note")
+        if note is not None and (not isinstance(note, str) or len(note) > MAX_NOTE):
+            return error(422, f"note must be text of at most {MAX_NOTE} characters")
         if self.registry.get(budget_id) is None:
             return error(404, f"no budget '{budget_id}'")
         children = sorted(b.budget_id for b in self.registry.all() if b.parent_id == budget_id)
         if children:
             return error(409, f"budget '{budget_id}' has children {children}: delete or "
                               "re-parent them first")  # fmt: skip
-        self.write_budget(None, budget_id)
+        self.write_budget(None, budget_id, actor or "", (note or "").strip() or None)
         self.registry.delete(budget_id)
         return 200, {"deleted": budget_id, "note": "matching stops; its history stays"}
 
@@ -351,8 +381,8 @@ def mount(app: Any, api: BudgetApi, bind: str = "127.0.0.1") -> None:
                 request, lambda body: api.put_budget(budget_id, body, auth(request)))))  # fmt: skip
 
         async def delete(self, request: Any, budget_id: str) -> Any:
-            return respond(self, await serve(request, lambda: blocking(api.delete_budget, budget_id,
-                                                                 auth(request))))  # fmt: skip
+            return respond(self, await serve(request, lambda: with_body(
+                request, lambda body: api.delete_budget(budget_id, auth(request), body))))  # fmt: skip
 
     @app.page("/budgets/{budget_id}/status")
     class Status(View):

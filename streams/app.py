@@ -448,16 +448,16 @@ def make_api(settings: Settings, feed: BudgetFeed, pricer: Pricer) -> BudgetApi:
     """The HTTP API with writers to the compacted topics and usage read from ClickHouse."""
     from spendstream.producer import publish_alert_action, publish_budgets
 
-    def write_budget(budget: Any, budget_id: str) -> None:
+    def write_budget(budget: Any, budget_id: str, actor: str, note: str | None) -> None:
         if budget is None:
-            publish_budgets(settings, [], delete=[budget_id])
+            publish_budgets(settings, [], delete=[budget_id], actor=actor, note=note)
         else:
-            publish_budgets(settings, [budget])
+            publish_budgets(settings, [budget], actor=actor, note=note)
 
     return BudgetApi(
         feed,
         pricer,
-        settings.api_token.get_secret_value(),
+        settings.api_token_names(),
         write_budget,
         lambda action: publish_alert_action(settings, action),
         lambda budget_id, limit: recent_usage(settings, budget_id, limit),

@@ -24,7 +24,9 @@ def api():
     feed.registry.put(BudgetDefinition(budget_id="org", name="Acme", limit="100",
                                        scope={"org": "acme"}))  # fmt: skip
     written, actions = [], []
-    api = BudgetApi(feed, Pricer(), TOKEN, lambda b, i: written.append((b, i)), actions.append)
+    api = BudgetApi(
+        feed, Pricer(), TOKEN, lambda b, i, *who: written.append((b, i)), actions.append
+    )
     api.written, api.actions = written, actions
     return api
 

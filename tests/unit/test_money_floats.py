@@ -47,7 +47,7 @@ def custom_line(amount: str) -> str:
 def api() -> BudgetApi:
     feed = BudgetFeed(Settings())
     written: list[object] = []
-    return BudgetApi(feed, Pricer(), TOKEN, lambda b, i: written.append(b), lambda a: None)
+    return BudgetApi(feed, Pricer(), TOKEN, lambda b, i, *who: written.append(b), lambda a: None)
 
 
 # --- HTTP API (JSON) ------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from spendstream.schemas.avro import (
     history_versions,
     load,
 )
+from spendstream.schemas.budget import BudgetDefinition
 from spendstream.schemas.models import UsageEvent
 from tests.conftest import llm_event
 
@@ -50,7 +51,28 @@ def test_v2_round_trip_keeps_the_new_field():
     assert UsageEvent.decode(event.encode()).producer == "billing-tracker/1.4"
 
 
-@pytest.mark.parametrize("name", ["UsageEvent", "PricedUsage"])
+def test_budget_definitions_written_with_v1_still_decode_without_actor_or_note():
+    """A budget on the compacted topic since before v2 (actor, note) stays readable."""
+    (v1,) = history_versions("BudgetDefinition")
+    parsed = fastavro.parse_schema(v1)
+    budget = BudgetDefinition(budget_id="acme", name="Acme", limit="100.5", scope={"org": "acme"})
+    record = budget.to_avro()
+    assert record.pop("actor") is None and record.pop("note") is None
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, parsed, record)
+    data = SINGLE_OBJECT_MAGIC + fingerprint(parsed) + buf.getvalue()
+    assert data[2:10] != codec("BudgetDefinition").header[2:]  # really the old fingerprint
+    decoded = BudgetDefinition.decode(data)
+    assert decoded == budget and decoded.actor is None and decoded.note is None
+
+
+def test_budget_definition_v2_round_trip_keeps_actor_and_note():
+    budget = BudgetDefinition(budget_id="acme", name="Acme", limit="1", actor="ana", note="Q4")
+    decoded = BudgetDefinition.decode(budget.encode())
+    assert (decoded.actor, decoded.note) == ("ana", "Q4")
+
+
+@pytest.mark.parametrize("name", ["UsageEvent", "PricedUsage", "BudgetDefinition"])
 def test_every_archived_version_is_readable_by_the_current_schema(name):
     versions = history_versions(name)
     assert versions, "history must keep the previous versions"
