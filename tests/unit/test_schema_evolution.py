@@ -70,8 +70,12 @@ def test_v2_llm_records_decode_with_standard_billing_defaults():
 
 def test_v3_round_trip_keeps_the_billing_fields():
     payload = llm_event().payload.model_copy(
-        update={"cache_write_tokens": 300, "cache_write_1h_tokens": 200, "service_tier": "flex",
-                "batch": True}  # fmt: skip
+        update={
+            "cache_write_tokens": 300,
+            "cache_write_1h_tokens": 200,
+            "service_tier": "flex",
+            "batch": True,
+        }  # fmt: skip
     )
     event = llm_event().model_copy(update={"payload": payload})
     back = UsageEvent.decode(event.encode()).payload
