@@ -41,7 +41,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal, localcontext
 from fractions import Fraction
@@ -150,7 +150,7 @@ class _Rates:
     lowest tier start), and ``tiers`` holds (start, rates) for the segments above, in
     ascending order: prompts of more than ``start`` input tokens use those rates."""
 
-    __slots__ = ("lines", "guards", "exact_below", "fallback", "tiers")
+    __slots__ = ("lines", "guards", "exact_below", "fallback", "tiers", "source", "flag")
 
     def __init__(
         self,
@@ -165,6 +165,16 @@ class _Rates:
         self.exact_below = exact_below  # counts from here on -> the library decides
         self.fallback = fallback
         self.tiers = tiers
+        # price_source and billing flag of what these rates price (the billing mode can
+        # change with time: genai-prices' batch and tier prices start at a date)
+        self.source = ""
+        self.flag: str | None = None
+
+    def label(self, source: str, flag: str | None) -> _Rates:
+        """Set source and flag here and on the tier segments above."""
+        for rates in (self, *(above for _, above in self.tiers)):
+            rates.source, rates.flag = source, flag
+        return self
 
     def for_prompt(self, input_tokens: int) -> _Rates:
         """The rates for a prompt of ``input_tokens`` (the hot path inlines this)."""
@@ -331,10 +341,10 @@ class CompiledPricer:
                             total,
                             tuple(lines),
                             entry.currency,
-                            entry.source,
+                            rates.source,
                             entry.version,
                             None,
-                            entry.flag,
+                            rates.flag,
                         ),
                     )
         return self._fallback(
@@ -441,7 +451,7 @@ class CompiledPricer:
                 f"catalog {self.catalog.version}",
                 billing.flag,
             )
-            entry.single = _compile_override(override, billing)
+            entry.single = _compile_override(override, billing).label(entry.source, entry.flag)
             if "per_image" not in override:
                 entry.images_error = (
                     "unknown_price",
@@ -471,16 +481,15 @@ class CompiledPricer:
             )
             entry.images_error = images_error
             return entry
-        billing = self.catalog.billing_for(provider, model, batch, tier, variants_of(info))
-        entry = _Model(
-            "USD",
-            f"genai-prices:{found.id}{billing.suffix}",
-            self.pricer.genai_version,
-            billing.flag,
-        )
+        entry = _Model("USD", f"genai-prices:{found.id}", self.pricer.genai_version)
         entry.images_error = images_error
+
+        def billing_at(moment: datetime) -> Billing:
+            variants = variants_of(info, moment)
+            return self.catalog.billing_for(provider, model, batch, tier, variants)
+
         try:
-            _compile_windows(entry, info, billing)
+            _compile_windows(entry, info, billing_at)
         except Exception:  # a price shape this module does not know: the library decides
             entry.bounds, entry.tod, entry.table = [], [], []
             entry.single = _Rates(fallback="price_shape")
@@ -495,24 +504,23 @@ def _whole(quantity: Decimal) -> int:
     return whole
 
 
-def _compile_windows(entry: _Model, info: Any, billing: Billing = STANDARD) -> None:
+def _standard(moment: datetime) -> Billing:
+    return STANDARD
+
+
+def _compile_windows(
+    entry: _Model, info: Any, billing_at: Callable[[datetime], Billing] = _standard
+) -> None:
     """Split time where the model's price selection can change (UTC midnights of start
-    dates, times of day of daily windows, of its standard prices and of the price variants
-    the billing mode selects), ask the library which prices hold in each segment (under
-    the billing mode), and compile each distinct price set once."""
+    dates, times of day of daily windows, of its standard prices and of its price
+    variants), ask the library which prices hold in each segment under the billing mode
+    in force then, and compile each distinct price set once."""
     from genai_prices import types as gt
 
     bounds: set[datetime] = set()
     tod: set[int] = set()
     conditional = [] if isinstance(info.prices, gt.ModelPrice) else info.prices
-    context = dict(billing.context)
-    variants = [
-        v
-        for v in (info.price_variants or ())
-        if context
-        if all(context.get(k) == val for k, val in v.when.items())
-    ]
-    for price in [*conditional, *variants]:
+    for price in [*conditional, *(info.price_variants or ())]:
         constraint = price.constraint
         if constraint is None:
             continue
@@ -526,16 +534,20 @@ def _compile_windows(entry: _Model, info: Any, billing: Billing = STANDARD) -> N
     entry.tod = sorted(tod - {0})
     days = [entry.bounds[0] - DAY if entry.bounds else EPOCH, *entry.bounds]
     offsets = [0, *entry.tod]
-    compiled: dict[str, _Rates] = {}
+    compiled: dict[tuple[str, str | None], _Rates] = {}
     for day in days:
         row = []
         for offset in offsets:
             moment = day + timedelta(microseconds=offset)
-            prices = adjust_prices(info.get_prices(moment, context), billing)
-            key = repr(prices)  # a price context or rule makes new objects: compare contents
+            billing = billing_at(moment)
+            prices = adjust_prices(info.get_prices(moment, dict(billing.context)), billing)
+            # a price context or rule makes new objects: compare contents
+            key = (repr(prices), billing.flag)
             rates = compiled.get(key)
             if rates is None:
-                rates = compiled[key] = _compile_genai_prices(prices)
+                rates = compiled[key] = _compile_genai_prices(prices).label(
+                    entry.source + billing.suffix, billing.flag
+                )
             row.append(rates)
         entry.table.append(row)
     if len(days) == 1 and len(offsets) == 1:

@@ -336,12 +336,14 @@ def _cost(
     return Cost(money(total), currency, lines, source, version, flag=flag)
 
 
-def variants_of(info: Any) -> frozenset[tuple[str, str]]:
-    """The single-key price contexts genai-prices has variants for on this model."""
+def variants_of(info: Any, when: datetime) -> frozenset[tuple[str, str]]:
+    """The single-key price contexts genai-prices has variants for on this model at
+    ``when`` (its batch and tier prices start at a date: before it, our rules apply)."""
     return frozenset(
         item
         for variant in (getattr(info, "price_variants", None) or ())
         if len(variant.when) == 1
+        and (variant.constraint is None or variant.constraint.active(when))
         for item in variant.when.items()
     )
 
@@ -469,7 +471,11 @@ class Pricer:
                 usage.model, None, usage.provider, None
             )
             billing = self.catalog.billing_for(
-                usage.provider, usage.model, usage.batch, usage.service_tier, variants_of(model)
+                usage.provider,
+                usage.model,
+                usage.batch,
+                usage.service_tier,
+                variants_of(model, when),
             )
             prices = adjust_prices(model.get_prices(when, dict(billing.context)), billing)
             raw = _genai_lines(prices, gusage)

@@ -321,3 +321,15 @@ def test_tracking_publishes_batch_lines_and_skips_unbilled_ones():
     assert [e.payload.batch for e in published] == [True]
     assert published[0].attributes.team == "ml"
     assert (tracker.tracked, tracker.not_billed, tracker.failed) == (1, 1, 1)
+
+
+def test_before_the_data_models_batch_prices_the_catalog_rule_applies_compiled_too():
+    # genai-prices models OpenAI batch prices from 2026-10-14 on; a batch call of 2025
+    # is priced by the catalog's openai rule (0.5x): the same 0.00018 as above
+    usage = LlmUsage(provider="openai", model="gpt-4o-mini", input_tokens=1200,
+                     output_tokens=300, batch=True)  # fmt: skip
+    for when in (datetime(2025, 11, 15, tzinfo=UTC), WHEN):
+        cost = PRICER.price_llm(usage, when)
+        assert cost.total == D("0.00018") and cost.flag is None
+        fast = COMPILED.price_payload(usage.model_dump(exclude={"kind"}), when)
+        assert fast.to_cost() == cost and fast.fallback is None
