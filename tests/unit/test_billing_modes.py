@@ -333,3 +333,26 @@ def test_before_the_data_models_batch_prices_the_catalog_rule_applies_compiled_t
         assert cost.total == D("0.00018") and cost.flag is None
         fast = COMPILED.price_payload(usage.model_dump(exclude={"kind"}), when)
         assert fast.to_cost() == cost and fast.fallback is None
+
+
+def test_the_readme_catalog_example_prices_negotiated_tiers():
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    (block,) = [b for b in re.findall(r"```yaml\n(.*?)```", readme, flags=re.S) if "billing:" in b]
+    catalog = Catalog.load().merged(Catalog._parse(yaml.safe_load(block)))
+    pricer = Pricer(catalog)
+    prio = copy.deepcopy(ANTHROPIC)
+    prio["usage"]["service_tier"] = "priority"
+    cost = pricer.price_llm(from_anthropic_message(prio).payload, WHEN)
+    # 1.25 x the standard 0.037455 = 0.04681875, not flagged
+    assert cost.total == D("0.04681875") and cost.flag is None
+    scale = pricer.price_llm(from_openai_chat(chat("gpt-5", "scale")).payload, WHEN)
+    # explicit: 1000 x $1.10 + 100 x $9 = 0.0011 + 0.0009
+    assert scale.total == D("0.002") and scale.source == "genai-prices:openai"
+    # the bundled rules still apply below the user's: batch on Anthropic is half
+    batch = pricer.price_llm(from_anthropic_batch_result(anthropic_result()).payload, WHEN)
+    assert batch.total == D("0.0187275")
