@@ -92,3 +92,33 @@ def test_readme_query_splits_batch_from_interactive_spend(client):
     assert by_mode[("interactive", "")] == (2, 0, D("0.42"))  # m1 and the old m6
     assert by_mode[("interactive", "flex")] == (1, 0, D("0.105"))
     assert by_mode[("interactive", "priority")] == (1, 0, D("0.35"))
+
+
+def test_recommendations_reprice_batch_calls_at_batch_rates(chdb_dir):
+    from spendstream.sinks.recommendations import recommend
+    from spendstream.sinks.warehouse import DirectWarehouse
+    from spendstream.streams.pricing import Pricer
+
+    settings = load_settings(clickhouse_dsn=f"chdb://{chdb_dir}",
+                             clickhouse_database=f"recb_{uuid.uuid4().hex[:6]}")  # fmt: skip
+    client = connect(settings)
+    migrate(client)
+    pricer = Pricer()
+    rows = []
+    for i in range(10):
+        event = UsageEvent(event_id=f"g{i}", occurred_at=NOW - timedelta(days=2), source="llm",
+                           payload=LlmUsage(provider="openai", model="gpt-4o",
+                                            input_tokens=10_000, output_tokens=1_000,
+                                            batch=True))  # fmt: skip
+        cost = pricer.price(event)
+        priced = PricedUsage(event=event, cost=cost.total, currency="USD",
+                             components=cost.components, price_source=cost.source,
+                             price_version=cost.version, priced_at=NOW,
+                             origin=SourcePosition(topic="t", partition=0, offset=i))  # fmt: skip
+        rows.append(priced_row(codec("PricedUsage").encode(priced.to_avro()), ("p", 0, i)))
+    client.insert("priced_usage", rows, column_names=PRICED_COLUMNS)
+    found = {(r.kind, r.subject): r.monthly_saving
+             for r in recommend(DirectWarehouse(client), pricer, now=NOW)}  # fmt: skip
+    # gpt-4o batch: 10 x (10k x $1.25 + 1k x $5)/M = 0.175; on gpt-4o-mini, batch too:
+    # 10 x (10k x $0.075 + 1k x $0.30)/M = 0.0105 (not the standard 0.021)
+    assert found[("cheaper model", "openai/gpt-4o (batch)")] == D("0.1645")
