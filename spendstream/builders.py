@@ -373,10 +373,13 @@ def from_openai_batch_line(
                 "openai-embedding": from_openai_embedding}  # fmt: skip
     if kind not in builders:
         raise BuilderError(f"{what} '{custom_id}': body is a {kind} payload, not an OpenAI one")
-    extra = {} if kind == "openai-responses" else {"provider": provider}
-    return builders[kind](body, batch=True, attributes=attributes, occurred_at=occurred_at,  # type: ignore[operator]
-                          event_id=event_id or (f"{provider}:{data['id']}" if data.get("id")
-                                                else None), **extra)  # fmt: skip
+    extra: dict[str, Any] = {} if kind == "openai-responses" else {"provider": provider}
+    # the batch request's id names the event: the body's own id could also be billed
+    # interactively under the same name
+    default_id = f"{provider}:{data['id']}" if data.get("id") else None
+    build_one: Any = builders[kind]
+    return build_one(body, batch=True, attributes=attributes, occurred_at=occurred_at,
+                     event_id=event_id or default_id, **extra)  # fmt: skip
 
 
 def from_anthropic_batch_result(

@@ -10,8 +10,10 @@ call is priced at the provider's batch rates, a service tier at that tier's rate
 1-hour cache writes at their own rate. Rates come from genai-prices' data (its price
 variants ``processing: batch`` and ``service_tier: ...``, its ``cache_write_1h_mtok``)
 and, where it has none, from the ``billing`` rules of our catalog; never from a constant
-in code. A tier nobody has rates for is priced at the standard rates and flagged. Each cost line is rounded once to nano-units and the
-total is the sum of the rounded lines, so a breakdown always adds up exactly.
+in code. A tier nobody has rates for is priced at the standard rates and flagged.
+
+Each cost line is rounded once to nano-units and the total is the sum of the rounded
+lines, so a breakdown always adds up exactly.
 """
 
 from __future__ import annotations
