@@ -131,13 +131,20 @@ class LlmUsage(Strict):
     input_tokens: Count = 0
     output_tokens: Count = 0
     cache_read_tokens: Count = 0
+    #: every cache write, whatever its lifetime (so older producers keep their meaning)
     cache_write_tokens: Count = 0
+    #: the part of cache_write_tokens written with a 1-hour lifetime (its own, higher rate)
+    cache_write_1h_tokens: Count = 0
     reasoning_tokens: Count = 0
     input_audio_tokens: Count = 0
     output_audio_tokens: Count = 0
     images: Count = 0
     image_size: OptStr = None
     request_id: OptStr = None
+    #: the tier the provider says served the call (None: standard); priced at its rates
+    service_tier: Annotated[str | None, Field(default=None, min_length=1, max_length=64)] = None
+    #: made through a provider's batch API: priced at batch rates
+    batch: bool = False
 
     @model_validator(mode="after")
     def _consistent(self) -> LlmUsage:
@@ -145,6 +152,11 @@ class LlmUsage(Strict):
             raise ValueError(
                 "cache_read_tokens + cache_write_tokens exceed input_tokens; input_tokens is "
                 "the total prompt size including cached tokens"
+            )
+        if self.cache_write_1h_tokens > self.cache_write_tokens:
+            raise ValueError(
+                "cache_write_1h_tokens exceed cache_write_tokens; cache_write_tokens is the "
+                "total of all cache writes, the 1-hour ones included"
             )
         if self.reasoning_tokens > self.output_tokens:
             raise ValueError("reasoning_tokens exceed output_tokens (they are part of output)")

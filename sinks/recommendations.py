@@ -58,16 +58,22 @@ def recommend(
     scale = Decimal(30) / Decimal(days)
     found: list[Recommendation] = []
 
+    # per billing mode too: a re-priced call keeps its batch rates, tier and cache lifetimes
     llm = w.query(
         "SELECT provider, model, currency, sum(cost), sum(input_tokens), sum(cache_read_tokens), "
-        "sum(cache_write_tokens), sum(output_tokens), count() FROM priced_usage FINAL "
-        f"WHERE source = 'llm' AND priced = 1 AND {window} GROUP BY provider, model, currency",
+        "sum(cache_write_tokens), sum(output_tokens), count(), batch, service_tier, "
+        "sum(cache_write_1h_tokens) FROM priced_usage FINAL "
+        f"WHERE source = 'llm' AND priced = 1 AND {window} "
+        "GROUP BY provider, model, currency, batch, service_tier",
         params,
     )
-    for provider, model, currency, cost, inp, cached, written, out, calls in llm.rows:
+    for (provider, model, currency, cost, inp, cached, written, out, calls, batch, tier,
+         written_1h) in llm.rows:  # fmt: skip
         usage = LlmUsage(provider=provider, model=model, input_tokens=inp,
                          cache_read_tokens=cached, cache_write_tokens=written,
-                         output_tokens=out)  # fmt: skip
+                         cache_write_1h_tokens=written_1h, output_tokens=out,
+                         batch=bool(batch), service_tier=tier or None)  # fmt: skip
+        mode = (" (batch)" if batch else "") + (f" ({tier} tier)" if tier else "")
         # what the calls would cost after the recommended switch (None: no switch)
         switched: tuple[LlmUsage, Decimal] | None = None
         sibling = pricer.catalog.siblings.get((provider.lower(), model.lower()))
@@ -77,7 +83,7 @@ def recommend(
             if cheaper is not None and cheaper < cost:
                 switched = (other, cheaper)
                 found.append(Recommendation(
-                    "cheaper model", f"{provider}/{model}",
+                    "cheaper model", f"{provider}/{model}{mode}",
                     f"{calls} calls would cost {cheaper} instead of {cost} on {sibling[1]}; "
                     "route the easier ones there",
                     money((cost - cheaper) * scale), currency))  # fmt: skip
@@ -94,7 +100,7 @@ def recommend(
                 saving = min(base_cost - better, cost - already)  # never past the spend
                 after = f" (on {base.model}, after the switch)" if switched else ""
                 found.append(Recommendation(
-                    "prompt caching", f"{provider}/{model}",
+                    "prompt caching", f"{provider}/{model}{mode}",
                     f"cache hit ratio {ratio}% of {inp} prompt tokens; put stable prefixes "
                     f"(system prompts, tools, documents) first so they are cached{after}",
                     money(saving * scale), currency))  # fmt: skip

@@ -9,8 +9,18 @@ contract: ``input_tokens`` is the whole prompt including cache reads and writes,
   ``input_tokens`` already include cached tokens; reasoning is inside completion tokens.
 * Anthropic Messages: ``input_tokens`` EXCLUDES ``cache_read_input_tokens`` and
   ``cache_creation_input_tokens``; we add them back.
+  Its ``cache_creation`` splits the writes by cache lifetime (``ephemeral_5m_input_tokens``
+  at 1.25x the input price, ``ephemeral_1h_input_tokens`` at 2x): we keep the 1-hour part
+  apart. Bedrock and Vertex AI serve Anthropic models with the same usage (pass
+  ``provider``).
 * Google Gemini: ``promptTokenCount`` includes ``cachedContentTokenCount``;
   ``thoughtsTokenCount`` is billed as output but reported apart from candidates.
+* The tier that served a call (OpenAI's ``service_tier`` on the response, Anthropic's on
+  its usage) is kept: tiers are priced at their own rates.
+* Batch APIs: a line of a results file (OpenAI Batch API output, Anthropic Message
+  Batches results, Gemini API / Vertex AI batch prediction output) is the response it
+  wraps, marked ``batch`` (priced at batch rates). A request that failed, was canceled or
+  expired was not billed: ``NotBilled``, which callers skip rather than report as bad.
 Money that arrives as a JSON float in a provider's own payload (Apify's
 ``usageTotalUsd``, which we cannot ask Apify to quote) goes through ``str`` into Decimal,
 never through float arithmetic. Our own usage events are different: their amounts must
@@ -45,6 +55,11 @@ from spendstream.schemas.models import (
 
 class BuilderError(UserError, ValueError):
     """The payload is not what the builder expects; the message names the field."""
+
+
+class NotBilled(BuilderError):
+    """A batch result line for a request the provider did not bill (errored, canceled,
+    expired): nothing to publish, and nothing wrong with the line."""
 
 
 def as_dict(payload: Any) -> dict[str, Any]:
@@ -135,10 +150,21 @@ def _llm(what: str, **fields: Any) -> LlmUsage:
 
 
 # --- LLM APIs ------------------------------------------------------------------------------
+def _tier(data: Mapping[str, Any] | None, path: str, what: str) -> str | None:
+    """A service tier as the provider reports it (None when absent)."""
+    value = _get(data, path)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise BuilderError(f"{what}: '{path}' must be a string, got {value!r}")
+    return value
+
+
 def from_openai_chat(
     resp: Any,
     *,
     provider: str = "openai",
+    batch: bool = False,
     event_id: str | None = None,
     occurred_at: datetime | None = None,
     attributes: Attributes | Mapping[str, Any] | None = None,
@@ -159,6 +185,8 @@ def from_openai_chat(
         reasoning_tokens=_int(usage, "completion_tokens_details.reasoning_tokens", what),
         output_audio_tokens=_int(usage, "completion_tokens_details.audio_tokens", what),
         request_id=data.get("id"),
+        service_tier=_tier(data, "service_tier", what),
+        batch=batch,
     )
     return _event("llm", payload, event_id=event_id,
                   default_id=f"{provider}:{data['id']}" if data.get("id") else None,
@@ -174,6 +202,7 @@ def from_openai_compatible(resp: Any, provider: str, **kwargs: Any) -> UsageEven
 def from_openai_responses(
     resp: Any,
     *,
+    batch: bool = False,
     event_id: str | None = None,
     occurred_at: datetime | None = None,
     attributes: Attributes | Mapping[str, Any] | None = None,
@@ -192,6 +221,8 @@ def from_openai_responses(
         output_tokens=_int(usage, "output_tokens", what),
         reasoning_tokens=_int(usage, "output_tokens_details.reasoning_tokens", what),
         request_id=data.get("id"),
+        service_tier=_tier(data, "service_tier", what),
+        batch=batch,
     )
     return _event("llm", payload, event_id=event_id,
                   default_id=f"openai:{data['id']}" if data.get("id") else None,
@@ -203,6 +234,7 @@ def from_openai_embedding(
     resp: Any,
     *,
     provider: str = "openai",
+    batch: bool = False,
     event_id: str | None = None,
     occurred_at: datetime | None = None,
     attributes: Attributes | Mapping[str, Any] | None = None,
@@ -211,7 +243,8 @@ def from_openai_embedding(
     data = as_dict(resp)
     usage = _require(data, "usage", what)
     payload = _llm(what, provider=provider, model=_require(data, "model", what),
-                   operation="embedding", input_tokens=_int(usage, "prompt_tokens", what))  # fmt: skip
+                   operation="embedding", input_tokens=_int(usage, "prompt_tokens", what),
+                   batch=batch)  # fmt: skip
     return _event("llm", payload, event_id=event_id, default_id=None, occurred_at=occurred_at,
                   default_time=None, attributes=attributes)  # fmt: skip
 
@@ -241,23 +274,42 @@ def from_openai_image(
 def from_anthropic_message(
     resp: Any,
     *,
+    provider: str = "anthropic",
+    model: str | None = None,
+    batch: bool = False,
     event_id: str | None = None,
     occurred_at: datetime | None = None,
     attributes: Attributes | Mapping[str, Any] | None = None,
 ) -> UsageEvent:
-    """Anthropic Messages: its input_tokens exclude cache reads and writes; add them back."""
-    what = "anthropic message"
+    """Anthropic Messages: its input_tokens exclude cache reads and writes; add them back.
+    Cache writes are split by lifetime when ``usage.cache_creation`` says so (an older
+    payload without it: all 5-minute writes). Bedrock or Vertex AI: pass ``provider`` (and
+    ``model`` when the body does not name it)."""
+    what = f"{provider} anthropic message"
     data = as_dict(resp)
     usage = _require(data, "usage", what)
     uncached = _int(usage, "input_tokens", what)
     read = _int(usage, "cache_read_input_tokens", what)
     written = _int(usage, "cache_creation_input_tokens", what)
-    payload = _llm(what, provider="anthropic", model=_require(data, "model", what),
+    written_1h = 0
+    if isinstance(usage.get("cache_creation"), Mapping):
+        five = _int(usage, "cache_creation.ephemeral_5m_input_tokens", what)
+        written_1h = _int(usage, "cache_creation.ephemeral_1h_input_tokens", what)
+        if "cache_creation_input_tokens" not in usage:
+            written = five + written_1h
+        elif five + written_1h != written:
+            raise BuilderError(
+                f"{what}: cache_creation ({five} 5-minute + {written_1h} 1-hour tokens) does "
+                f"not add up to cache_creation_input_tokens ({written})"
+            )
+    tier = _tier(usage, "service_tier", what)
+    payload = _llm(what, provider=provider, model=model or _require(data, "model", what),
                    input_tokens=uncached + read + written, cache_read_tokens=read,
-                   cache_write_tokens=written, output_tokens=_int(usage, "output_tokens", what),
-                   request_id=data.get("id"))  # fmt: skip
+                   cache_write_tokens=written, cache_write_1h_tokens=written_1h,
+                   output_tokens=_int(usage, "output_tokens", what), request_id=data.get("id"),
+                   service_tier=tier, batch=batch or tier == "batch")  # fmt: skip
     return _event("llm", payload, event_id=event_id,
-                  default_id=f"anthropic:{data['id']}" if data.get("id") else None,
+                  default_id=f"{provider}:{data['id']}" if data.get("id") else None,
                   occurred_at=occurred_at, default_time=None, attributes=attributes)  # fmt: skip
 
 
@@ -265,6 +317,8 @@ def from_gemini(
     resp: Any,
     model: str | None = None,
     *,
+    provider: str = "google",
+    batch: bool = False,
     event_id: str | None = None,
     occurred_at: datetime | None = None,
     attributes: Attributes | Mapping[str, Any] | None = None,
@@ -274,14 +328,111 @@ def from_gemini(
     data = as_dict(resp)
     meta = _require(data, "usageMetadata", what)
     thoughts = _int(meta, "thoughtsTokenCount", what)
-    payload = _llm(what, provider="google", model=model or _require(data, "modelVersion", what),
+    payload = _llm(what, provider=provider,
+                   model=model or _require(data, "modelVersion", what),
                    input_tokens=_int(meta, "promptTokenCount", what),
                    cache_read_tokens=_int(meta, "cachedContentTokenCount", what),
                    output_tokens=_int(meta, "candidatesTokenCount", what) + thoughts,
-                   reasoning_tokens=thoughts, request_id=data.get("responseId"))  # fmt: skip
+                   reasoning_tokens=thoughts, request_id=data.get("responseId"),
+                   batch=batch)  # fmt: skip
     return _event("llm", payload, event_id=event_id,
-                  default_id=f"google:{data['responseId']}" if data.get("responseId") else None,
+                  default_id=f"{provider}:{data['responseId']}" if data.get("responseId") else None,
                   occurred_at=occurred_at, default_time=None, attributes=attributes)  # fmt: skip
+
+
+# --- batch API results -------------------------------------------------------------------------
+def from_openai_batch_line(
+    line: Any,
+    *,
+    provider: str = "openai",
+    event_id: str | None = None,
+    occurred_at: datetime | None = None,
+    attributes: Attributes | Mapping[str, Any] | None = None,
+) -> UsageEvent:
+    """A line of an OpenAI Batch API output (or error) file: ``{"id", "custom_id",
+    "response": {"status_code", "request_id", "body"}, "error"}``. The body is the chat
+    completion, response or embedding list the endpoint returned; a request that failed
+    (``error``, or a status other than 2xx) was not billed: NotBilled."""
+    what = "openai batch output line"
+    data = as_dict(line)
+    custom_id = data.get("custom_id")
+    response = data.get("response")
+    status = _get(response, "status_code") if isinstance(response, Mapping) else None
+    if (
+        data.get("error")
+        or not isinstance(response, Mapping)
+        or (isinstance(status, int) and not 200 <= status < 300)
+    ):
+        reason = _get(data, "error.message") or _get(response, "body.error.message") or status
+        raise NotBilled(f"{what} '{custom_id}': request failed ({reason}), not billed")
+    body = _require(response, "body", what)
+    if not isinstance(body, Mapping):
+        raise BuilderError(f"{what}: 'response.body' must be an object")
+    kind = detect(body)
+    builders = {"openai-chat": from_openai_chat, "openai-responses": from_openai_responses,
+                "openai-embedding": from_openai_embedding}  # fmt: skip
+    if kind not in builders:
+        raise BuilderError(f"{what} '{custom_id}': body is a {kind} payload, not an OpenAI one")
+    extra: dict[str, Any] = {} if kind == "openai-responses" else {"provider": provider}
+    # the batch request's id names the event: the body's own id could also be billed
+    # interactively under the same name
+    default_id = f"{provider}:{data['id']}" if data.get("id") else None
+    build_one: Any = builders[kind]
+    return build_one(body, batch=True, attributes=attributes, occurred_at=occurred_at,
+                     event_id=event_id or default_id, **extra)  # fmt: skip
+
+
+def from_anthropic_batch_result(
+    line: Any,
+    *,
+    provider: str = "anthropic",
+    event_id: str | None = None,
+    occurred_at: datetime | None = None,
+    attributes: Attributes | Mapping[str, Any] | None = None,
+) -> UsageEvent:
+    """A line of Anthropic Message Batches results: ``{"custom_id", "result": {"type",
+    "message"}}``. Only ``succeeded`` results are billed; ``errored``, ``canceled`` and
+    ``expired`` ones raise NotBilled."""
+    what = "anthropic batch result"
+    data = as_dict(line)
+    result = _require(data, "result", what)
+    kind = _get(result, "type")
+    if kind != "succeeded":
+        if kind in ("errored", "canceled", "expired"):
+            raise NotBilled(f"{what} '{data.get('custom_id')}': {kind}, not billed")
+        raise BuilderError(f"{what}: unknown result type {kind!r}")
+    message = _require(result, "message", what)
+    return from_anthropic_message(message, provider=provider, batch=True, event_id=event_id,
+                                  occurred_at=occurred_at, attributes=attributes)  # fmt: skip
+
+
+def from_gemini_batch_line(
+    line: Any,
+    *,
+    provider: str = "google",
+    event_id: str | None = None,
+    occurred_at: datetime | None = None,
+    attributes: Attributes | Mapping[str, Any] | None = None,
+) -> UsageEvent:
+    """A line of a Gemini batch output: the Gemini API's ``{"key", "response"}`` (or
+    ``{"key", "error"}``), or Vertex AI batch prediction's ``{"request", "response",
+    "status"}`` (``status`` empty on success). A failed request raises NotBilled."""
+    what = "gemini batch output line"
+    data = as_dict(line)
+    name = data.get("key") or _get(data, "response.responseId")
+    status = data.get("status")
+    if data.get("error") or (status not in (None, "") and not isinstance(status, Mapping)):
+        reason = _get(data, "error.message") or data.get("error") or status
+        raise NotBilled(f"{what} '{name}': request failed ({reason}), not billed")
+    if isinstance(status, Mapping) and status.get("code"):  # a google.rpc.Status
+        raise NotBilled(f"{what} '{name}': request failed ({status.get('message')}), not billed")
+    response = _require(data, "response", what)
+    if not isinstance(response, Mapping):
+        raise BuilderError(f"{what}: 'response' must be an object")
+    key = data.get("key")
+    default = f"{provider}:batch:{key}" if key and not response.get("responseId") else None
+    return from_gemini(response, provider=provider, batch=True, attributes=attributes,
+                       occurred_at=occurred_at, event_id=event_id or default)  # fmt: skip
 
 
 # --- Apify -----------------------------------------------------------------------------------
@@ -438,7 +589,9 @@ def build(
     builders = {
         "openai-chat": from_openai_chat, "openai-responses": from_openai_responses,
         "openai-embedding": from_openai_embedding, "anthropic": from_anthropic_message,
-        "gemini": from_gemini, "apify": from_apify_run, "n8n": from_n8n_execution,
+        "gemini": from_gemini, "openai-batch": from_openai_batch_line,
+        "anthropic-batch": from_anthropic_batch_result, "gemini-batch": from_gemini_batch_line,
+        "apify": from_apify_run, "n8n": from_n8n_execution,
         "zapier": from_zapier_task_usage, "make": from_make_execution,
         "power-automate": from_power_automate_run,
     }  # fmt: skip
@@ -463,6 +616,14 @@ def detect(data: Mapping[str, Any]) -> str:
     usage: Mapping[str, Any] = raw_usage if isinstance(raw_usage, Mapping) else {}
     if "event_id" in data and "payload" in data:
         return "event"
+    if "custom_id" in data and "result" in data:
+        return "anthropic-batch"
+    if "custom_id" in data and "response" in data:
+        return "openai-batch"
+    if ("key" in data and ("response" in data or "error" in data or "status" in data)) or (
+        "request" in data and "response" in data and "status" in data
+    ):
+        return "gemini-batch"
     if "usageMetadata" in data:
         return "gemini"
     if data.get("object") == "chat.completion" or "prompt_tokens" in usage and "choices" in data:
@@ -485,6 +646,6 @@ def detect(data: Mapping[str, Any]) -> str:
         return "power-automate"
     raise BuilderError(
         "could not tell which API this payload comes from; pass --source (one of event, "
-        "openai-chat, openai-responses, openai-embedding, anthropic, gemini, apify, n8n, "
-        "zapier, make, power-automate)"
+        "openai-chat, openai-responses, openai-embedding, anthropic, gemini, openai-batch, "
+        "anthropic-batch, gemini-batch, apify, n8n, zapier, make, power-automate)"
     )

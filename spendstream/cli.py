@@ -1074,16 +1074,24 @@ BROKER_CHECK_S = 5.0
 @app.command()
 def publish(
     file: Annotated[
-        Path, typer.Argument(help="JSON lines: usage events or raw provider payloads.")
+        Path,
+        typer.Argument(
+            help="JSON lines: usage events, raw provider payloads, or a batch API results "
+            "file (OpenAI, Anthropic, Gemini)."
+        ),
     ],
 ) -> None:
-    """Publish usage events from a JSON-lines file, with progress and a summary."""
+    """Publish usage events from a JSON-lines file, with progress (on stderr) and a summary.
+
+    A batch API results file is published whole: each billed line is one event marked
+    batch; lines for requests the provider did not bill (errored, canceled, expired) are
+    counted and skipped; a bad line is reported with its number."""
 
     def body() -> None:
         from pydantic import ValidationError
         from rich.progress import track
 
-        from spendstream.builders import BuilderError, build
+        from spendstream.builders import BuilderError, NotBilled, build
         from spendstream.producer import UsagePublisher
         from spendstream.schemas.models import explain
         from spendstream.topics import wait_for_broker
@@ -1097,13 +1105,20 @@ def publish(
         # without a broker the producer would retry for minutes, logging every attempt
         wait_for_broker(settings.bootstrap_servers, BROKER_CHECK_S)
         rejected: list[str] = []
+        not_billed = batch_calls = 0
         with UsagePublisher(settings) as publisher:
-            for number, raw in track(list(enumerate(lines, 1)), description="publishing"):
+            for number, raw in track(
+                list(enumerate(lines, 1)), description="publishing", console=err
+            ):
                 if not raw.strip():
                     continue
                 try:
                     line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
-                    publisher.publish(build(json.loads(line)))
+                    event = build(json.loads(line))
+                    publisher.publish(event)
+                    batch_calls += bool(getattr(event.payload, "batch", False))
+                except NotBilled:
+                    not_billed += 1
                 except UnicodeDecodeError as exc:
                     rejected.append(f"line {number}: not valid UTF-8 (byte 0x"
                                     f"{exc.object[exc.start]:02x} at position {exc.start + 1})")  # fmt: skip
@@ -1116,7 +1131,11 @@ def publish(
                 except RecursionError:
                     rejected.append(f"line {number}: JSON nested too deeply")
             report = publisher.flush()
-        console.print(f"sent {report.sent}, failed {report.failed}, rejected {len(rejected)}")
+        extra = f" ({batch_calls} batch calls)" if batch_calls else ""
+        skipped = f", not billed {not_billed}" if not_billed else ""
+        console.print(
+            f"sent {report.sent}{extra}, failed {report.failed}, rejected {len(rejected)}{skipped}"
+        )
         for reason in rejected[:20] + report.errors[:20]:
             console.print(f"  {reason}")
         if rejected or report.failed:
@@ -1135,8 +1154,8 @@ def price(
         str | None,
         typer.Option(
             help="Force the format: event, openai-chat, openai-responses, "
-            "openai-embedding, anthropic, gemini, apify, n8n, zapier, make, "
-            "power-automate."
+            "openai-embedding, anthropic, gemini, openai-batch, anthropic-batch, "
+            "gemini-batch, apify, n8n, zapier, make, power-automate."
         ),  # fmt: skip
     ] = None,
     as_json: Annotated[
@@ -1149,7 +1168,7 @@ def price(
     reported with its number (exit code 1) while the others are still priced."""
 
     def body() -> None:
-        from spendstream.builders import build
+        from spendstream.builders import NotBilled, build
         from spendstream.streams.pricing import Catalog, Pricer
 
         settings = _settings()
@@ -1170,7 +1189,14 @@ def price(
             return
         except RecursionError:
             raise CliError(f"{file}: JSON nested too deeply") from None
-        event = build(payload, source)
+        try:
+            event = build(payload, source)
+        except NotBilled as exc:
+            if as_json:
+                print(json.dumps({"not_billed": str(exc)}, indent=2))
+            else:
+                console.print(str(exc), highlight=False, markup=False)
+            return
         cost = pricer.price(event)
         if as_json:
             print(json.dumps(_priced_json(event, cost), indent=2))
@@ -1181,9 +1207,21 @@ def price(
             table.add_row(c.name, plain(c.quantity), c.unit, format(c.amount, "f"))
         table.add_row("[bold]total[/bold]", "", "", f"[bold]{cost.total} {cost.currency}[/bold]")
         console.print(table)
-        console.print(f"priced by {cost.source} ({cost.version})")
+        console.print(f"priced by {cost.source} ({cost.version}){_billing_note(event.payload)}")
 
     _run(body)
+
+
+def _billing_note(payload: Any) -> str:
+    """How the call was billed, when not interactive at standard rates."""
+    notes = []
+    if getattr(payload, "batch", False):
+        notes.append("batch rates")
+    if getattr(payload, "service_tier", None):
+        notes.append(f"service tier {payload.service_tier}")
+    if getattr(payload, "cache_write_1h_tokens", 0):
+        notes.append(f"{payload.cache_write_1h_tokens} cache writes with the 1-hour lifetime")
+    return f"; {', '.join(notes)}" if notes else ""
 
 
 def _json_lines(text: str, exc: json.JSONDecodeError) -> bool:
@@ -1208,6 +1246,7 @@ def _priced_json(event: Any, cost: Any) -> dict[str, Any]:
         "currency": cost.currency,
         "price_source": cost.source,
         "price_version": cost.version,
+        "batch": bool(getattr(event.payload, "batch", False)),
         "components": [
             {"name": c.name, "quantity": format(c.quantity.normalize(), "f"), "unit": c.unit,
              "amount": format(c.amount, "f")}
@@ -1226,7 +1265,7 @@ def _price_lines(text: str, source: str | None, pricer: Any, as_json: bool) -> b
     """Price each line of JSON lines; prints one result per line. True if all priced."""
     from pydantic import ValidationError
 
-    from spendstream.builders import BuilderError, build
+    from spendstream.builders import BuilderError, NotBilled, build
     from spendstream.schemas.models import explain
     from spendstream.streams.pricing import PricingError
 
@@ -1239,6 +1278,12 @@ def _price_lines(text: str, source: str | None, pricer: Any, as_json: bool) -> b
         try:
             event = build(json.loads(line), source)
             cost = pricer.price(event)
+        except NotBilled as exc:  # a batch result the provider did not bill: no cost, no fault
+            if as_json:
+                print(json.dumps({"line": number, "not_billed": str(exc)}))
+            else:
+                table.add_row(str(number), "-", "not billed", "0", "", "")
+            continue
         except json.JSONDecodeError as exc:
             reason = f"not JSON: {exc}"
         except (BuilderError, PricingError) as exc:

@@ -11,6 +11,11 @@ The response is turned into a usage event by the matching builder (auto-detected
 cannot be read or a publish that fails is logged and counted, and the response is returned
 unchanged. A call that raises publishes nothing (nothing was billed that we can see).
 
+Batch API results are tracked the same way, one result line per ``record``: an OpenAI
+Batch API output line, an Anthropic Message Batches result or a Gemini batch output line
+becomes an event marked batch (priced at batch rates); a line the provider did not bill
+(errored, canceled, expired) is counted in ``not_billed`` and publishes nothing.
+
 A decorated function may live as long as the process, so the tracker keeps counts and only
 the ``recent`` last events and errors (for a look in a debugger or a test), never all.
 """
@@ -24,7 +29,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, TypeVar
 
-from spendstream.builders import BuilderError, build
+from spendstream.builders import BuilderError, NotBilled, build
 from spendstream.schemas.models import UsageEvent
 
 log = logging.getLogger("spendstream.tracking")
@@ -54,6 +59,7 @@ class track_llm:  # noqa: N801  (reads like a function at the call site)
         self.errors: deque[str] = deque(maxlen=recent)
         self.tracked = 0
         self.failed = 0
+        self.not_billed = 0
 
     # --- context manager ------------------------------------------------------------------
     def __enter__(self) -> track_llm:
@@ -73,6 +79,10 @@ class track_llm:  # noqa: N801  (reads like a function at the call site)
         try:
             event = build(response, self.source,
                           attributes={**self.attributes, **attributes}, **self.builder_kwargs)  # fmt: skip
+        except NotBilled as exc:  # a failed batch request: nothing billed, nothing wrong
+            self.not_billed += 1
+            log.info("usage not tracked: %s", exc)
+            return None
         except (BuilderError, ValueError) as exc:
             self.failed += 1
             self.errors.append(str(exc))

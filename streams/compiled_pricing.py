@@ -18,6 +18,11 @@ starts s1 < s2 < ...: [0, s1], (s1, s2], ..., each segment compiled like a flat
 window, with the rates the library's own ``calc_unit_price`` gives at both ends of the
 segment (they must agree). Pricing picks the segment with integer comparisons.
 
+Batch calls, service tiers and 1-hour cache writes (``pricing.Billing``) are compiled
+too: a (provider, model, batch, tier) quadruple is one compiled model, its windows the
+library's prices under that price context with our catalog's rules applied by the same
+``pricing.adjust_prices`` Pricer uses; 1-hour cache writes are one more usage field.
+
 The result is the same as ``Pricer.price_llm``'s to the nano-unit: same line names,
 quantities and order, each line rounded half-even once, total = sum of the lines.
 What the compiled form does not cover (usage the library would refuse or infer
@@ -36,7 +41,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal, localcontext
 from fractions import Fraction
@@ -47,7 +52,16 @@ from pydantic import ValidationError
 from spendstream.schemas.models import CostComponent, LlmUsage
 from spendstream.schemas.money import SCALE, from_nanos, to_nanos
 
-from .pricing import Catalog, Cost, Pricer, PricingError
+from .pricing import (
+    Billing,
+    Catalog,
+    Cost,
+    Pricer,
+    PricingError,
+    adjust_prices,
+    override_prices,
+    variants_of,
+)
 
 Line = tuple[str, int, str, int]
 """One cost line: (name, quantity, unit, amount in nano-units)."""
@@ -61,7 +75,9 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 # Positions of the usage values in the tuple the hot path builds; ONE is the constant
 # count of a per-request price.
-INPUT, OUTPUT, CACHE_READ, CACHE_WRITE, INPUT_AUDIO, OUTPUT_AUDIO, ONE, IMAGES = range(8)
+INPUT, OUTPUT, CACHE_READ, CACHE_WRITE, INPUT_AUDIO, OUTPUT_AUDIO, CACHE_WRITE_1H, ONE, IMAGES = (
+    range(9)
+)
 # The genai-prices usage keys Pricer reports, at the positions above.
 USAGE_KEYS = (
     "input_tokens",
@@ -70,8 +86,11 @@ USAGE_KEYS = (
     "cache_write_tokens",
     "input_audio_tokens",
     "output_audio_tokens",
+    "cache_write_1h_tokens",
 )
-SUB_FIELDS = (CACHE_READ, CACHE_WRITE, INPUT_AUDIO, OUTPUT_AUDIO)
+SUB_FIELDS = (CACHE_READ, CACHE_WRITE, INPUT_AUDIO, OUTPUT_AUDIO, CACHE_WRITE_1H)
+#: the order ``_fallback`` receives the counts in (price_llm's parameter order)
+FALLBACK_KEYS = (*USAGE_KEYS[:6], "images", "cache_write_1h_tokens")
 
 
 class LlmPrice(NamedTuple):
@@ -85,6 +104,8 @@ class LlmPrice(NamedTuple):
     source: str
     version: str
     fallback: str | None = None
+    #: why standard rates were used for a batch or tiered call (``Billing.flag``)
+    flag: str | None = None
 
     @property
     def total(self) -> Decimal:
@@ -103,9 +124,17 @@ class LlmPrice(NamedTuple):
         ]
 
     def to_cost(self) -> Cost:
-        return Cost(self.total, self.currency, self.components(), self.source, self.version)
+        return Cost(
+            self.total,
+            self.currency,
+            self.components(),
+            self.source,
+            self.version,
+            flag=self.flag,
+        )
 
 
+STANDARD = Billing()  # standard rates: no batch, no tier, no catalog rule
 _new_price = tuple.__new__  # skips NamedTuple's Python-level __new__ (~0.3 µs a call)
 
 # A compiled line: (name, unit, plus, minus, rate numerator, rate denominator); its
@@ -121,7 +150,7 @@ class _Rates:
     lowest tier start), and ``tiers`` holds (start, rates) for the segments above, in
     ascending order: prompts of more than ``start`` input tokens use those rates."""
 
-    __slots__ = ("lines", "guards", "exact_below", "fallback", "tiers")
+    __slots__ = ("lines", "guards", "exact_below", "fallback", "tiers", "source", "flag")
 
     def __init__(
         self,
@@ -136,6 +165,16 @@ class _Rates:
         self.exact_below = exact_below  # counts from here on -> the library decides
         self.fallback = fallback
         self.tiers = tiers
+        # price_source and billing flag of what these rates price (the billing mode can
+        # change with time: genai-prices' batch and tier prices start at a date)
+        self.source = ""
+        self.flag: str | None = None
+
+    def label(self, source: str, flag: str | None) -> _Rates:
+        """Set source and flag here and on the tier segments above."""
+        for rates in (self, *(above for _, above in self.tiers)):
+            rates.source, rates.flag = source, flag
+        return self
 
     def for_prompt(self, input_tokens: int) -> _Rates:
         """The rates for a prompt of ``input_tokens`` (the hot path inlines this)."""
@@ -160,12 +199,16 @@ class _Model:
         "table",
         "error",
         "images_error",
+        "flag",
     )
 
-    def __init__(self, currency: str = "USD", source: str = "", version: str = "") -> None:
+    def __init__(
+        self, currency: str = "USD", source: str = "", version: str = "", flag: str | None = None
+    ) -> None:
         self.currency = currency
         self.source = source
         self.version = version
+        self.flag = flag
         self.single: _Rates | None = None  # the only window: no time lookup needed
         self.bounds: list[datetime] = []  # UTC midnights where a start-date price begins
         self.tod: list[int] = []  # µs after UTC midnight where a time-of-day price flips
@@ -200,7 +243,7 @@ class CompiledPricer:
         self.catalog = self.pricer.catalog
         self.max_models = max_models
         self.fallbacks: Counter[str] = Counter()  # priced by Pricer, by reason
-        self._models: dict[tuple[str, str], _Model] = {}
+        self._models: dict[tuple[str, str, bool, str | None], _Model] = {}
 
     # --- hot path ---------------------------------------------------------------------
     def price_llm(
@@ -215,12 +258,16 @@ class CompiledPricer:
         input_audio_tokens: int = 0,
         output_audio_tokens: int = 0,
         images: int = 0,
+        cache_write_1h_tokens: int = 0,
+        service_tier: str | None = None,
+        batch: bool = False,
     ) -> LlmPrice:
         """Price one call. ``input_tokens`` is the whole prompt, cached tokens included;
-        ``when`` None means now. Raises PricingError as ``Pricer.price_llm`` does."""
-        entry = self._models.get((provider, model))
+        ``cache_write_1h_tokens`` the 1-hour part of ``cache_write_tokens``; ``when`` None
+        means now. Raises PricingError as ``Pricer.price_llm`` does."""
+        entry = self._models.get((provider, model, batch, service_tier))
         if entry is None:
-            entry = self._compile_model(provider, model)
+            entry = self._compile_model(provider, model, batch, service_tier)
         if images and entry.images_error is not None:
             raise PricingError(*entry.images_error)
         rates = entry.single
@@ -241,12 +288,14 @@ class CompiledPricer:
             | input_audio_tokens
             | output_audio_tokens
             | images
+            | cache_write_1h_tokens
         )  # >= each count, negative if any is
         reason = rates.fallback
         if reason is None and (
             every < 0
             or every >= rates.exact_below
             or cache_read_tokens + cache_write_tokens > input_tokens
+            or cache_write_1h_tokens > cache_write_tokens
         ):
             reason = "out_of_range"
         if reason is None:
@@ -257,6 +306,7 @@ class CompiledPricer:
                 cache_write_tokens,
                 input_audio_tokens,
                 output_audio_tokens,
+                cache_write_1h_tokens,
                 1,
                 images,
             )
@@ -287,13 +337,23 @@ class CompiledPricer:
                 else:
                     return _new_price(
                         LlmPrice,
-                        (total, tuple(lines), entry.currency, entry.source, entry.version, None),
+                        (
+                            total,
+                            tuple(lines),
+                            entry.currency,
+                            rates.source,
+                            entry.version,
+                            None,
+                            rates.flag,
+                        ),
                     )
         return self._fallback(
             reason or "usage_shape",
             provider,
             model,
             when,
+            service_tier,
+            batch,
             input_tokens,
             output_tokens,
             cache_read_tokens,
@@ -301,6 +361,7 @@ class CompiledPricer:
             input_audio_tokens,
             output_audio_tokens,
             images,
+            cache_write_1h_tokens,
         )
 
     def price_payload(self, payload: Mapping[str, Any], when: datetime | None) -> LlmPrice:
@@ -317,6 +378,9 @@ class CompiledPricer:
             get("input_audio_tokens", 0),
             get("output_audio_tokens", 0),
             get("images", 0),
+            get("cache_write_1h_tokens", 0),
+            get("service_tier"),
+            get("batch", False),
         )
 
     # --- fallback -----------------------------------------------------------------------
@@ -326,6 +390,8 @@ class CompiledPricer:
         provider: str,
         model: str,
         when: datetime | None,
+        service_tier: str | None,
+        batch: bool,
         *counts: int,
     ) -> LlmPrice:
         """The exact ``Pricer`` path, validation included; counted in ``fallbacks``."""
@@ -333,7 +399,9 @@ class CompiledPricer:
             usage = LlmUsage(
                 provider=provider,
                 model=model,
-                **dict(zip((*USAGE_KEYS, "images"), counts, strict=True)),
+                service_tier=service_tier,
+                batch=batch,
+                **dict(zip(FALLBACK_KEYS, counts, strict=True)),
             )
         except ValidationError as exc:
             raise PricingError("invalid_usage", f"usage cannot be priced: {exc}") from None
@@ -349,12 +417,17 @@ class CompiledPricer:
             f"{cost.source}+fallback",
             cost.version,
             reason,
+            cost.flag,
         )
 
     # --- compilation (once per provider/model pair) ---------------------------------------
-    def coverage(self, provider: str, model: str) -> list[str | None]:
+    def coverage(
+        self, provider: str, model: str, batch: bool = False, service_tier: str | None = None
+    ) -> list[str | None]:
         """Per price window of the model: None if compiled, else the fallback reason."""
-        entry = self._models.get((provider, model)) or self._compile_model(provider, model)
+        entry = self._models.get((provider, model, batch, service_tier)) or self._compile_model(
+            provider, model, batch, service_tier
+        )
         if entry.error is not None:
             raise PricingError(*entry.error)
         windows = (
@@ -363,25 +436,33 @@ class CompiledPricer:
         distinct = {id(r): r for r in windows}
         return [r.fallback for r in distinct.values()]
 
-    def _compile_model(self, provider: str, model: str) -> _Model:
+    def _compile_model(
+        self, provider: str, model: str, batch: bool = False, tier: str | None = None
+    ) -> _Model:
         models = self._models
         if len(models) >= self.max_models:
             del models[next(iter(models))]  # oldest first; a miss costs one recompile
         override = self.catalog.llm.get((provider.lower(), model.lower()))
         if override is not None:
-            entry = _Model(self.catalog.currency, "catalog", f"catalog {self.catalog.version}")
-            entry.single = _compile_override(override)
+            billing = self.catalog.billing_for(provider, model, batch, tier)
+            entry = _Model(
+                self.catalog.currency,
+                f"catalog{billing.suffix}",
+                f"catalog {self.catalog.version}",
+                billing.flag,
+            )
+            entry.single = _compile_override(override, billing).label(entry.source, entry.flag)
             if "per_image" not in override:
                 entry.images_error = (
                     "unknown_price",
                     f"no per-image price for {provider}/{model}",
                 )
         else:
-            entry = self._compile_genai(provider, model)
-        models[(provider, model)] = entry
+            entry = self._compile_genai(provider, model, batch, tier)
+        models[(provider, model, batch, tier)] = entry
         return entry
 
-    def _compile_genai(self, provider: str, model: str) -> _Model:
+    def _compile_genai(self, provider: str, model: str, batch: bool, tier: str | None) -> _Model:
         from genai_prices.data_snapshot import get_snapshot
 
         images_error = (
@@ -402,8 +483,13 @@ class CompiledPricer:
             return entry
         entry = _Model("USD", f"genai-prices:{found.id}", self.pricer.genai_version)
         entry.images_error = images_error
+
+        def billing_at(moment: datetime) -> Billing:
+            variants = variants_of(info, moment)
+            return self.catalog.billing_for(provider, model, batch, tier, variants)
+
         try:
-            _compile_windows(entry, info)
+            _compile_windows(entry, info, billing_at)
         except Exception:  # a price shape this module does not know: the library decides
             entry.bounds, entry.tod, entry.table = [], [], []
             entry.single = _Rates(fallback="price_shape")
@@ -418,16 +504,23 @@ def _whole(quantity: Decimal) -> int:
     return whole
 
 
-def _compile_windows(entry: _Model, info: Any) -> None:
+def _standard(moment: datetime) -> Billing:
+    return STANDARD
+
+
+def _compile_windows(
+    entry: _Model, info: Any, billing_at: Callable[[datetime], Billing] = _standard
+) -> None:
     """Split time where the model's price selection can change (UTC midnights of start
-    dates, times of day of daily windows), ask the library which prices hold in each
-    segment, and compile each distinct price set once."""
+    dates, times of day of daily windows, of its standard prices and of its price
+    variants), ask the library which prices hold in each segment under the billing mode
+    in force then, and compile each distinct price set once."""
     from genai_prices import types as gt
 
     bounds: set[datetime] = set()
     tod: set[int] = set()
     conditional = [] if isinstance(info.prices, gt.ModelPrice) else info.prices
-    for price in conditional:
+    for price in [*conditional, *(info.price_variants or ())]:
         constraint = price.constraint
         if constraint is None:
             continue
@@ -441,14 +534,20 @@ def _compile_windows(entry: _Model, info: Any) -> None:
     entry.tod = sorted(tod - {0})
     days = [entry.bounds[0] - DAY if entry.bounds else EPOCH, *entry.bounds]
     offsets = [0, *entry.tod]
-    compiled: dict[int, _Rates] = {}
+    compiled: dict[tuple[str, str | None], _Rates] = {}
     for day in days:
         row = []
         for offset in offsets:
-            prices = info.get_prices(day + timedelta(microseconds=offset))
-            rates = compiled.get(id(prices))
+            moment = day + timedelta(microseconds=offset)
+            billing = billing_at(moment)
+            prices = adjust_prices(info.get_prices(moment, dict(billing.context)), billing)
+            # a price context or rule makes new objects: compare contents
+            key = (repr(prices), billing.flag)
+            rates = compiled.get(key)
             if rates is None:
-                rates = compiled[id(prices)] = _compile_genai_prices(prices)
+                rates = compiled[key] = _compile_genai_prices(prices).label(
+                    entry.source + billing.suffix, billing.flag
+                )
             row.append(rates)
         entry.table.append(row)
     if len(days) == 1 and len(offsets) == 1:
@@ -475,10 +574,12 @@ def _rate(price: Decimal, per: int) -> tuple[int, int, int]:
     return exact.numerator, exact.denominator, limit
 
 
-def _compile_override(prices: Mapping[str, Decimal]) -> _Rates:
+def _compile_override(entry: Mapping[str, Decimal], billing: Billing = STANDARD) -> _Rates:
     """Our catalog entry, with Pricer._price_override's lines and defaults."""
     zero = Decimal(0)
+    prices = override_prices(dict(entry), billing)
     input_mtok = prices.get("input_mtok", zero)
+    cache_write = prices.get("cache_write_mtok", input_mtok)
     specs: list[tuple[str, str, int, tuple[int, ...], Decimal, int]] = [
         ("input", "tokens", INPUT, (CACHE_READ, CACHE_WRITE), input_mtok, 1_000_000),
         (
@@ -489,12 +590,13 @@ def _compile_override(prices: Mapping[str, Decimal]) -> _Rates:
             prices.get("cache_read_mtok", input_mtok),
             1_000_000,
         ),
+        ("cache_write", "tokens", CACHE_WRITE, (CACHE_WRITE_1H,), cache_write, 1_000_000),
         (
-            "cache_write",
+            "cache_write_1h",
             "tokens",
-            CACHE_WRITE,
+            CACHE_WRITE_1H,
             (),
-            prices.get("cache_write_mtok", input_mtok),
+            prices.get("cache_write_1h_mtok", cache_write),
             1_000_000,
         ),
         ("output", "tokens", OUTPUT, (), prices.get("output_mtok", zero), 1_000_000),
@@ -612,14 +714,14 @@ def _probe_shape(
     Probing the library, rather than re-deriving its unit rules, keeps the counts its own.
     """
     keys = [unit.usage_key for unit, _ in resolved]
-    zero = _decompose(resolved, (0,) * 6)
+    zero = _decompose(resolved, (0,) * len(USAGE_KEYS))
     if zero is None:
         return None
     guards: list[tuple[int, int]] = []
 
     def encoded(base: int, skip: frozenset[int] = frozenset()) -> tuple[int, ...]:
         # input and output dominate, so no count of a more specific unit exceeds them
-        values = [base**5, base**4, 1, base, base**2, base**3]
+        values = [base**6, base**5, 1, base**2, base**3, base**4, base]
         return tuple(0 if i in skip else v for i, v in enumerate(values))
 
     if _decompose(resolved, encoded(_BASE)) is None:  # some fields cannot be non-zero
@@ -633,11 +735,20 @@ def _probe_shape(
             for b in ok[i + 1 :]
             if _decompose(resolved, _with(a, b)) is None
         ]
-    coefficients: dict[str, list[int]] = {key: [zero[key]] + [0] * 6 for key in keys}
+    coefficients: dict[str, list[int]] = {key: [zero[key]] + [0] * len(USAGE_KEYS) for key in keys}
     # Coefficients from probes that avoid the guarded combinations.
     probes = [frozenset(f for g in guards for f in g)] if guards else [frozenset()]
-    if guards:
-        probes += [frozenset(f for f in SUB_FIELDS if f != keep) for keep in SUB_FIELDS]
+    if guards:  # one sub-field at a time (1-hour cache writes with the cache writes)
+        probes += [
+            frozenset(f for f in SUB_FIELDS if f not in (keep, CACHE_WRITE_1H))
+            if keep == CACHE_WRITE
+            else frozenset(f for f in SUB_FIELDS if f not in (keep, CACHE_WRITE))
+            if keep == CACHE_WRITE_1H
+            else frozenset(f for f in SUB_FIELDS if f != keep)
+            for keep in SUB_FIELDS
+        ]
+    # 1-hour cache writes are part of the cache writes: none where those are skipped
+    probes = [skip | {CACHE_WRITE_1H} if CACHE_WRITE in skip else skip for skip in probes]
     for skip in probes:
         values = encoded(_BASE, skip)
         counts = _decompose(resolved, values)
@@ -649,7 +760,7 @@ def _probe_shape(
             digits = _signed_digits(counts[key] - zero[key], _BASE)
             if digits is None:
                 return None
-            for field, power in enumerate((5, 4, 0, 1, 2, 3)):
+            for field, power in enumerate(POWERS):
                 if field not in skip:
                     coefficients[key][field + 1] = digits[power]
     # Check: probes with other values must agree with the coefficients.
@@ -667,17 +778,23 @@ def _probe_shape(
     return coefficients, tuple(guards)
 
 
+#: the power of the probe base each usage field is encoded with (``encoded`` above)
+POWERS = (6, 5, 0, 2, 3, 4, 1)
+
+
 def _with(*fields: int) -> tuple[int, ...]:
-    values = [_BASE**2, _BASE**2, 0, 0, 0, 0]
+    values = [_BASE**2, _BASE**2, 0, 0, 0, 0, 0]
     for field in fields:
         values[field] = 1
+    if values[CACHE_WRITE_1H]:  # 1-hour writes are cache writes: all of them, here
+        values[CACHE_WRITE] = 1
     return tuple(values)
 
 
 def _signed_digits(value: int, base: int) -> list[int] | None:
-    """Six balanced base-``base`` digits of value, least significant first."""
+    """Seven balanced base-``base`` digits of value, least significant first."""
     digits = []
-    for _ in range(6):
+    for _ in range(len(USAGE_KEYS)):
         digit = value % base
         if digit > base // 2:
             digit -= base

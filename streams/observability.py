@@ -156,6 +156,12 @@ def worker_families(worker: Worker) -> list[Metric]:
                           value=float(len(worker.feed.fx))),
         _counter("spendstream_price_fallbacks", "Events priced by a fallback rule (not an "
                  "exact catalog entry).", fallbacks),
+        _counter("spendstream_unknown_service_tiers", "LLM calls whose service tier has no "
+                 "known rates: priced at the standard rates, price_source ends in "
+                 "+unknown_tier:<tier>.", _int(price, "unknown_tier")),
+        _counter("spendstream_batch_calls_without_batch_rates", "Batch LLM calls with no "
+                 "batch rates known: priced at the standard rates, price_source ends in "
+                 "+no_batch_rate.", _int(price, "no_batch_rate")),
         GaugeMetricFamily("spendstream_budgets", "Budgets this worker knows.",
                           value=float(len(worker.registry))),
         GaugeMetricFamily("spendstream_dedupe_ids", "Event ids the price stage holds for "

@@ -54,7 +54,9 @@ SOURCES = ("llm", "apify", "workflow", "custom")
 OPERATIONS = ("chat", "responses", "embedding", "image", "audio")
 ATTRIBUTE_NAMES = ("org", "team", "project", "user", "department", "session", "feature")
 COUNT_FIELDS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
-                "reasoning_tokens", "input_audio_tokens", "output_audio_tokens", "images")  # fmt: skip
+                "reasoning_tokens", "input_audio_tokens", "output_audio_tokens", "images",
+                "cache_write_1h_tokens")  # fmt: skip
+MAX_TIER = 64  # LlmUsage.service_tier's length bound
 MAX_COUNT = 10**15
 NANOS = 10**SCALE
 
@@ -100,12 +102,16 @@ def fast_valid_llm(event: dict[str, Any]) -> bool:
     for text in (payload["image_size"], payload["request_id"]):
         if text is not None and (len(text) > 256 or text.strip() is not text):
             return False
+    text = payload["service_tier"]
+    if text is not None and (not 0 < len(text) <= MAX_TIER or text.strip() is not text):
+        return False
     for name in COUNT_FIELDS:
         if not 0 <= payload[name] <= MAX_COUNT:
             return False
     return (
         payload["cache_read_tokens"] + payload["cache_write_tokens"] <= payload["input_tokens"]
         and payload["reasoning_tokens"] <= payload["output_tokens"]
+        and payload["cache_write_1h_tokens"] <= payload["cache_write_tokens"]
     )
 
 
@@ -146,6 +152,8 @@ class Priced:
     source: str
     version: str
     fallback: str | None = None
+    #: standard rates for a batch or tiered call nobody has rates for (Billing.flag)
+    flag: str | None = None
 
 
 @dataclass
@@ -234,7 +242,7 @@ class PriceRules:
                 llm = self.compiled.price_payload(payload, event["occurred_at"])
                 lines = [(name, q * NANOS, unit, a) for name, q, unit, a in llm.lines]
                 return Priced(event, raw, llm.total_nanos, llm.currency, True, lines,
-                              llm.source, llm.version, llm.fallback)  # fmt: skip
+                              llm.source, llm.version, llm.fallback, llm.flag)  # fmt: skip
             assert model is not None  # every non-LLM event went through pydantic
             cost = self.reference.price(model)
         except PricingError as exc:
@@ -389,6 +397,8 @@ class PriceStage:
                 continue
             if priced.fallback:
                 counters[f"price_fallback_{priced.fallback}"] += 1
+            if priced.flag:  # "unknown_tier:<tier>" counts as unknown_tier
+                counters[priced.flag.partition(":")[0]] += 1
             arrived = from_micros(record.timestamp_ms * 1000) if record.timestamp_ms > 0 else now
             origin = (record.topic, record.partition, record.offset)
             allocations, late = rules.allocate(priced, origin, arrived)

@@ -40,3 +40,37 @@ def test_a_line_that_is_not_utf8_is_reported_and_the_rest_is_sent(settings, tmp_
     assert "unexpected error" not in result.stdout + result.stderr
     stored = read_topic(settings, settings.topics.llm, lambda v: codec("UsageEvent").decode(v))
     assert sorted(record["event_id"] for _, record in stored) == ["good-1", "good-2", "good-3"]
+
+
+def test_a_batch_results_file_is_published_whole_with_unbilled_and_bad_lines_counted(
+    settings, tmp_path
+):
+    from tests.unit.test_billing_modes import (
+        GEMINI_LINE,
+        OPENAI_BATCH_LINE,
+        VERTEX_LINE,
+        anthropic_result,
+    )
+
+    ensure_topics(settings)
+    failed = {"id": "batch_req_9", "custom_id": "r-9", "response": None,
+              "error": {"code": "batch_expired", "message": "expired"}}  # fmt: skip
+    lines = [OPENAI_BATCH_LINE, failed, anthropic_result(), anthropic_result("canceled"),
+             GEMINI_LINE, VERTEX_LINE]  # fmt: skip
+    results = tmp_path / "results.jsonl"
+    results.write_text("\n".join([*map(json.dumps, lines), '{"custom_id": "x", "result": 1}']))
+    result = subprocess.run(
+        [sys.executable, "-m", "spendstream.cli", "publish", str(results)],
+        env={**os.environ, **settings.to_env()}, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr  # line 7 is bad
+    assert "sent 4 (4 batch calls), failed 0, rejected 1, not billed 2" in result.stdout
+    assert "line 7:" in result.stdout and "Traceback" not in result.stdout + result.stderr
+    assert "publishing" not in result.stdout  # progress goes to stderr
+    stored = read_topic(settings, settings.topics.llm, lambda v: codec("UsageEvent").decode(v))
+    payloads = {record["event_id"]: record["payload"] for _, record in stored}
+    assert sorted(payloads) == ["anthropic:msg_01XFDUDYJgAACzvnptvVoYEL",
+                                "google:mKd6aOWnDr2m1MkP8ZqS0Ac", "google:vtx-1",
+                                "openai:batch_req_6740a9d8b7e48190a2c7b3c0b9b6b3f1"]  # fmt: skip
+    assert all(p["batch"] for p in payloads.values())
+    assert payloads["anthropic:msg_01XFDUDYJgAACzvnptvVoYEL"]["cache_write_1h_tokens"] == 2500

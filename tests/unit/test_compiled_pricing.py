@@ -178,12 +178,12 @@ def assert_same(got: LlmPrice | PricingError, expected: Cost | PricingError) -> 
     suffix = "" if got.fallback is None else "+fallback"
     assert got.source == expected.source + suffix
     assert got.to_cost() == Cost(expected.total, expected.currency, expected.components,
-                                 got.source, expected.version)  # fmt: skip
+                                 got.source, expected.version, flag=expected.flag)  # fmt: skip
 
 
 def _exact_total(provider: str, model: str, when: datetime, prompt: int, got: LlmPrice) -> Fraction:
     """The compiled lines' amounts before rounding, from the compiled rates."""
-    rates = SWEEP._models[(provider, model)].rates_at(when).for_prompt(prompt)
+    rates = SWEEP._models[(provider, model, False, None)].rates_at(when).for_prompt(prompt)
     rate = {name: Fraction(num, den) for name, _, _, _, num, den in rates.lines}
     return sum((quantity * rate[name] for name, quantity, _, _ in got.lines), Fraction(0))
 
@@ -295,7 +295,7 @@ def test_every_price_window_of_the_catalogue_compiles_tiered_ones_too() -> None:
     for provider, ref, _ in CATALOGUE:
         for reason in SWEEP.coverage(provider, ref):
             reasons[reason] = reasons.get(reason, 0) + 1
-        entry = SWEEP._models[(provider, ref)]
+        entry = SWEEP._models[(provider, ref, False, None)]
         windows = [entry.single] if entry.single else [r for row in entry.table for r in row]
         tiered += len({id(r) for r in windows if r.tiers})
     assert set(reasons) == {None}
@@ -573,3 +573,127 @@ def test_avro_decoded_record_prices_like_plain_values() -> None:
     got = COMPILED.price_payload(record["payload"], record["occurred_at"])
     assert got.fallback is None
     assert got.to_cost() == PRICER.price(event)
+
+
+# --- billing modes: batch, service tiers, 1-hour cache writes ------------------------------
+MODES = [(False, None), (True, None), (False, "flex"), (False, "priority"), (False, "default"),
+         (False, "auto"), (False, "standard"), (False, "batch"), (False, "scale"),
+         (True, "priority"), (False, "fast")]  # fmt: skip
+BILLED_PROVIDERS = ("anthropic", "aws", "google", "openai")
+BILLED = [(p, ref, info) for p, ref, info in CATALOGUE if p in BILLED_PROVIDERS]
+
+
+@st.composite
+def billed_usages(draw: st.DrawFn) -> dict[str, int]:
+    """A call as ``usages`` draws it, part of its cache writes with the 1-hour lifetime."""
+    usage = draw(usages())
+    usage["cache_write_1h_tokens"] = draw(
+        st.just(0)
+        | st.just(usage["cache_write_tokens"])
+        | st.integers(0, usage["cache_write_tokens"])
+    )
+    return usage
+
+
+def _price_both_billed(
+    pricer: CompiledPricer,
+    provider: str,
+    model: str,
+    when: datetime | None,
+    batch: bool,
+    tier: str | None,
+    usage: dict[str, int],
+) -> tuple[LlmPrice | PricingError, Cost | PricingError]:
+    try:
+        got: LlmPrice | PricingError = pricer.price_llm(
+            provider, model, when, *(usage.get(k, 0) for k in KEYS),
+            cache_write_1h_tokens=usage.get("cache_write_1h_tokens", 0), service_tier=tier,
+            batch=batch,
+        )  # fmt: skip
+    except PricingError as exc:
+        got = exc
+    try:
+        expected: Cost | PricingError = pricer.pricer.price_llm(
+            LlmUsage(provider=provider, model=model, batch=batch, service_tier=tier, **usage), when
+        )
+    except PricingError as exc:
+        expected = exc
+    return got, expected
+
+
+def assert_same_billed(got: LlmPrice | PricingError, expected: Cost | PricingError) -> None:
+    assert_same(got, expected)
+    if isinstance(got, LlmPrice) and isinstance(expected, Cost):
+        assert got.flag == expected.flag
+
+
+def test_every_billed_model_in_every_billing_mode_compiles_and_prices_like_pricer() -> None:
+    # one fixed call with every kind of input, on each Anthropic/Bedrock/Google/OpenAI model
+    usage = {**TEXT, "cache_write_1h_tokens": 3_000}
+    compiled = 0
+    for provider, ref, _ in BILLED:
+        for batch, tier in MODES:
+            got, expected = _price_both_billed(COMPILED, provider, ref, WHEN, batch, tier, usage)
+            try:
+                assert_same_billed(got, expected)
+            except AssertionError as exc:
+                raise AssertionError(f"{provider}/{ref} batch={batch} tier={tier}: {exc}") from exc
+            compiled += isinstance(got, LlmPrice) and got.fallback is None
+    assert compiled > 0.9 * len(BILLED) * len(MODES)  # the hot path, not the fallback
+
+
+@settings(max_examples=200, derandomize=True, database=None, deadline=None)
+@given(st.sampled_from(BILLED), st.sampled_from(MODES), billed_usages(), moments())
+def test_billing_modes_price_like_pricer_on_random_calls(
+    model: tuple[str, str, Any],
+    mode: tuple[bool, str | None],
+    usage: dict[str, int],
+    spec: tuple[datetime, int, int, int, date],
+) -> None:
+    provider, ref, info = model
+    got, expected = _price_both_billed(
+        COMPILED, provider, ref, moment_for(info, spec), *mode, usage
+    )
+    assert_same_billed(got, expected)
+
+
+BILLING_ODD = Catalog._parse({
+    "version": "billing-odd",
+    "llm": [{"provider": "p", "model": "m", "input_mtok": "3.3333", "cache_read_mtok": "0.0375",
+             "cache_write_mtok": "4.17", "output_mtok": "15.01", "per_request": "0.0000007"},
+            {"provider": "q", "model": "m", "input_mtok": "1", "cache_write_1h_mtok": "2.5"}],
+    "billing": [{"provider": "p", "cache_write_1h": "2", "batch": "0.45",
+                 "tiers": {"priority": "1.75", "flex": "batch", "standard": "standard",
+                           "custom": {"input_mtok": "9.99", "output_mtok": "0.01"}}}],
+})  # fmt: skip
+BILLING_ODD_PRICER = CompiledPricer(BILLING_ODD)
+
+
+@settings(max_examples=300, derandomize=True, database=None, deadline=None)
+@given(st.sampled_from(["p", "q"]),
+       st.sampled_from([*MODES, (False, "custom")]), billed_usages())  # fmt: skip
+def test_catalog_billing_rules_equal_pricer(
+    provider: str, mode: tuple[bool, str | None], usage: dict[str, int]
+) -> None:
+    got, expected = _price_both_billed(BILLING_ODD_PRICER, provider, "m", None, *mode, usage)
+    assert_same_billed(got, expected)
+
+
+def test_catalog_billing_rules_by_hand() -> None:
+    # 1M prompt tokens, 300k of them cache writes (100k with the 1-hour lifetime), 10k out
+    got = BILLING_ODD_PRICER.price_llm("p", "m", None, 1_000_000, 10_000, 0, 300_000,
+                                       cache_write_1h_tokens=100_000, batch=True)  # fmt: skip
+    # batch at 0.45x: input 700k x 3.3333 x 0.45 = 1.0499895; 5m writes 200k x 4.17 x 0.45 =
+    # 0.3753; 1h writes 100k x (2 x 3.3333 x 0.45 = 2.99997) = 0.299997; output 10k x 15.01 x
+    # 0.45 = 0.067545; request 0.0000007 x 0.45 = 0.000000315
+    assert [(n, q, a) for n, q, _, a in got.lines] == [
+        ("input", 700_000, 1_049_989_500), ("cache_write", 200_000, 375_300_000),
+        ("cache_write_1h", 100_000, 299_997_000), ("output", 10_000, 67_545_000),
+        ("request", 1, 315),
+    ]  # fmt: skip
+    assert got.flag is None and got.source == "catalog"
+    unknown = BILLING_ODD_PRICER.price_llm("q", "m", None, 1000, service_tier="gold")
+    assert unknown.source == "catalog+unknown_tier:gold" and unknown.flag == "unknown_tier:gold"
+    assert unknown.total_nanos == 1000 * 1000  # standard: 1000 tokens x $1/Mtok
+    no_batch = BILLING_ODD_PRICER.price_llm("q", "m", None, 1000, batch=True)
+    assert no_batch.flag == "no_batch_rate" and no_batch.total_nanos == 1000 * 1000

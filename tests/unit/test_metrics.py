@@ -161,6 +161,8 @@ def test_worker_exposition_parses_holds_the_names_and_moves_with_both_stages(wor
         "spendstream_events_dead_lettered_total", "spendstream_events_duplicate_total",
         "spendstream_allocations_total", "spendstream_alerts_total",
         "spendstream_price_fallbacks_total", "spendstream_budgets",
+        "spendstream_unknown_service_tiers_total",
+        "spendstream_batch_calls_without_batch_rates_total",
         "spendstream_batch_size_bucket", "spendstream_batch_size_sum",
         "spendstream_batch_size_count", "spendstream_batch_seconds_bucket",
         "spendstream_batch_seconds_count", "spendstream_consumer_lag",
@@ -175,6 +177,7 @@ def test_worker_exposition_parses_holds_the_names_and_moves_with_both_stages(wor
     assert value(samples, "spendstream_alerts_total", kind="threshold") == 2
     assert value(samples, "spendstream_alerts_total", kind="exceeded") == 0
     assert value(samples, "spendstream_price_fallbacks_total") == 1
+    assert value(samples, "spendstream_unknown_service_tiers_total") == 0
     assert value(samples, "spendstream_budgets") == 2
     assert value(samples, "spendstream_batch_size_count", stage="price") == 1
     assert value(samples, "spendstream_batch_size_sum", stage="price") == 3

@@ -130,6 +130,39 @@ def test_a_batch_becomes_batch_records_dead_letters_changelog_and_commits():
     assert log["event_ids"] == ["e1", "e2", "e3"] and log["offsets"] == [10, 11, 12]
 
 
+def billed(i: int, **fields) -> UsageEvent:
+    """An OpenAI gpt-4o-mini call of 1M prompt tokens and 100k output tokens."""
+    return UsageEvent(
+        event_id=f"b{i}", occurred_at=NOW - timedelta(minutes=i), source="llm",
+        attributes=Attributes(org="acme", team="ml"),
+        payload=LlmUsage(provider="openai", model="gpt-4o-mini", input_tokens=1_000_000,
+                         output_tokens=100_000, **fields),
+    )  # fmt: skip
+
+
+def test_batch_and_tiers_priced_on_the_hot_path_and_an_unknown_tier_counted_not_dropped():
+    s = stage()
+    events = [billed(1), billed(2, batch=True), billed(3, service_tier="flex"),
+              billed(4, service_tier="platinum")]  # fmt: skip
+    batch = s.process([record(e, 20 + i) for i, e in enumerate(events)], NOW)
+    assert batch.counters["priced"] == 4 and batch.counters["dlq"] == 0
+    assert batch.counters["unknown_tier"] == 1  # -> spendstream_unknown_service_tiers_total
+    assert not any(k.startswith("price_fallback") for k in batch.counters)  # compiled rates
+    (priced,) = outputs(batch, "usage.priced")
+    P = batches.P
+    rows = batches.decode(priced.value)[1]
+    # gpt-4o-mini: $0.15/Mtok in, $0.60/Mtok out -> 0.15 + 0.06 = $0.21 standard; batch
+    # (Batch API) and flex (billed at batch rates) half: $0.105; an unknown tier: standard
+    assert [from_nanos(r[P["cost_nanos"]]) for r in rows] == [
+        Decimal("0.21"), Decimal("0.105"), Decimal("0.105"), Decimal("0.21")]  # fmt: skip
+    assert [r[P["price_source"]] for r in rows] == [
+        "genai-prices:openai", "genai-prices:openai", "genai-prices:openai",
+        "genai-prices:openai+unknown_tier:platinum"]  # fmt: skip
+    back = [UsageEvent.decode(b64decode(r[P["event"]])).payload for r in rows]
+    assert [(p.batch, p.service_tier) for p in back] == [
+        (False, None), (True, None), (False, "flex"), (False, "platinum")]  # fmt: skip
+
+
 def test_a_replayed_position_is_priced_again_and_a_copy_elsewhere_is_not():
     s = stage()
     s.process([record(llm(1), 10)], NOW)
@@ -262,9 +295,14 @@ def test_fast_validation_never_accepts_what_pydantic_would_change_or_refuse():
             "reasoning_tokens", "input_audio_tokens", "output_audio_tokens", "images")}  # fmt: skip
         tokens["input_tokens"] += 200
         tokens["output_tokens"] += 100
+        tokens["cache_write_1h_tokens"] = pick(
+            min(tokens["cache_write_tokens"], rng.randrange(0, 3)), [*counts, 101]
+        )
         payload = {"provider": pick("openai", texts), "model": pick("m", texts),
                    "operation": pick("chat", ["embedding", "bogus"]), **tokens,
-                   "image_size": pick(None, texts), "request_id": pick(None, texts)}  # fmt: skip
+                   "image_size": pick(None, texts), "request_id": pick(None, texts),
+                   "service_tier": pick(None, [*texts, "flex", "p" * 64, "p" * 65]),
+                   "batch": pick(False, [True])}  # fmt: skip
         event = {"event_id": pick("e1", texts), "source": "llm",
                  "occurred_at": pick(NOW, [datetime(1969, 1, 1, tzinfo=UTC),
                                            datetime(2300, 1, 1, tzinfo=UTC)]),

@@ -29,7 +29,7 @@ SCHEMAS = [
 
 def v1_bytes(event: UsageEvent) -> bytes:
     """Encode as a v1 producer would have: v1 schema, v1 fingerprint, no producer field."""
-    (v1,) = history_versions("UsageEvent")
+    v1 = history_versions("UsageEvent")[0]
     parsed = fastavro.parse_schema(v1)
     record = event.to_avro()
     record.pop("producer")
@@ -44,6 +44,43 @@ def test_records_written_with_v1_still_decode():
     assert data[2:10] != codec("UsageEvent").header[2:]  # really the old fingerprint
     decoded = UsageEvent.decode(data)
     assert decoded == event and decoded.producer is None
+
+
+def v2_bytes(event: UsageEvent) -> bytes:
+    """Encode as a v2 producer would have: LlmUsage without the 1-hour cache writes,
+    service tier and batch flag (schemas/history/*.v2.avsc)."""
+    v2 = history_versions("UsageEvent")[1]
+    parsed = fastavro.parse_schema(v2)
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, parsed, event.to_avro())
+    return SINGLE_OBJECT_MAGIC + fingerprint(parsed) + buf.getvalue()
+
+
+def test_v2_llm_records_decode_with_standard_billing_defaults():
+    event = llm_event(provider="anthropic", model="claude-haiku-4-5", input_tokens=1000,
+                      cache_write_tokens=400)  # fmt: skip
+    data = v2_bytes(event)
+    assert data[2:10] != codec("UsageEvent").header[2:]  # the v2 fingerprint, not v3
+    decoded = UsageEvent.decode(data)
+    # an old producer's cache writes all count as 5-minute writes; not batch, no tier
+    assert decoded == event
+    assert decoded.payload.cache_write_tokens == 400
+    assert decoded.payload.cache_write_1h_tokens == 0
+    assert decoded.payload.service_tier is None and decoded.payload.batch is False
+
+
+def test_v3_round_trip_keeps_the_billing_fields():
+    payload = llm_event().payload.model_copy(
+        update={
+            "cache_write_tokens": 300,
+            "cache_write_1h_tokens": 200,
+            "service_tier": "flex",
+            "batch": True,
+        }  # fmt: skip
+    )
+    event = llm_event().model_copy(update={"payload": payload})
+    back = UsageEvent.decode(event.encode()).payload
+    assert (back.cache_write_1h_tokens, back.service_tier, back.batch) == (200, "flex", True)
 
 
 def test_v2_round_trip_keeps_the_new_field():
@@ -86,8 +123,7 @@ def test_current_schemas_are_self_compatible(name):
 
 
 def _expanded_current() -> dict:
-    (v1,) = history_versions("UsageEvent")
-    return copy.deepcopy(v1)
+    return copy.deepcopy(history_versions("UsageEvent")[0])
 
 
 def test_a_new_field_without_default_is_caught():
@@ -111,4 +147,4 @@ def test_unknown_future_writer_is_rejected_with_reason():
     data = SINGLE_OBJECT_MAGIC + b"\x99" * 8 + b"\x00"
     with pytest.raises(ValueError, match="unknown schema fingerprint"):
         reader.decode(data)
-    assert len(reader.known_fingerprints) == 2  # v1 and v2
+    assert len(reader.known_fingerprints) == 3  # v1, v2 and v3
