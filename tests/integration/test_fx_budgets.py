@@ -17,9 +17,10 @@ from typer.testing import CliRunner
 
 from spendstream.cli import app
 from spendstream.processes import wait_for, worker_metrics
-from spendstream.producer import UsagePublisher, publish_budgets
+from spendstream.producer import UsagePublisher, publish_budgets, publish_rates
 from spendstream.readback import read_statuses
 from spendstream.schemas.budget import BudgetDefinition
+from spendstream.schemas.fx import FxRate
 from spendstream.schemas.models import Attributes, CustomCost, UsageEvent
 from spendstream.schemas.money import from_nanos, to_nanos
 from spendstream.sinks.clickhouse_sink import ClickHouseSink
@@ -119,3 +120,31 @@ def test_eur_budget_holds_usd_spend_until_the_rate_then_everything_agrees(
     (row,) = [r for r in projection(DirectWarehouse(db), Filters(budget="eu")).rows
               if r[0] == "eu"]  # fmt: skip
     assert row[2] == "EUR" and row[3] == want
+
+
+def test_held_allocations_survive_kill_9_and_release_once(settings, services):
+    """Held allocations live in the aggregator's state: a worker killed while they wait
+    restores them from the changelog, and the rate releases each exactly once."""
+    ensure_topics(settings)
+    publish_budgets(settings, [BudgetDefinition(budget_id="eu", name="EU", limit="1000",
+                                                currency="EUR", scope={"org": "acme"})])  # fmt: skip
+    services.start("worker", "worker")
+    when = datetime.now(UTC) - timedelta(minutes=1)
+    amounts = [f"{i}.123456789" for i in range(1, 21)]
+    with UsagePublisher(settings) as publisher:
+        sent = publisher.publish_many(
+            [custom(f"k-{i}", a, "USD", when) for i, a in enumerate(amounts)]
+        ).sent
+        assert sent == 20
+    wait_for("20 held in the status", lambda: (s := eur_status(settings)) and
+             s.held_allocations == 20, 120, services)  # fmt: skip
+    services.kill("worker")  # kill -9: the states with held allocations are in the changelog
+    services.start("worker", "worker")
+    wait_for("the restarted worker", lambda: worker_metrics(settings.worker_web_port), 120,
+             services)  # fmt: skip
+    publish_rates(settings, [FxRate(day=when.date(), base="EUR", quote="USD", rate="1.25")])
+    want = from_nanos(sum(round_half_even(to_nanos(Decimal(a)) * 4, 5) for a in amounts))
+    done = wait_for("released after the restart", lambda: (s := eur_status(settings)) and
+                    s.held_allocations == 0 and s, 120, services)  # fmt: skip
+    assert done.spent == want and done.event_count == 20  # each once: none lost, none twice
+    assert worker_metrics(settings.worker_web_port)["fx_released"] == 20
