@@ -99,13 +99,13 @@ def test_watch_follows_new_statuses_and_ctrl_c_exits_cleanly(settings, tmp_path)
     try:
         # the figures already on the topic, exact to the nano-dollar
         screen.wait_for(r"1 budget: 0 warning, 0 critical, 0 exceeded", proc)
-        screen.wait_for(r"acme\s*│\s*\d{4}-\d\d\s*│\s*41\.123456789\s*│\s*100\s*│\s*41\.12\s*│"
+        screen.wait_for(r"acme\s*│\s*\d{4}-\d\d\s*│\s*41\.123456789 USD\s*│\s*100\s*│\s*41\.12\s*│"
                         r"\s*normal\s*│\s*3", proc)  # fmt: skip
         # a new status record for the same budget period shows up without a restart
         mark = len(screen.text)
         produce_status(settings, "77.000000001", "warning", 8)
         screen.wait_for(r"1 budget: 1 warning, 0 critical, 0 exceeded", proc, since=mark)
-        screen.wait_for(r"77\.000000001\s*│\s*100\s*│\s*77\.00\s*│\s*warning\s*│\s*8", proc,
+        screen.wait_for(r"77\.000000001 USD\s*│\s*100\s*│\s*77\.00\s*│\s*warning\s*│\s*8", proc,
                         since=mark)  # fmt: skip
 
         proc.send_signal(signal.SIGINT)

@@ -44,7 +44,7 @@ def eur_status(settings):
 
 
 def test_eur_budget_holds_usd_spend_until_the_rate_then_everything_agrees(
-    settings, services, tmp_path: Path, monkeypatch
+    settings, services, tmp_path: Path, monkeypatch, chdb_dir
 ):
     ensure_topics(settings)
     publish_budgets(settings, [
@@ -90,7 +90,9 @@ def test_eur_budget_holds_usd_spend_until_the_rate_then_everything_agrees(
     us = [s for s in read_statuses(settings) if s.budget_id == "us"][0]
     assert us.spent == sum(Decimal(a) for a in amounts) + Decimal("3") * Decimal("1.0987")
 
+    # chDB admits one directory per process: the session's (tests/conftest.py)
     sink_settings = settings.model_copy(update={
+        "clickhouse_dsn": f"chdb://{chdb_dir}",
         "clickhouse_database": f"fx_{uuid.uuid4().hex[:8]}"})  # fmt: skip
     db = connect(sink_settings)
     ClickHouseSink(sink_settings, db).run(idle_exit_s=3)
