@@ -24,6 +24,7 @@ import os
 import time
 import weakref
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -77,7 +78,22 @@ class WorkerApp(faust.App):
 
     def __init__(self, app_id: str, *, offset_guard: OffsetGuard, **options: Any) -> None:
         self.spendstream_offset_guard = offset_guard
+        #: run first when the app stops (the final checkpoint)
+        self.spendstream_before_stop: Callable[[], Awaitable[None]] | None = None
         super().__init__(app_id, **options)
+
+    async def on_stop(self) -> None:
+        """Write the open checkpoint before faust stops its consumer: faust waits for every
+        record taken to be acked, and ours are acked by the checkpoint, whose timer no
+        longer runs once stopping began (a SIGTERM inside a checkpoint interval hung the
+        worker until it was killed)."""
+        if self.spendstream_before_stop is not None:
+            try:
+                await asyncio.wait_for(self.spendstream_before_stop(), FINAL_CHECKPOINT_S)
+            except Exception:  # stopping goes on: what is not written is replayed
+                log.warning("final checkpoint failed; its records will be replayed",
+                            exc_info=True)  # fmt: skip
+        await super().on_stop()
 
     def _new_consumer(self) -> Any:
         consumer = super()._new_consumer()
@@ -88,6 +104,8 @@ class WorkerApp(faust.App):
 
 #: how long the broker may hold the aggregator's fetch when it finds nothing new
 FETCH_MAX_WAIT_MS = 50
+#: the most a stopping worker spends writing its last checkpoint
+FINAL_CHECKPOINT_S = 15.0
 
 
 def shorten_fetch_wait(consumer: Any, wait_ms: int) -> None:
@@ -294,6 +312,14 @@ def create_worker(settings: Settings) -> Worker:
         async with lock:
             if checkpoint.due():
                 await commit(datetime.now(UTC))
+
+    async def final_checkpoint() -> None:
+        async with lock:
+            if checkpoint.waiting or checkpoint.dirty:
+                await commit(datetime.now(UTC))
+                log.info("final checkpoint written")
+
+    app.spendstream_before_stop = final_checkpoint
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(app: Any, revoked: Any, **kwargs: Any) -> None:
