@@ -95,7 +95,7 @@ class PriceLoop:
         producer: Producer,
         *,
         sources: list[str],
-        load_changelog: Callable[[str, int], list[tuple[int, list[str], list[int]]]],
+        load_changelog: Callable[[list[tuple[str, int]]], dict[tuple[str, int], list[Entry]]],
         batch_size: int = 2000,
         linger_s: float = 0.02,
         metrics_path: Path | None = None,
@@ -208,11 +208,14 @@ class PriceLoop:
         if not partitions:
             return
         committed = consumer.committed(partitions, timeout=30)
+        # one read of the changelog for all of them (per partition, each read waited out a
+        # consume timeout: 16 partitions took 16 s after a restart)
+        found = self.load_changelog([(tp.topic, tp.partition) for tp in committed])
         for tp in committed:
             start = tp.offset
             if start < 0:  # never committed: everything is new
                 start = consumer.get_watermark_offsets(tp, timeout=30)[0]
-            entries = self.load_changelog(tp.topic, tp.partition)
+            entries = found.get((tp.topic, tp.partition), [])
             loaded = self.stage.dedupe.assign((tp.topic, tp.partition), start, entries)
             log.info("assigned %s:%s from offset %s (%d dedupe ids)", tp.topic, tp.partition,
                      start, loaded)  # fmt: skip
@@ -290,6 +293,10 @@ class PriceLoop:
         tmp.replace(self.metrics_path)
 
 
+#: a SeenEvents entry: (seen at, ms since the epoch; event ids; their offsets)
+Entry = tuple[int, list[str], list[int]]
+
+
 def price_metrics_path(settings: Any) -> Path:
     """Where a worker's price stage writes its counters for the faust process's /metrics
     (one file per worker web port)."""
@@ -298,37 +305,48 @@ def price_metrics_path(settings: Any) -> Path:
 
 def changelog_reader(
     bootstrap: str, changelog: str, partitions: int
-) -> Callable[[str, int], list[tuple[int, list[str], list[int]]]]:
-    """``load(topic, partition)``: the SeenEvents entries of an input partition, read from
-    its changelog partition up to the end as it is now."""
+) -> Callable[[list[tuple[str, int]]], dict[tuple[str, int], list[Entry]]]:
+    """``load([(topic, partition), ...])``: the SeenEvents entries of those input
+    partitions, read in one pass over the changelog partitions holding them, each up to
+    its end as it is now."""
     decoder = codec("SeenEvents")
 
-    def load(topic: str, partition: int) -> list[tuple[int, list[str], list[int]]]:
+    def load(pairs: list[tuple[str, int]]) -> dict[tuple[str, int], list[Entry]]:
+        found: dict[tuple[str, int], list[Entry]] = {pair: [] for pair in pairs}
         consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "spendstream-dedupe",
                              "enable.auto.commit": False, "enable.partition.eof": True,
                              "log_level": 0})  # fmt: skip
         try:
-            tp = KafkaTopicPartition(changelog, partition % partitions)
-            low, high = consumer.get_watermark_offsets(tp, timeout=30)
-            if high <= low:
-                return []
-            consumer.assign([KafkaTopicPartition(changelog, tp.partition, OFFSET_BEGINNING)])
-            entries: list[tuple[int, list[str], list[int]]] = []
+            ends: dict[int, int] = {}
+            for part in sorted({p % partitions for _, p in pairs}):
+                low, high = consumer.get_watermark_offsets(
+                    KafkaTopicPartition(changelog, part), timeout=30
+                )
+                if high > low:
+                    ends[part] = high
+            if not ends:
+                return found
+            consumer.assign([KafkaTopicPartition(changelog, p, OFFSET_BEGINNING) for p in ends])
+            pending = set(ends)
             deadline = time.monotonic() + 300
-            while time.monotonic() < deadline:
-                for msg in consumer.consume(5000, timeout=1.0):
+            while pending:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"dedupe changelog {changelog} not read within 300 s")
+                for msg in consumer.consume(5000, timeout=0.1):
+                    part = msg.partition() or 0
                     err = msg.error()
                     if err is not None:
                         if err.code() == KafkaError._PARTITION_EOF:
-                            return entries
+                            pending.discard(part)
                         continue
                     record = decoder.decode(msg.value() or b"")
-                    if record["topic"] == topic and record["partition"] == partition:
+                    entries = found.get((record["topic"], record["partition"]))
+                    if entries is not None:
                         seen_at = int(record["seen_at"].timestamp() * 1000)
                         entries.append((seen_at, record["event_ids"], record["offsets"]))
-                    if (msg.offset() or 0) >= high - 1:
-                        return entries
-            raise TimeoutError(f"dedupe changelog {changelog} not read within 300 s")
+                    if (msg.offset() or 0) >= ends[part] - 1:
+                        pending.discard(part)
+            return found
         finally:
             consumer.close()
 

@@ -140,7 +140,7 @@ def worker(tmp_path: Path) -> tuple[Worker, PriceLoop]:
     )  # fmt: skip
     price = PriceLoop(PricingStage(), LagConsumer(Journal(), []),  # type: ignore[arg-type]
                       FakeProducer(Journal()),  # type: ignore[arg-type]
-                      sources=["usage.llm"], load_changelog=lambda t, p: [],
+                      sources=["usage.llm"], load_changelog=lambda pairs: {},
                       metrics_path=path)  # fmt: skip
     return w, price
 
@@ -350,7 +350,7 @@ def test_price_loop_ships_histograms_and_lag_in_its_metrics_file(tmp_path: Path)
     path = tmp_path / "price.json"
     price = PriceLoop(PricingStage(), LagConsumer(Journal(), [Message("usage.llm", 0, 1)]),  # type: ignore[arg-type]
                       FakeProducer(Journal()),  # type: ignore[arg-type]
-                      sources=["usage.llm"], load_changelog=lambda t, p: [],
+                      sources=["usage.llm"], load_changelog=lambda pairs: {},
                       metrics_path=path)  # fmt: skip
     price.step()
     price.write_metrics(force=True)

@@ -105,7 +105,7 @@ class EchoStage:
 def loop(journal: Journal, messages: list[Any], fail: bool = False) -> PriceLoop:
     return PriceLoop(EchoStage(), FakeConsumer(journal, messages),  # type: ignore[arg-type]
                      FakeProducer(journal, fail),  # type: ignore[arg-type]
-                     sources=["usage.llm"], load_changelog=lambda t, p: [])  # fmt: skip
+                     sources=["usage.llm"], load_changelog=lambda pairs: {})  # fmt: skip
 
 
 def test_offsets_commit_only_after_the_outputs_are_acknowledged():
