@@ -13,6 +13,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from spendstream.config import Settings
 from spendstream.schemas.avro import codec
 from spendstream.schemas.models import BudgetAlert, BudgetStatus
+from spendstream.topics import watermarks
 
 T = TypeVar("T")
 #: records read back from the end of each partition to find the newest one
@@ -45,7 +46,7 @@ def read_topic(
         parts = list(meta.topics[topic].partitions)
         pending = set()
         for p in parts:
-            low, high = _watermarks(consumer, TopicPartition(topic, p), timeout)
+            low, high = watermarks(consumer, TopicPartition(topic, p), timeout)
             if high > low:
                 pending.add(p)
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
@@ -96,7 +97,7 @@ def read_records(
                 return []
             ends: dict[int, int] = {}
             for p in info.partitions:
-                low, high = _watermarks(consumer, TopicPartition(topic, p), timeout)
+                low, high = watermarks(consumer, TopicPartition(topic, p), timeout)
                 if high > low:
                     ends[p] = high
         except KafkaException as exc:
@@ -143,27 +144,6 @@ class BadRecord:
 
 
 #: errors of a partition whose leader is not known yet or moving: worth asking again
-_LEADER_MOVING = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE}
-
-
-def _watermarks(consumer: Consumer, tp: TopicPartition, timeout: float = 10) -> tuple[int, int]:
-    """Low and high offsets, retrying while a just-created topic's leader is not known yet
-    ("Not leader for partition" right after creation)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            low, high = consumer.get_watermark_offsets(tp, timeout=timeout)
-            return int(low), int(high)
-        except KafkaException as exc:
-            error = exc.args[0] if exc.args else None
-            transient = isinstance(error, KafkaError) and (
-                error.retriable() or error.code() in _LEADER_MOVING
-            )
-            if not transient or time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
-
-
 def tail_topic(
     settings: Settings,
     topic: str,
@@ -197,7 +177,7 @@ def tail_topic(
                 )
             assign, ends, pending = [], {}, set()
             for p in sorted(info.partitions):
-                low, high = _watermarks(consumer, TopicPartition(topic, p))
+                low, high = watermarks(consumer, TopicPartition(topic, p))
                 start = low if last is None else max(low, high - last)
                 # from the beginning by name: retention may have moved ``low`` meanwhile
                 assign.append(TopicPartition(topic, p, OFFSET_BEGINNING if last is None else start))
@@ -261,7 +241,7 @@ def read_newest(
             return None
         starts = []
         for p in meta.topics[topic].partitions:
-            low, high = _watermarks(consumer, TopicPartition(topic, p), timeout)
+            low, high = watermarks(consumer, TopicPartition(topic, p), timeout)
             if high > low:  # a few back: the last offsets may be transaction markers
                 starts.append(TopicPartition(topic, p, max(low, high - TAIL_RECORDS)))
         pending = {tp.partition for tp in starts}

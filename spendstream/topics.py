@@ -158,11 +158,32 @@ def partition_lags(settings: Settings, group: str, topics: Iterable[str]) -> dic
                 time.sleep(0.5)
         lags = {}
         for tp in committed:
-            low, high = consumer.get_watermark_offsets(tp, timeout=30)
+            low, high = watermarks(consumer, tp, timeout=30)
             lags[f"{tp.topic}:{tp.partition}"] = high - (tp.offset if tp.offset >= 0 else low)
         return lags
     finally:
         consumer.close()
+
+
+_LEADER_MOVING = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE}
+
+
+def watermarks(consumer: Consumer, tp: TopicPartition, timeout: float = 10) -> tuple[int, int]:
+    """Low and high offsets, retrying while a partition's leader is not known or moving
+    ("Not leader for partition" right after a topic is created or the broker restarted)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            low, high = consumer.get_watermark_offsets(tp, timeout=timeout)
+            return int(low), int(high)
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            transient = isinstance(error, KafkaError) and (
+                error.retriable() or error.code() in _LEADER_MOVING
+            )
+            if not transient or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def topic_lags(settings: Settings, group: str, topics: Iterable[str]) -> dict[str, int | None]:
@@ -195,7 +216,7 @@ def committed_or_start(settings: Settings, group: str, topic: str, partition: in
         tp = consumer.committed([TopicPartition(topic, partition)], timeout=30)[0]
         if tp.offset >= 0:
             return int(tp.offset)
-        low, _ = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=30)
+        low, _ = watermarks(consumer, TopicPartition(topic, partition), timeout=30)
         return int(low)
     finally:
         consumer.close()

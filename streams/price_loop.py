@@ -32,6 +32,7 @@ from spendstream.errors import SpendstreamError
 from spendstream.metrics import SECONDS_BUCKETS, SIZE_BUCKETS, Histogram, consumer_lags
 from spendstream.producer import produce_waiting
 from spendstream.schemas.avro import codec
+from spendstream.topics import watermarks
 
 from .dedupe import DedupeState
 
@@ -214,7 +215,7 @@ class PriceLoop:
         for tp in committed:
             start = tp.offset
             if start < 0:  # never committed: everything is new
-                start = consumer.get_watermark_offsets(tp, timeout=30)[0]
+                start = watermarks(consumer, tp, timeout=30)[0]
             entries = found.get((tp.topic, tp.partition), [])
             loaded = self.stage.dedupe.assign((tp.topic, tp.partition), start, entries)
             log.info("assigned %s:%s from offset %s (%d dedupe ids)", tp.topic, tp.partition,
@@ -319,9 +320,7 @@ def changelog_reader(
         try:
             ends: dict[int, int] = {}
             for part in sorted({p % partitions for _, p in pairs}):
-                low, high = consumer.get_watermark_offsets(
-                    KafkaTopicPartition(changelog, part), timeout=30
-                )
+                low, high = watermarks(consumer, KafkaTopicPartition(changelog, part), 30)
                 if high > low:
                     ends[part] = high
             if not ends:
