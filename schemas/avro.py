@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import struct
 from collections.abc import Callable
+from decimal import Decimal
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -84,6 +85,7 @@ class AvroCodec:
         self._confluent_id = confluent_schema_id
         self._registry_lookup = registry_lookup
         self._registry_cache: dict[int, dict[str, Any]] = {}
+        self._decimals = decimal_fields(self.schema)
 
     @property
     def known_fingerprints(self) -> set[bytes]:
@@ -95,8 +97,27 @@ class AvroCodec:
             buf.write(CONFLUENT_MAGIC + struct.pack(">I", self._confluent_id))
         else:
             buf.write(self.header)
+        if self._decimals:
+            record = self._with_decimal_bytes(record)
         fastavro.schemaless_writer(buf, self.schema, record)
         return buf.getvalue()
+
+    def _with_decimal_bytes(self, record: dict[str, Any]) -> dict[str, Any]:
+        """``record`` with its top-level Decimal fields already in their Avro bytes: fastavro
+        converts a Decimal digit by digit (~10 us each, measured; a status has eight and a
+        worker writes a thousand statuses a second), ``decimal_bytes`` in ~0.5 us."""
+        record = dict(record)
+        for name, (scale, in_map) in self._decimals.items():
+            value = record.get(name)
+            if in_map:
+                if value:
+                    record[name] = {
+                        k: decimal_bytes(v, scale) if isinstance(v, Decimal) else v
+                        for k, v in value.items()
+                    }
+            elif isinstance(value, Decimal):
+                record[name] = decimal_bytes(value, scale)
+        return record
 
     def split(self, data: bytes) -> tuple[dict[str, Any], bytes]:
         """(writer schema, Avro body) of a framed record, without decoding the body."""
@@ -146,6 +167,42 @@ class AvroCodec:
             raise AvroDecodeError(f"schema id {schema_id} not resolvable: {exc}") from exc
         self._registry_cache[schema_id] = writer
         return writer
+
+
+def decimal_fields(schema: dict[str, Any]) -> dict[str, tuple[int, bool]]:
+    """Top-level fields of a record schema holding a bytes ``decimal`` (alone, in a union
+    with null, or as the values of a map): name -> (scale, in a map)."""
+
+    def scale_of(branch: Any) -> int | None:
+        if isinstance(branch, dict) and branch.get("logicalType") == "decimal":
+            return int(branch.get("scale", 0)) if branch.get("type") == "bytes" else None
+        return None
+
+    found: dict[str, tuple[int, bool]] = {}
+    for field in schema.get("fields", []):
+        kind = field["type"]
+        branches = kind if isinstance(kind, list) else [kind]
+        for branch in branches:
+            if isinstance(branch, dict) and branch.get("type") == "map":
+                scale = scale_of(branch.get("values"))
+                if scale is not None:
+                    found[field["name"]] = (scale, True)
+            else:
+                scale = scale_of(branch)
+                if scale is not None:
+                    found[field["name"]] = (scale, False)
+    return found
+
+
+def decimal_bytes(value: Decimal, scale: int) -> bytes:
+    """The Avro ``decimal`` bytes of ``value`` at ``scale`` (big-endian two's complement
+    of the unscaled integer); a value with more fractional digits is refused, as fastavro
+    refuses it, never rounded."""
+    unscaled = value.scaleb(scale)
+    number = int(unscaled)
+    if number != unscaled:
+        raise ValueError(f"{value} has more than {scale} fractional digits")
+    return number.to_bytes(number.bit_length() // 8 + 1, "big", signed=True)
 
 
 _registry: Any = None  # RegistryClient when SPENDSTREAM_SCHEMA_REGISTRY_URL is set

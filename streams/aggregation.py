@@ -351,32 +351,46 @@ def status_of(
     now_us: int | None = None,
 ) -> BudgetStatus:
     """Status of one budget period; the projection runs at ``now_us`` (default: event time)."""
+    # computed from our own state: no validation to pay for; every field has its type
+    return BudgetStatus.model_construct(
+        **status_record(budget, period_key, state, now, resolved, now_us)
+    )
+
+
+def status_record(
+    budget: BudgetDefinition,
+    period_key: str,
+    state: PeriodState,
+    now: datetime,
+    resolved: Iterable[str] = (),
+    now_us: int | None = None,
+) -> dict[str, Any]:
+    """``status_of`` as the Avro record the checkpoint publishes (one per changed budget
+    period and checkpoint: no model built and dumped again on that path)."""
     spent = state.spent
     proj = state.projection(budget.limit, now_us)
-    done = set(resolved)
+    done = resolved if isinstance(resolved, set | frozenset) else set(resolved)
     prefix = f"{budget.budget_id}:{period_key}:"
-    # computed here from our own state: no validation to pay for (one per budget period
-    # and checkpoint); every field has its declared type
-    return BudgetStatus.model_construct(
-        budget_id=budget.budget_id,
-        budget_name=budget.name,
-        period_key=period_key,
-        period_start=from_micros(state.period_start_us),
-        period_end=from_micros(state.period_end_us),
-        spent=spent,
-        limit=budget.limit,
-        currency=budget.currency,
-        event_count=state.count,
-        state=state_name(spent, budget.limit),
-        alerted_tiers=list(state.alerted),
-        updated_at=now,
-        burn_rate_per_day=proj.burn_rate_per_day,
-        projected_total=proj.projected,
-        projected_low=proj.low,
-        projected_high=proj.high,
-        days_left=proj.days_left,
-        days_to_limit=proj.days_to_limit,
-        active_alerts=[prefix + t for t in state.alerted if prefix + t not in done],
-        held_allocations=len(state.held),
-        held_amounts={c: from_nanos(n) for c, n in sorted(state.held_amounts().items())},
-    )
+    return {
+        "budget_id": budget.budget_id,
+        "budget_name": budget.name,
+        "period_key": period_key,
+        "period_start": from_micros(state.period_start_us),
+        "period_end": from_micros(state.period_end_us),
+        "spent": spent,
+        "limit": budget.limit,
+        "currency": budget.currency,
+        "event_count": state.count,
+        "state": state_name(spent, budget.limit),
+        "alerted_tiers": list(state.alerted),
+        "updated_at": now,
+        "burn_rate_per_day": proj.burn_rate_per_day,
+        "projected_total": proj.projected,
+        "projected_low": proj.low,
+        "projected_high": proj.high,
+        "days_left": proj.days_left,
+        "days_to_limit": proj.days_to_limit,
+        "active_alerts": [prefix + t for t in state.alerted if prefix + t not in done],
+        "held_allocations": len(state.held),
+        "held_amounts": {c: from_nanos(n) for c, n in sorted(state.held_amounts().items())},
+    }

@@ -340,8 +340,8 @@ def create_worker(settings: Settings) -> Worker:
         registry, policy,
         write_state=write_state,
         send_alert=send_alert,
-        send_status=lambda key, st: out.send(topics.status, key.encode(),
-                                             _enc("BudgetStatus", st, topics.status)),
+        send_status=lambda key, record: out.send(
+            topics.status, key.encode(), framed_codec("BudgetStatus", topics.status).encode(record)),
         drain=drain, finish=offset_guard.finish, resolved=feed.resolved,
         interval_s=settings.worker_commit_interval_ms / 1000,
         send_conversions=lambda rows: out.send(

@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
-from spendstream.schemas.models import BudgetAlert, BudgetStatus
+from spendstream.schemas.models import BudgetAlert
 
 from .aggregate_stage import AggregateResult
-from .aggregation import AlertPolicy, PeriodState, status_of, trend_alerts
+from .aggregation import AlertPolicy, PeriodState, status_record, trend_alerts
 from .matching import BudgetRegistry
 
 Source = TypeVar("Source")
@@ -48,7 +48,8 @@ class Checkpoint(Generic[Source]):
     #: write one state to the table, in the partition of ``source``
     write_state: Callable[[str, PeriodState, Source], None]
     send_alert: Callable[[BudgetAlert], None]
-    send_status: Callable[[str, BudgetStatus], None]
+    #: publish one status, given as its Avro record (``aggregation.status_record``)
+    send_status: Callable[[str, dict[str, Any]], None]
     #: wait until everything sent is acknowledged by the broker
     drain: Callable[[], Awaitable[None]]
     #: let the offsets of these records commit
@@ -136,7 +137,7 @@ class Checkpoint(Generic[Source]):
             budget_id, period_key = key.split("|", 1)
             budget = self.registry.get(budget_id)
             if budget is not None:
-                self.send_status(key, status_of(budget, period_key, change.state, now, done))
+                self.send_status(key, status_record(budget, period_key, change.state, now, done))
         await self.drain()
         self.finish(waiting)  # 5.
         return len(dirty)

@@ -27,7 +27,7 @@ def make(journal: list, clock: list[float]) -> Checkpoint:
         write_state=lambda key, state, source: journal.append(("state", key, state.spent,
                                                                source)),
         send_alert=lambda a: journal.append(("alert", a.alert_id)),
-        send_status=lambda key, st: journal.append(("status", key, st.spent)),
+        send_status=lambda key, st: journal.append(("status", key, st["spent"])),
         drain=drain, finish=lambda events: journal.append(("finish", list(events))),
         interval_s=1.0, clock=lambda: clock[0],
     )  # fmt: skip
