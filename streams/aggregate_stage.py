@@ -80,8 +80,15 @@ class AggregateStage:
         counters = result.counters
         touched: dict[str, str] = {}  # key -> event id of the last allocation applied
         budgets = self.registry
+        origins: dict[tuple[str, int], str] = {}  # "topic:partition", built once per origin
         for source, rows in records:
+            partition = self.partition_of(source)
             for row in rows:
+                origin = origins.get((row[ORIGIN_TOPIC], row[ORIGIN_PARTITION]))
+                if origin is None:
+                    origin = origins[(row[ORIGIN_TOPIC], row[ORIGIN_PARTITION])] = (
+                        f"{row[ORIGIN_TOPIC]}:{row[ORIGIN_PARTITION]}"
+                    )
                 budget_id, period_key = row[BUDGET], row[PERIOD]
                 key = f"{budget_id}|{period_key}"
                 state = states.get(key)
@@ -90,11 +97,10 @@ class AggregateStage:
                 budget = budgets.get(budget_id)
                 if budget is not None and budget.currency != row[CURRENCY]:
                     # in another currency: converted at its day's rate, or held until then
-                    if not state.admit(f"{row[ORIGIN_TOPIC]}:{row[ORIGIN_PARTITION]}",
-                                       row[ORIGIN_OFFSET]):  # fmt: skip
+                    if not state.admit(origin, row[ORIGIN_OFFSET]):
                         counters["replayed_allocations"] += 1
                         continue
-                    state.partition = self.partition_of(source)
+                    state.partition = partition
                     result.sources[key] = source
                     conversion = self.fx.conversion(row[CURRENCY], budget.currency,
                                                     day_of(row[OCCURRED]))  # fmt: skip
@@ -110,14 +116,12 @@ class AggregateStage:
                         row[CURRENCY], budget.currency, conversion, nanos, now))  # fmt: skip
                     counters["fx_converted"] += 1
                 else:
-                    counted = state.apply_fields(
-                        f"{row[ORIGIN_TOPIC]}:{row[ORIGIN_PARTITION]}", row[ORIGIN_OFFSET],
-                        row[AMOUNT], row[OCCURRED], row[START], row[END],
-                    )  # fmt: skip
+                    counted = state.apply_fields(origin, row[ORIGIN_OFFSET], row[AMOUNT],
+                                                 row[OCCURRED], row[START], row[END])  # fmt: skip
                     if not counted:
                         counters["replayed_allocations"] += 1
                         continue
-                    state.partition = self.partition_of(source)
+                    state.partition = partition
                     result.sources[key] = source
                 counters["aggregated"] += 1
                 event_id = row[EVENT]

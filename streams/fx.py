@@ -150,9 +150,11 @@ class FxTable:
 
     def latest(self, source: str, target: str) -> Conversion | None:
         """The newest rate for the pair (pre-flight estimates of calls not made yet)."""
+        if source == target:
+            return Conversion(1, 1, date.today())
         newest = self.latest_day()
         if newest is None:
-            return None if source != target else Conversion(1, 1, date.today())
+            return None
         return self.conversion(source, target, newest) or self._newest_common(source, target)
 
     def _newest_common(self, source: str, target: str) -> Conversion | None:
