@@ -297,40 +297,54 @@ def create_worker(settings: Settings) -> Worker:
                 worker.last_aggregated_at = time.time()
             if settings.worker_trace_batches:
                 log.info("batch aggregate %s", offset_spans(events))
-            if checkpoint.due():
-                await commit(now)
             worker.batch_size.observe(len(events))
             worker.batch_seconds.observe(time.perf_counter() - started)
 
-    async def commit(now: datetime) -> None:
-        written = await checkpoint.commit(now)
+    #: one checkpoint write at a time, and no revocation while one is written (its states
+    #: must reach the changelog before another worker may restore them)
+    writing = asyncio.Lock()
+
+    async def commit(*, only_if_due: bool) -> bool:
+        """Take a checkpoint under the aggregation lock, write it outside (batches go on
+        while it waits for the broker; checkpoint.py). Crash if it fails: nothing of it is
+        committed then, and its batches are replayed."""
+        async with writing:
+            async with lock:
+                if not (checkpoint.due() if only_if_due else checkpoint.waiting
+                        or checkpoint.dirty):  # fmt: skip
+                    return False
+                snapshot = checkpoint.take(datetime.now(UTC))
+            try:
+                written = await checkpoint.write(snapshot)
+            except Exception:
+                log.critical("checkpoint failed; exiting so its batches are replayed",
+                             exc_info=True)  # fmt: skip
+                logging.shutdown()
+                os._exit(70)
         metrics["checkpoints"] += 1
         metrics["states_written"] += written
+        return True
 
-    @app.timer(interval=settings.worker_commit_interval_ms / 2000)
+    @app.timer(interval=settings.worker_commit_interval_ms / 4000)
     async def checkpoint_timer() -> None:
-        async with lock:
-            if checkpoint.due():
-                await commit(datetime.now(UTC))
+        await commit(only_if_due=True)
 
     async def final_checkpoint() -> None:
-        async with lock:
-            if checkpoint.waiting or checkpoint.dirty:
-                await commit(datetime.now(UTC))
-                log.info("final checkpoint written")
+        if await commit(only_if_due=False):
+            log.info("final checkpoint written")
 
     app.spendstream_before_stop = final_checkpoint
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(app: Any, revoked: Any, **kwargs: Any) -> None:
-        async with lock:
+        async with writing, lock:
             checkpoint.forget(lambda event: event.message.tp in revoked)
 
     async def drain() -> None:
         await out.drain()
 
-    def write_state(key: str, state: Any, source: faust.EventT) -> None:
-        with_event(source, lambda: spend.__setitem__(key, state.dumps()))
+    def write_state(key: str, value: str, source: faust.EventT) -> None:
+        with_event(source, lambda: spend.__setitem__(key, value))
 
     def send_alert(alert: Any) -> None:
         metrics[f"alerts_{alert.kind}"] += 1

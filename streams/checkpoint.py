@@ -10,6 +10,11 @@ A crash between two checkpoints replays the batches since the last one: the stat
 table do not have them yet (or have them with their watermarks), so each allocation still
 counts exactly once.
 
+A checkpoint is taken under the aggregation lock (``take``: trend rules, states and
+statuses frozen) and written outside it (``write``: the broker's acks, the table, the
+statuses), so batches keep counting and alerting while it waits for the broker: the
+lock is held for the CPU work only, which is what a threshold alert may wait behind.
+
 ``Checkpoint`` takes its collaborators as plain functions, so a test drives it without
 Kafka or faust; streams/app.py wires it to the faust table, the output producer and the
 offset guard.
@@ -42,11 +47,23 @@ class Dirty(Generic[Source]):
 
 
 @dataclass
+class Snapshot(Generic[Source]):
+    """A checkpoint's content, taken under the aggregation lock and written after it."""
+
+    #: ("budget|period", table value, the record whose partition it is written in)
+    states: list[tuple[str, str, Source]] = field(default_factory=list)
+    #: ("budget|period", BudgetStatus Avro record)
+    statuses: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    #: the records of the batches it holds (finished once it is written)
+    records: list[Any] = field(default_factory=list)
+
+
+@dataclass
 class Checkpoint(Generic[Source]):
     registry: BudgetRegistry
     policy: AlertPolicy
-    #: write one state to the table, in the partition of ``source``
-    write_state: Callable[[str, PeriodState, Source], None]
+    #: write one state (its table value, ``PeriodState.dumps``) in the partition of ``source``
+    write_state: Callable[[str, str, Source], None]
     send_alert: Callable[[BudgetAlert], None]
     #: publish one status, given as its Avro record (``aggregation.status_record``)
     send_status: Callable[[str, dict[str, Any]], None]
@@ -66,13 +83,16 @@ class Checkpoint(Generic[Source]):
     waiting: list[Any] = field(default_factory=list)
     #: when the oldest batch in ``waiting`` was taken
     since: float = 0.0
+    #: keys of the snapshot being written (kept in memory until the table has them)
+    in_flight: set[str] = field(default_factory=set)
 
     def load(self, key: str, stored: Callable[[str], str | None]) -> PeriodState:
         """The newest state of ``key``: in memory, else from the table."""
         state = self.states.get(key)
         if state is None:
             if len(self.states) > 200_000:  # bound memory: keep only what is unwritten
-                self.states = {k: self.states[k] for k in self.dirty}
+                keep = self.dirty.keys() | self.in_flight
+                self.states = {k: v for k, v in self.states.items() if k in keep}
             state = self.states[key] = PeriodState.loads(stored(key))
         return state
 
@@ -96,51 +116,71 @@ class Checkpoint(Generic[Source]):
         due like a batch's."""
         return bool(self.waiting or self.dirty) and self.clock() - self.since >= self.interval_s
 
-    async def commit(self, now: datetime) -> int:
-        """Write what the batches since the last checkpoint changed; returns the number of
-        states written.
+    def take(self, now: datetime) -> Snapshot[Source]:
+        """Step 1 of the protocol, under the aggregation lock: what the batches since the
+        last checkpoint changed, frozen (states as their table values, statuses as
+        records), so that steps 2-5 (``write``) can wait for the broker while the next
+        batches are processed.
 
         1. Forecast and anomaly rules run once per changed (budget, period); the alerts
-           due are recorded in its state. Crash after: nothing left the process.
-        2. Deliver those alerts and wait for the broker's acks of every alert and
-           conversion row sent since the last checkpoint (the batches' threshold alerts
-           included). Crash after: the
-           states that record them were not written, so the replayed batches fire them
-           again with the same alert ids (subscribers and the sink dedupe on them), and
-           the same conversions (ClickHouse keeps one row per event and budget); held
-           allocations released since are still held in the stored states and are
-           released again.
-        3. Write each changed state to the table (faust sends it to the changelog and
-           flushes its producer before committing offsets). Crash after: the batches are
-           replayed; the watermarks in whichever state was restored skip what it counted.
-        4. Publish each changed status and wait for the acks. Crash after: as after 3;
-           the statuses go out again, equal or newer (readers keep the newest).
-        5. Finish the batches' records: faust may commit their offsets. Crash after:
-           nothing is replayed.
+           due are recorded in its state and sent. Crash after: the states that record
+           them were not written; the replayed batches fire them again with the same
+           alert ids (subscribers and the sink dedupe on them).
         """
         dirty, waiting = self.dirty, self.waiting
         self.dirty, self.waiting = {}, []
-        alerts: list[BudgetAlert] = []
+        done = self.resolved()
+        snapshot: Snapshot[Source] = Snapshot(records=waiting)
         for key, change in dirty.items():  # 1.
             budget_id, period_key = key.split("|", 1)
             budget = self.registry.get(budget_id)
             if budget is not None:
-                alerts += trend_alerts(budget, period_key, change.state, now, change.event_id,
-                                       self.policy)  # fmt: skip
-        for alert in alerts:  # 2.
-            self.send_alert(alert)
-        await self.drain()
-        for key, change in dirty.items():  # 3.
-            self.write_state(key, change.state, change.source)
-        done = self.resolved()
-        for key, change in dirty.items():  # 4.
-            budget_id, period_key = key.split("|", 1)
-            budget = self.registry.get(budget_id)
+                for alert in trend_alerts(budget, period_key, change.state, now,
+                                          change.event_id, self.policy):  # fmt: skip
+                    self.send_alert(alert)
+            snapshot.states.append((key, change.state.dumps(), change.source))
             if budget is not None:
-                self.send_status(key, status_record(budget, period_key, change.state, now, done))
-        await self.drain()
-        self.finish(waiting)  # 5.
-        return len(dirty)
+                snapshot.statuses.append(
+                    (key, status_record(budget, period_key, change.state, now, done))
+                )
+        self.in_flight = {key for key, _, _ in snapshot.states}
+        return snapshot
+
+    async def write(self, snapshot: Snapshot[Source]) -> int:
+        """Steps 2-5, outside the aggregation lock (batches go on meanwhile; one write at
+        a time, and no revocation during one: the caller's write lock); returns the number
+        of states written.
+
+        2. Wait for the broker's acks of every alert and conversion row sent so far (the
+           snapshot's batches' threshold alerts and step 1's included). Crash after: as
+           after 1; the same conversions come again (ClickHouse keeps one row per event
+           and budget); held allocations released since are still held in the stored
+           states and are released again.
+        3. Write each state of the snapshot to the table (faust sends it to the changelog
+           and flushes its producer before committing offsets). A batch processed since
+           the snapshot is not in it: its records are finished by the next checkpoint.
+           Crash after: the batches are replayed; the watermarks in whichever state was
+           restored skip what it counted.
+        4. Publish each status of the snapshot and wait for the acks. Crash after: as
+           after 3; the statuses go out again, equal or newer (readers keep the newest).
+        5. Finish the snapshot's records: faust may commit their offsets. Crash after:
+           nothing is replayed.
+        """
+        try:
+            await self.drain()  # 2.
+            for key, value, source in snapshot.states:  # 3.
+                self.write_state(key, value, source)
+            for key, record in snapshot.statuses:  # 4.
+                self.send_status(key, record)
+            await self.drain()
+            self.finish(snapshot.records)  # 5.
+        finally:
+            self.in_flight = set()
+        return len(snapshot.states)
+
+    async def commit(self, now: datetime) -> int:
+        """``take`` and ``write`` at once (a stopping worker's last checkpoint, tests)."""
+        return await self.write(self.take(now))
 
     def forget(self, lost: Callable[[Source], bool]) -> None:
         """Partitions were revoked: drop their states and records (the new owner restores

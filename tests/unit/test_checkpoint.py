@@ -24,8 +24,8 @@ def make(journal: list, clock: list[float]) -> Checkpoint:
 
     return Checkpoint(
         BudgetRegistry([BUDGET, OTHER]), AlertPolicy(),
-        write_state=lambda key, state, source: journal.append(("state", key, state.spent,
-                                                               source)),
+        write_state=lambda key, value, source: journal.append(
+            ("state", key, PeriodState.loads(value).spent, source)),
         send_alert=lambda a: journal.append(("alert", a.alert_id)),
         send_status=lambda key, st: journal.append(("status", key, st["spent"])),
         drain=drain, finish=lambda events: journal.append(("finish", list(events))),
@@ -86,3 +86,32 @@ def test_a_revoked_partition_is_forgotten_and_its_records_never_finish():
     asyncio.run(cp.commit(NOW))
     assert [e[1] for e in journal if e[0] == "state"] == ["b|2026-11"]
     assert journal[-1] == ("finish", ["e-p0"])
+
+
+def test_a_batch_while_a_checkpoint_is_written_waits_for_the_next_one():
+    """The write runs outside the aggregation lock: a batch processed meanwhile changes
+    the in-memory state, but the table gets the snapshot's value and only the snapshot's
+    records finish; the next checkpoint writes and finishes the rest."""
+    journal: list = []
+    clock = [0.0]
+    cp = make(journal, clock)
+    run(cp, [("r1", [alloc(1, "2")])], ["e1"])
+    snapshot = cp.take(NOW)
+    assert cp.in_flight == {"b|2026-11"} and cp.dirty == {} and cp.waiting == []
+    # the state being written stays in memory when memory is trimmed (a reload from the
+    # table, which does not have it yet, would lose the snapshot's allocations)
+    cp.states.update({f"x|{i}": PeriodState() for i in range(200_001)})
+    cp.load("c|2026-11", lambda k: None)
+    assert "b|2026-11" in cp.states and "x|0" not in cp.states
+    run(cp, [("r2", [alloc(2, "3")])], ["e2"])  # lands between take and write
+    assert cp.states["b|2026-11"].spent == 5
+    journal.clear()
+    assert asyncio.run(cp.write(snapshot)) == 1
+    assert ("state", "b|2026-11", 2, "r1") in journal  # the snapshot, not the newer state
+    assert [e for e in journal if e[0] == "status"] == [("status", "b|2026-11", 2)]
+    assert journal[-1] == ("finish", ["e1"]) and cp.in_flight == set()
+    journal.clear()
+    clock[0] = 2.0
+    assert cp.due()
+    asyncio.run(cp.commit(NOW))
+    assert ("state", "b|2026-11", 5, "r2") in journal and journal[-1] == ("finish", ["e2"])
