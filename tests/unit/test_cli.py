@@ -228,3 +228,13 @@ def test_notify_check_lists_the_routes(tmp_path):
     assert result.exit_code == 0, result.output
     assert "budget team-* and tier >=90 -> ops-webhook, finance-slack" in result.output
     assert "pw" not in result.output.split() and "x" * 20 not in result.output
+
+
+def test_sql_with_an_unknown_format_is_a_clear_error():
+    import pytest
+
+    from spendstream.errors import UserError
+    from spendstream.render import print_result
+
+    with pytest.raises(UserError, match="unknown format 'xml': use table, csv or json"):
+        print_result(["a"], [(1,)], "xml")

@@ -155,3 +155,14 @@ def test_a_cycle_through_a_package_init_is_found(tmp_path: Path) -> None:
     graph = import_graph(find_modules(packages), tmp_path)
     assert graph["pkg.y"] == {"pkg.sub": "pkg/y.py:1", "pkg.sub.x": "pkg/y.py:1"}
     assert len(find_cycles(graph)) == 1
+
+
+def test_render_and_the_demo_need_no_command() -> None:
+    # the CLI imports them; they print what it prints without knowing a command
+    graph = import_graph(find_modules(package_dirs()))
+    for module in ("spendstream.render", "spendstream.demo"):
+        assert [m for m in graph[module] if m.startswith("spendstream.cli")] == []
+    tree = ast.parse((ROOT / "spendstream" / "render.py").read_text())
+    names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    names |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert not {name for name in names if name.split(".")[0] in ("typer", "click")}
