@@ -367,7 +367,7 @@ def _keep_running(console: Console, services: Any, dashboard: str) -> None:
 def _print_results(
     console: Console, plan: Plan, statuses: list[Any], alerts: list[Any], warehouse: Any
 ) -> None:
-    from spendstream.cli import status_table
+    from spendstream.render import status_table
 
     console.rule("budget status (from the budget-status topic)")
     console.print(status_table(statuses, names=True))

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping, Sized
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
@@ -28,7 +29,35 @@ from spendstream.metrics import (
 )
 
 if TYPE_CHECKING:
-    from .app import Worker
+    from .budget_feed import BudgetFeed
+
+
+class WorkerView(Protocol):
+    """What these metrics read from the aggregating worker (``app.Worker``, which mounts
+    them): a protocol, so this module needs nothing from app.py."""
+
+    @property
+    def app(self) -> Any: ...
+    @property
+    def feed(self) -> BudgetFeed: ...
+    @property
+    def registry(self) -> Sized: ...
+    @property
+    def metrics(self) -> Mapping[str, Any]: ...
+    @property
+    def price_metrics(self) -> Path: ...
+    @property
+    def input_topic(self) -> str: ...
+    @property
+    def group(self) -> str: ...
+    @property
+    def price_group(self) -> str: ...
+    @property
+    def batch_size(self) -> Histogram: ...
+    @property
+    def batch_seconds(self) -> Histogram: ...
+    def all_metrics(self) -> dict[str, Any]: ...
+
 
 #: alert kinds (README, "Alerts"): each is exposed, at 0 until one fires
 ALERT_KINDS = ("threshold", "exceeded", "forecast", "anomaly")
@@ -38,7 +67,7 @@ PRICE_SILENT_S = 60.0
 PRICE_INTERNAL = ("written_at", "assigned", "lag", "histograms")
 
 
-def read_price(worker: Worker) -> dict[str, Any]:
+def read_price(worker: WorkerView) -> dict[str, Any]:
     """What the price stage last wrote ({} before it first wrote)."""
     try:
         data = json.loads(worker.price_metrics.read_text())
@@ -84,7 +113,7 @@ def aggregator_lags(consumer: Any, topic: str) -> Lags:
     return lags
 
 
-def assigned_inputs(worker: Worker) -> list[tuple[str, int]] | None:
+def assigned_inputs(worker: WorkerView) -> list[tuple[str, int]] | None:
     """The aggregator's partitions of its input topic; None while its consumer is not up."""
     consumer = getattr(worker.app, "_consumer", None)
     if consumer is None:
@@ -96,7 +125,7 @@ def assigned_inputs(worker: Worker) -> list[tuple[str, int]] | None:
     return sorted((tp.topic, tp.partition) for tp in tps if tp.topic == worker.input_topic)
 
 
-def worker_families(worker: Worker) -> list[Metric]:
+def worker_families(worker: WorkerView) -> list[Metric]:
     price = read_price(worker)
     agg = worker.metrics
     consumed = CounterMetricFamily(
@@ -187,11 +216,11 @@ def fx_family(agg: Mapping[str, Any]) -> CounterMetricFamily:
     return family
 
 
-def held_allocations(worker: Worker) -> int:
+def held_allocations(worker: WorkerView) -> int:
     return sum(getattr(s, "held_allocations", 0) or 0 for s in worker.feed.statuses.values())
 
 
-def worker_not_ready(worker: Worker, now: float | None = None) -> list[str]:
+def worker_not_ready(worker: WorkerView, now: float | None = None) -> list[str]:
     """Why this worker is not ready (empty: ready): the budget feed has not read budgets,
     statuses and alert actions to their end, the aggregator has no input partitions or is
     rebalancing, or the price stage is not running with partitions."""
@@ -222,7 +251,7 @@ def worker_not_ready(worker: Worker, now: float | None = None) -> list[str]:
     return reasons
 
 
-def mount_metrics(app: Any, worker: Worker) -> None:
+def mount_metrics(app: Any, worker: WorkerView) -> None:
     """``/metrics``, ``/metrics.json``, ``/healthz`` and ``/readyz`` on the faust web server."""
     registry = registry_of(lambda: worker_families(worker))
 

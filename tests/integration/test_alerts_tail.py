@@ -21,7 +21,9 @@ import pytest
 from confluent_kafka import Producer
 from typer.testing import CliRunner
 
-from spendstream.cli import ALERT_KINDS, CliError, alert_filter, app
+from spendstream.cli import app
+from spendstream.cli.alerts import ALERT_KINDS, alert_filter
+from spendstream.cli.base import CliError
 from spendstream.config import Settings
 from spendstream.processes import ProcessGroup
 from spendstream.readback import BadRecord, decode_alert, tail_topic

@@ -13,7 +13,8 @@ import pytest
 from typer.testing import CliRunner
 
 from spendstream import budget_history as bh
-from spendstream import cli
+from spendstream.cli import app
+from spendstream.cli import budgets as budgets_cli
 from spendstream.config import Settings, load_settings
 from spendstream.schemas.budget import BudgetDefinition
 from spendstream.streams.api import BudgetApi
@@ -130,7 +131,9 @@ def broker_free(monkeypatch, tmp_path):
     monkeypatch.setattr(topics, "wait_for_broker", lambda *a, **k: None)
     monkeypatch.setattr(topics, "ensure_topics", lambda *a, **k: None)
     registry = SimpleNamespace(all=lambda: list(live.values()), get=live.get)
-    monkeypatch.setattr(cli, "_read_budgets", lambda s, **k: SimpleNamespace(registry=registry))
+    monkeypatch.setattr(
+        budgets_cli, "_read_budgets", lambda s, **k: SimpleNamespace(registry=registry)
+    )
     monkeypatch.setattr(bh.getpass, "getuser", lambda: "os-user")
     monkeypatch.setenv("SPENDSTREAM_DATA_DIR", str(tmp_path))
     return calls
@@ -139,18 +142,18 @@ def broker_free(monkeypatch, tmp_path):
 def test_apply_records_actor_and_note_with_the_os_user_as_default(broker_free, tmp_path):
     path = tmp_path / "b.yaml"
     path.write_text("- {budget_id: acme, name: Acme, limit: '100'}\n")
-    result = runner.invoke(cli.app, ["budgets", "apply", str(path), "--actor", "ana",
+    result = runner.invoke(app, ["budgets", "apply", str(path), "--actor", "ana",
                                      "--note", "Q4 plan"])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert broker_free[0][2] == {"actor": "ana", "note": "Q4 plan"}
-    assert runner.invoke(cli.app, ["budgets", "apply", str(path)]).exit_code == 0
+    assert runner.invoke(app, ["budgets", "apply", str(path)]).exit_code == 0
     assert broker_free[1][2] == {"actor": "os-user", "note": None}
-    bad = runner.invoke(cli.app, ["budgets", "apply", str(path), "--actor", " "])
+    bad = runner.invoke(app, ["budgets", "apply", str(path), "--actor", " "])
     assert bad.exit_code == 1 and "--actor" in bad.output and len(broker_free) == 2
 
 
 def test_delete_records_actor_and_note(broker_free):
-    result = runner.invoke(cli.app, ["budgets", "delete", "org", "--yes", "--actor", "ops",
+    result = runner.invoke(app, ["budgets", "delete", "org", "--yes", "--actor", "ops",
                                      "--note", "retired"])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert broker_free == [([], ["org"], {"actor": "ops", "note": "retired"})]
@@ -185,7 +188,7 @@ def sources(monkeypatch, tmp_path):
 
 
 def test_history_shows_every_version_with_actor_note_and_diff(sources):
-    result = runner.invoke(cli.app, ["budgets", "history", "acme"], terminal_width=200)
+    result = runner.invoke(app, ["budgets", "history", "acme"], terminal_width=200)
     assert result.exit_code == 0, result.output
     out = result.output
     for expected in ("ana", "initial", "bob", "more room", "limit 100 -> 150", "ops",
@@ -195,23 +198,23 @@ def test_history_shows_every_version_with_actor_note_and_diff(sources):
 
 
 def test_history_json_and_unknown_or_invalid_ids(sources):
-    result = runner.invoke(cli.app, ["budgets", "history", "acme", "--json"])
+    result = runner.invoke(app, ["budgets", "history", "acme", "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     assert [(v["actor"], v["kind"]) for v in data["versions"]] == [
         ("ana", "first"), ("bob", "changed"), ("ops", "deleted")]  # fmt: skip
     assert data["versions"][1]["from"] == ["topic", "clickhouse"]
     assert any("compacted" in n for n in data["notes"])
-    unknown = runner.invoke(cli.app, ["budgets", "history", "nope"])
+    unknown = runner.invoke(app, ["budgets", "history", "nope"])
     assert unknown.exit_code == 1 and "no budget 'nope'" in unknown.output
     assert "Traceback" not in unknown.output
-    invalid = runner.invoke(cli.app, ["budgets", "history", "../x"])
+    invalid = runner.invoke(app, ["budgets", "history", "../x"])
     assert invalid.exit_code == 1 and "not a budget id" in invalid.output
 
 
 def test_history_says_when_clickhouse_was_not_read(sources, monkeypatch):
     monkeypatch.setattr(bh, "warehouse_versions", lambda s, b: ([], "no ClickHouse data yet"))
-    result = runner.invoke(cli.app, ["budgets", "history", "acme", "--json"])
+    result = runner.invoke(app, ["budgets", "history", "acme", "--json"])
     data = json.loads(result.output)
     assert len(data["versions"]) == 2  # the topic's only
     assert any("ClickHouse not read (no ClickHouse data yet)" in n for n in data["notes"])
@@ -223,7 +226,7 @@ def test_show_says_who_made_the_current_version(monkeypatch, tmp_path):
                                actor="bob", note="ml joins")  # fmt: skip
     registry = SimpleNamespace(all=lambda: [current], get={"acme": current}.get)
     feed = SimpleNamespace(registry=registry, statuses={}, resolved=set)
-    monkeypatch.setattr(cli, "_read_budgets", lambda s, **k: feed)
-    result = runner.invoke(cli.app, ["budgets", "show", "acme"], terminal_width=200)
+    monkeypatch.setattr(budgets_cli, "_read_budgets", lambda s, **k: feed)
+    result = runner.invoke(app, ["budgets", "show", "acme"], terminal_width=200)
     assert result.exit_code == 0, result.output
     assert "2026-11-20 09:00 UTC by bob: ml joins (`budgets history acme`)" in result.output

@@ -8,7 +8,8 @@ from decimal import Decimal
 from rich.console import Console
 from typer.testing import CliRunner
 
-from spendstream.cli import app, status_table, status_view
+from spendstream.cli import app
+from spendstream.render import status_table, status_view
 from spendstream.schemas.models import BudgetStatus
 
 NOW = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)

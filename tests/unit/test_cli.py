@@ -90,7 +90,7 @@ def test_sql_json_is_valid_for_every_clickhouse_value(capsys):
     from ipaddress import IPv4Address, IPv6Address
     from uuid import UUID
 
-    from spendstream.cli import print_result
+    from spendstream.render import print_result
 
     uid = UUID("61f0c404-5cb3-11e7-907b-a6006ad3dba0")
     row = (
@@ -133,7 +133,7 @@ def test_sql_json_is_valid_for_every_clickhouse_value(capsys):
 def test_sql_csv_ends_lines_with_newline_and_keeps_money_exact(capsys):
     from decimal import Decimal
 
-    from spendstream.cli import print_result
+    from spendstream.render import print_result
 
     print_result(["a", "b"], [(Decimal("0.000000001"), [Decimal("1.50")]), (None, [])], "csv")
     out = capsys.readouterr().out
@@ -155,7 +155,7 @@ def test_an_unanswered_prompt_is_a_clear_error_not_an_unexpected_one():
     import pytest
     import typer
 
-    from spendstream.cli import _run
+    from spendstream.cli.base import _run
 
     def prompt() -> None:
         raise click.exceptions.Abort()
@@ -228,3 +228,13 @@ def test_notify_check_lists_the_routes(tmp_path):
     assert result.exit_code == 0, result.output
     assert "budget team-* and tier >=90 -> ops-webhook, finance-slack" in result.output
     assert "pw" not in result.output.split() and "x" * 20 not in result.output
+
+
+def test_sql_with_an_unknown_format_is_a_clear_error():
+    import pytest
+
+    from spendstream.errors import UserError
+    from spendstream.render import print_result
+
+    with pytest.raises(UserError, match="unknown format 'xml': use table, csv or json"):
+        print_result(["a"], [(1,)], "xml")

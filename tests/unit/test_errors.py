@@ -11,7 +11,7 @@ import pkgutil
 import pytest
 import typer
 
-from spendstream.cli import _run
+from spendstream.cli.base import _run
 from spendstream.errors import SpendstreamError, UserError
 from spendstream.schemas.money import MoneyError
 from spendstream.schemas.registry import RegistryError
