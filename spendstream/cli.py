@@ -192,17 +192,19 @@ def worker(
             code = supervise({"price": [*me, "price"], "aggregate": [*me, "aggregate"]}, env)
             raise typer.Exit(code)
         if stage == "price":
+            from spendstream.streams.configs import PriceStageConfig
             from spendstream.streams.price_worker import run_price_worker
 
-            run_price_worker(settings)
+            run_price_worker(PriceStageConfig.from_settings(settings))
             return
         if stage != "aggregate":
             raise CliError(f"unknown stage '{stage}': price or aggregate")
         from faust import Worker
 
         from spendstream.streams.app import create_worker
+        from spendstream.streams.configs import AggregatorConfig
 
-        aggregator = create_worker(settings)
+        aggregator = create_worker(AggregatorConfig.from_settings(settings))
         aggregator.start_feed()
         sys.argv = [sys.argv[0]]
         Worker(
