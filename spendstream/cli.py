@@ -272,11 +272,12 @@ def notify(
                               highlight=False, soft_wrap=True)  # fmt: skip
             return
         from spendstream.sinks.notify.service import NotifyService
+        from spendstream.sinks.notify.service_config import NotifyConfig
         from spendstream.topics import ensure_topics, wait_for_broker
 
         wait_for_broker(settings.bootstrap_servers, 60)
         ensure_topics(settings)
-        service = NotifyService(settings, config)
+        service = NotifyService(NotifyConfig.from_settings(settings), config)
         service.install_signal_handlers()
         stats = service.run(idle_exit_s=idle_exit)
         console.print(f"notify stopped: {stats}", highlight=False)
