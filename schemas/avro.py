@@ -17,6 +17,7 @@ from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Any, cast
+from urllib.parse import urlsplit
 
 import fastavro
 import fastavro.schema
@@ -206,16 +207,49 @@ def decimal_bytes(value: Decimal, scale: int) -> bytes:
 
 
 _registry: Any = None  # RegistryClient when SPENDSTREAM_SCHEMA_REGISTRY_URL is set
+#: the registry URL this process was configured with ("" = none: single-object
+#: encoding); None until configure_registry or ensure_registry first ran
+_configured_url: str | None = None
+
+
+class RegistryConflict(UserError):
+    """A second schema registry asked of a process that frames with another one."""
 
 
 def configure_registry(url: str | None) -> None:
-    """Use Confluent framing (and resolve Confluent ids) through the registry at ``url``."""
-    global _registry
+    """Use Confluent framing (and resolve Confluent ids) through the registry at ``url``
+    (None or "": single-object encoding). Once per process, at its edge: the CLI's
+    settings callback or a process entry point. Library code never calls this: every
+    codec of the process follows it, whoever holds them."""
+    global _registry, _configured_url
     from .registry import RegistryClient
 
     _registry = RegistryClient(url) if url else None
+    _configured_url = url or ""
     codec.cache_clear()
     framed_codec.cache_clear()
+
+
+def ensure_registry(url: str | None) -> None:
+    """Configure the registry at ``url`` if this process has not configured one yet; if
+    it has, check that it is the same. For entry points a program may call without the
+    CLI (the producer SDK, a worker built in a test): they never switch the framing of
+    codecs other code of the process already uses."""
+    if _configured_url is None:
+        configure_registry(url)
+        return
+    wanted = url or ""
+    if wanted != _configured_url:
+
+        def describe(u: str) -> str:
+            host = urlsplit(u).netloc.rpartition("@")[2] or u  # never its user:password
+            return f"the schema registry at {host}" if u else "no schema registry"
+
+        raise RegistryConflict(
+            f"this process already frames Avro records for {describe(_configured_url)}; "
+            f"these settings name {describe(wanted)} (SPENDSTREAM_SCHEMA_REGISTRY_URL): "
+            "one process talks to one registry"
+        )
 
 
 @cache

@@ -20,7 +20,8 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from spendstream.config import Settings, load_settings
 from spendstream.errors import SpendstreamError
-from spendstream.schemas.avro import configure_registry, framed_codec
+from spendstream.kafka_config import KafkaTarget
+from spendstream.schemas.avro import ensure_registry, framed_codec
 from spendstream.schemas.budget import BudgetDefinition
 from spendstream.schemas.fx import FxRate
 from spendstream.schemas.models import AlertAction, UsageEvent
@@ -37,7 +38,7 @@ class DeliveryReport:
     errors: list[str] = field(default_factory=list)
 
 
-def producer_config(settings: Settings, **extra: Any) -> dict[str, Any]:
+def producer_config(settings: KafkaTarget, **extra: Any) -> dict[str, Any]:
     conf: dict[str, Any] = {
         "bootstrap.servers": settings.bootstrap_servers,
         "enable.idempotence": True,
@@ -66,12 +67,16 @@ def produce_waiting(producer: Producer, topic: str, key: bytes | None, value: by
 
 
 class UsagePublisher:
-    """Publish usage events. Use as a context manager, or call close()."""
+    """Publish usage events. Use as a context manager, or call close().
+
+    The SDK's entry point: a program that only sets SPENDSTREAM_SCHEMA_REGISTRY_URL gets
+    Confluent framing, because the first publisher of a process configures the registry
+    (``ensure_registry``); it never switches a registry the process already uses."""
 
     def __init__(self, settings: Settings | None = None, **producer_conf: Any) -> None:
         self.settings = settings or load_settings()
         self.topics = self.settings.topics
-        configure_registry(self.settings.schema_registry_url or None)
+        ensure_registry(self.settings.schema_registry_url or None)
         self._producer = Producer(producer_config(self.settings, **producer_conf))
         self._lock = threading.Lock()
         self.report = DeliveryReport()
@@ -169,7 +174,7 @@ class UsagePublisher:
 
 
 def publish_records(
-    settings: Settings,
+    settings: KafkaTarget,
     topic: str,
     records: Iterable[tuple[str, bytes | None]],
     what: str,
@@ -210,7 +215,7 @@ def change_headers(actor: str | None, note: str | None) -> list[tuple[str, bytes
 
 
 def publish_budgets(
-    settings: Settings,
+    settings: KafkaTarget,
     budgets: Iterable[BudgetDefinition],
     delete: Iterable[str] = (),
     *,
@@ -221,8 +226,7 @@ def publish_budgets(
 
     ``actor`` and ``note`` stamp every definition written (``note`` only when given: a
     definition may carry its own) and go as headers on every record, tombstones
-    included."""
-    configure_registry(settings.schema_registry_url or None)
+    included. Framed as the process's registry says (configured at its edge)."""
     topic = settings.topics.budgets
     codec = framed_codec("BudgetDefinition", topic)
     stamp: dict[str, Any] = {"actor": actor} if actor else {}
@@ -236,18 +240,16 @@ def publish_budgets(
     return publish_records(settings, topic, records, "budgets", change_headers(actor, note))
 
 
-def publish_alert_action(settings: Settings, action: AlertAction) -> None:
+def publish_alert_action(settings: KafkaTarget, action: AlertAction) -> None:
     """Record an acknowledgement or resolution on the compacted alert-actions topic."""
-    configure_registry(settings.schema_registry_url or None)
     topic = settings.topics.alert_actions
     value = framed_codec("AlertAction", topic).encode(action.to_avro())
     publish_records(settings, topic, [(action.alert_id, value)], "alert action")
 
 
-def publish_rates(settings: Settings, rates: Iterable[FxRate]) -> int:
+def publish_rates(settings: KafkaTarget, rates: Iterable[FxRate]) -> int:
     """Write reference exchange rates to the compacted fx-rates topic (key base/quote/day:
     a later record corrects a rate)."""
-    configure_registry(settings.schema_registry_url or None)
     topic = settings.topics.fx_rates
     encode = framed_codec("FxRate", topic).encode
     return publish_records(settings, topic, ((r.key, encode(r.to_avro())) for r in rates),

@@ -11,6 +11,7 @@ from typing import Any, TypeVar, cast
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from spendstream.config import Settings
+from spendstream.kafka_config import KafkaTarget
 from spendstream.schemas.avro import codec
 from spendstream.schemas.models import BudgetAlert, BudgetStatus
 from spendstream.topics import watermarks
@@ -20,7 +21,7 @@ T = TypeVar("T")
 TAIL_RECORDS = 16
 
 
-def _reader(settings: Settings, fetch_wait_ms: int = 20) -> Consumer:
+def _reader(settings: KafkaTarget, fetch_wait_ms: int = 20) -> Consumer:
     """A consumer that reads assigned partitions to their end (no group membership)."""
     return Consumer(
         {
@@ -35,7 +36,7 @@ def _reader(settings: Settings, fetch_wait_ms: int = 20) -> Consumer:
 
 
 def read_topic(
-    settings: Settings, topic: str, decode: Callable[[bytes], T], timeout: float = 30
+    settings: KafkaTarget, topic: str, decode: Callable[[bytes], T], timeout: float = 30
 ) -> list[tuple[bytes | None, T]]:
     """Every record of ``topic`` from the beginning to the current end, decoded."""
     consumer = _reader(settings)

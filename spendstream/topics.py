@@ -10,6 +10,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from spendstream.config import Settings
 from spendstream.errors import SpendstreamError
+from spendstream.kafka_config import KafkaTarget
 
 
 class TopicsError(SpendstreamError, RuntimeError):
@@ -67,18 +68,18 @@ def ensure_topics(settings: Settings, timeout: float = 30) -> list[str]:
     return sorted(created)
 
 
-def worker_group(settings: Settings) -> str:
+def worker_group(settings: KafkaTarget) -> str:
     """The consumer group of the aggregating workers (faust's app id, prefixed like the
     topics); it consumes cost-allocations."""
     return f"{settings.topic_prefix}{settings.app_id}"
 
 
-def price_group(settings: Settings) -> str:
+def price_group(settings: KafkaTarget) -> str:
     """The consumer group of the workers' price stage; it consumes the raw usage topics."""
     return f"{worker_group(settings)}-price"
 
 
-def seen_topic(settings: Settings) -> str:
+def seen_topic(settings: KafkaTarget) -> str:
     """The price stage's dedupe changelog (SeenEvents records)."""
     return f"{worker_group(settings)}-seen-events"
 
@@ -207,7 +208,7 @@ def pipeline_lags(settings: Settings) -> dict[str, int]:
     }  # fmt: skip
 
 
-def committed_or_start(settings: Settings, group: str, topic: str, partition: int) -> int:
+def committed_or_start(settings: KafkaTarget, group: str, topic: str, partition: int) -> int:
     """Where ``group`` resumes ``topic``/``partition``: its committed offset, or the start
     of the log when it never committed (the workers read from the earliest record)."""
     consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": group,
@@ -222,7 +223,7 @@ def committed_or_start(settings: Settings, group: str, topic: str, partition: in
         consumer.close()
 
 
-def has_records(settings: Settings, topic: str, partition: int, start: int, end: int) -> bool:
+def has_records(settings: KafkaTarget, topic: str, partition: int, start: int, end: int) -> bool:
     """Whether a record sits at an offset in [start, end). False only when the first record
     read from ``start`` lies at or beyond ``end`` (the offsets before it are transaction
     markers, aborted or compacted records: a consumer never receives them); anything

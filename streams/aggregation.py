@@ -36,9 +36,10 @@ def state_key(budget_id: str, period_key: str) -> str:
     return f"{budget_id}|{period_key}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class AlertPolicy:
-    """Knobs of the forecast and anomaly rules (from Settings)."""
+    """Knobs of the forecast and anomaly rules: the alerting part of the aggregator's
+    config, built at the edge (``AggregatorConfig.from_settings``, streams/configs.py)."""
 
     cooldown_us: int = 3600 * 1_000_000
     anomaly_factor: Decimal = Decimal(5)
@@ -47,11 +48,14 @@ class AlertPolicy:
     forecast_min_elapsed: Decimal = Decimal("0.1")
 
     @classmethod
-    def from_settings(cls, settings: Any) -> AlertPolicy:
+    def of(
+        cls, *, cooldown_s: int, anomaly_factor: Decimal, forecast_min_elapsed: Decimal
+    ) -> AlertPolicy:
+        """The policy from its settings' units (the cooldown in seconds)."""
         return cls(
-            cooldown_us=settings.alert_cooldown_s * 1_000_000,
-            anomaly_factor=settings.anomaly_factor,
-            forecast_min_elapsed=settings.forecast_min_elapsed,
+            cooldown_us=cooldown_s * 1_000_000,
+            anomaly_factor=anomaly_factor,
+            forecast_min_elapsed=forecast_min_elapsed,
         )
 
 

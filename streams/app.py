@@ -14,6 +14,9 @@ state), so at-least-once delivery gives an exactly-once effect. A batch that fai
 process before faust can ack it (crash-only): on restart the batch is replayed and the
 idempotent state absorbs it. ``Checkpoint.commit`` (checkpoint.py) is the order of the
 writes: states and statuses once per interval, then the offsets.
+
+Configured by an ``AggregatorConfig`` (configs.py) that the caller builds from the
+settings; nothing here reads them.
 """
 
 from __future__ import annotations
@@ -28,34 +31,29 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import faust
 
-from spendstream.config import Settings
 from spendstream.metrics import SECONDS_BUCKETS, SIZE_BUCKETS, Histogram
 from spendstream.processes import RECOVERY_STUCK
 from spendstream.schemas import batches
-from spendstream.schemas.avro import AvroDecodeError, codec, configure_registry, framed_codec
+from spendstream.schemas.avro import AvroDecodeError, codec, ensure_registry, framed_codec
 from spendstream.schemas.models import SourcePosition
 from spendstream.topics import committed_or_start, has_records, price_group, worker_group
 
 from .aggregate_stage import AggregateStage, allocation_row
-from .aggregation import AlertPolicy
 from .api import BudgetApi, jsonable, mount
 from .budget_feed import BudgetFeed
 from .checkpoint import Checkpoint
+from .configs import AggregatorConfig, WarehouseOpener
 from .dashboard import mount_dashboard
 from .matching import BudgetRegistry
 from .observability import PRICE_INTERNAL, mount_metrics
 from .offset_guard import OffsetGuard
 from .output import OutputProducer
-from .price_loop import price_metrics_path
 from .pricing import Catalog, Pricer
 from .processor import dead_letter
-
-if TYPE_CHECKING:
-    from spendstream.sinks.warehouse import Warehouse
 
 log = logging.getLogger("spendstream.worker")
 
@@ -153,7 +151,7 @@ class Worker:
             self.feed.start()
         if not self.feed.ready.wait(120):
             raise RuntimeError(
-                f"budgets topic {self.feed.settings.topics.budgets} not read within 120 s; "
+                f"budgets topic {self.feed.kafka.topics.budgets} not read within 120 s; "
                 "is Kafka reachable?"
             )
         if self.feed.error:
@@ -175,55 +173,58 @@ class Worker:
                 "aggregated_last_at": self.last_aggregated_at}  # fmt: skip
 
 
-def create_worker(settings: Settings) -> Worker:
-    topics = settings.topics
-    configure_registry(settings.schema_registry_url or None)
-    datadir = settings.worker_dir / f"w{settings.worker_web_port}"
+def create_worker(config: AggregatorConfig) -> Worker:
+    """The aggregator's process: the registry its config names (configured once for the
+    process: the CLI did, or this does), the faust app and everything wired to it."""
+    kafka = config.kafka
+    topics = kafka.topics
+    ensure_registry(config.schema_registry_url or None)
+    datadir = config.data_dir
     datadir.mkdir(parents=True, exist_ok=True)
     metrics = Metrics()
-    group = worker_group(settings)
+    group = worker_group(kafka)
     offset_guard = OffsetGuard(
         [topics.allocations],
         metrics,
-        start_of=lambda topic, partition: committed_or_start(settings, group, topic, partition),
+        start_of=lambda topic, partition: committed_or_start(kafka, group, topic, partition),
         has_records=lambda topic, partition, start, end: has_records(
-            settings, topic, partition, start, end
+            kafka, topic, partition, start, end
         ),
         generation=lambda: app.consumer_generation_id,
     )
     app = WorkerApp(
         group,
         offset_guard=offset_guard,
-        broker=f"kafka://{settings.bootstrap_servers}",
+        broker=f"kafka://{kafka.bootstrap_servers}",
         store="memory://",
         autodiscover=False,
         datadir=str(datadir),
-        topic_partitions=settings.topic_partitions,
-        topic_replication_factor=settings.topic_replication,
+        topic_partitions=config.topic_partitions,
+        topic_replication_factor=config.topic_replication,
         topic_allow_declare=True,
         processing_guarantee="at_least_once",
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         broker_commit_every=1000,
-        broker_session_timeout=float(settings.worker_session_timeout_s),
-        broker_heartbeat_interval=min(3.0, settings.worker_session_timeout_s / 3),
+        broker_session_timeout=float(config.session_timeout_s),
+        broker_heartbeat_interval=min(3.0, config.session_timeout_s / 3),
         broker_commit_interval=1.0,
         web_enabled=True,
-        web_bind=settings.worker_web_bind,
-        web_port=settings.worker_web_port,
+        web_bind=config.web_bind,
+        web_port=config.web_port,
         web_in_thread=False,
         stream_wait_empty=True,
         table_standby_replicas=0,
         logging_config=None,
     )
     registry = BudgetRegistry()
-    feed = BudgetFeed(settings, registry, follow_status=True)
-    pricer = Pricer(Catalog.for_settings(settings.price_catalog))
-    policy = AlertPolicy.from_settings(settings)
+    feed = BudgetFeed(kafka, registry, follow_status=True)
+    pricer = Pricer(Catalog.for_settings(config.price_catalog))
+    policy = config.alerts
     stage = AggregateStage(registry, policy, feed.fx)
     from spendstream.producer import producer_config
 
-    out = OutputProducer(producer_config(settings, **{"linger.ms": 2}))
+    out = OutputProducer(producer_config(kafka, **{"linger.ms": 2}))
     alloc_topic = app.topic(topics.allocations, key_serializer="raw", value_serializer="raw")
     # State as a JSON string: faust's changelog recovery cannot rebuild a dict value_type.
     spend = app.Table(SPEND_TABLE, default=None, key_type=str, value_type=str)
@@ -231,7 +232,7 @@ def create_worker(settings: Settings) -> Worker:
 
     def micro_batches(stream: faust.StreamT) -> Any:
         """Micro-batches of records (their acks wait for the checkpoint holding them)."""
-        return cast(Any, stream).take_events(settings.batch_size, settings.batch_linger_ms / 1000)
+        return cast(Any, stream).take_events(config.batch_size, config.linger_s)
 
     async def run_batch(events: list[faust.EventT], process: Any) -> None:
         """Admit the batch's events in order (offset_guard.py) and process them; their
@@ -295,7 +296,7 @@ def create_worker(settings: Settings) -> Worker:
             metrics["alerts"] += len(result.alerts)
             if result.counters["aggregated"]:
                 worker.last_aggregated_at = time.time()
-            if settings.worker_trace_batches:
+            if config.trace_batches:
                 log.info("batch aggregate %s", offset_spans(events))
             worker.batch_size.observe(len(events))
             worker.batch_seconds.observe(time.perf_counter() - started)
@@ -325,7 +326,7 @@ def create_worker(settings: Settings) -> Worker:
         metrics["states_written"] += written
         return True
 
-    @app.timer(interval=settings.worker_commit_interval_ms / 4000)
+    @app.timer(interval=config.checkpoint_interval_s / 4)
     async def checkpoint_timer() -> None:
         await commit(only_if_due=True)
 
@@ -357,7 +358,7 @@ def create_worker(settings: Settings) -> Worker:
         send_status=lambda key, record: out.send(
             topics.status, key.encode(), framed_codec("BudgetStatus", topics.status).encode(record)),
         drain=drain, finish=offset_guard.finish, resolved=feed.resolved,
-        interval_s=settings.worker_commit_interval_ms / 1000,
+        interval_s=config.checkpoint_interval_s,
         send_conversions=lambda rows: out.send(
             topics.conversions, None, batches.encode(batches.CONVERSIONS_V1, rows)),
     )  # fmt: skip
@@ -416,19 +417,19 @@ def create_worker(settings: Settings) -> Worker:
         since = rebalancing_since[0]
         if since is None:
             rebalancing_since[0] = now
-        elif now - since > settings.worker_recovery_timeout_s:
+        elif now - since > config.recovery_timeout_s:
             log.critical("rebalance/recovery made no headway for %.0fs; exiting to start "
                          "again (code %d)", now - since, RECOVERY_STUCK)  # fmt: skip
             logging.shutdown()
             os._exit(RECOVERY_STUCK)
 
-    worker = Worker(app, registry, feed, metrics, price_metrics_path(settings),
+    worker = Worker(app, registry, feed, metrics, config.price_metrics_path,
                     input_topic=topics.allocations, group=group,
-                    price_group=price_group(settings))  # fmt: skip
+                    price_group=price_group(kafka))  # fmt: skip
     mount_metrics(app, worker)  # /metrics, /metrics.json, /healthz, /readyz
 
-    mount(app, make_api(settings, feed, pricer), settings.worker_web_bind)
-    mount_dashboard(app, feed, lambda: worker_warehouse(settings), settings.worker_web_bind)
+    mount(app, make_api(config, feed, pricer), config.web_bind)
+    mount_dashboard(app, feed, config.open_warehouse, config.web_bind)
 
     def close_output(app: Any, *args: Any, **kwargs: Any) -> None:
         out.close()
@@ -484,42 +485,35 @@ def offset_spans(events: list[Any]) -> str:
     return " ".join(parts)
 
 
-def make_api(settings: Settings, feed: BudgetFeed, pricer: Pricer) -> BudgetApi:
+def make_api(config: AggregatorConfig, feed: BudgetFeed, pricer: Pricer) -> BudgetApi:
     """The HTTP API with writers to the compacted topics and usage read from ClickHouse."""
     from spendstream.producer import publish_alert_action, publish_budgets
 
+    kafka = config.kafka
+
     def write_budget(budget: Any, budget_id: str, actor: str, note: str | None) -> None:
         if budget is None:
-            publish_budgets(settings, [], delete=[budget_id], actor=actor, note=note)
+            publish_budgets(kafka, [], delete=[budget_id], actor=actor, note=note)
         else:
-            publish_budgets(settings, [budget], actor=actor, note=note)
+            publish_budgets(kafka, [budget], actor=actor, note=note)
 
     return BudgetApi(
         feed,
         pricer,
-        settings.api_token_names(),
+        config.api_tokens,
         write_budget,
-        lambda action: publish_alert_action(settings, action),
-        lambda budget_id, limit: recent_usage(settings, budget_id, limit),
+        lambda action: publish_alert_action(kafka, action),
+        lambda budget_id, limit: recent_usage(config.open_warehouse, budget_id, limit),
     )
 
 
-def worker_warehouse(settings: Settings) -> Warehouse | None:
-    """A worker's way to ClickHouse: the running sink's query port (embedded ClickHouse)
-    or the server; None when no sink runs. A worker never opens the chDB directory itself:
-    the sink holds it. (The API's usage and the dashboard read through it.)"""
-    from spendstream.sinks.warehouse import DirectWarehouse, connect, sink_warehouse
-
-    if settings.is_embedded_clickhouse:
-        return sink_warehouse(settings)
-    return DirectWarehouse(connect(settings, create_database=False))
-
-
-def recent_usage(settings: Settings, budget_id: str, limit: int) -> list[dict[str, Any]] | None:
+def recent_usage(
+    open_warehouse: WarehouseOpener, budget_id: str, limit: int
+) -> list[dict[str, Any]] | None:
     """Newest allocations of a budget, from the running sink (embedded ClickHouse) or the
     server; None when neither answers. Rows are JSON-ready, money as exact decimal strings."""
     try:
-        warehouse = worker_warehouse(settings)
+        warehouse = open_warehouse()
         if warehouse is None:
             return None
         try:

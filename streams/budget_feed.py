@@ -18,7 +18,7 @@ from collections.abc import Iterator, MutableMapping
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
-from spendstream.config import Settings
+from spendstream.kafka_config import KafkaTarget
 from spendstream.readback import newer_status
 from spendstream.schemas.avro import codec
 from spendstream.schemas.budget import BudgetDefinition
@@ -117,7 +117,7 @@ class LatestStatuses(MutableMapping[str, BudgetStatus]):
 class BudgetFeed(threading.Thread):
     def __init__(
         self,
-        settings: Settings,
+        kafka: KafkaTarget,
         registry: BudgetRegistry | None = None,
         *,
         follow_status: bool = False,
@@ -128,7 +128,8 @@ class BudgetFeed(threading.Thread):
         to their end took seconds. A worker following the topics wants it long: at 50 ms
         its empty fetches cost the broker a third more CPU under load (measured)."""
         super().__init__(name="budget-feed", daemon=True)
-        self.settings = settings
+        #: the cluster and the topic names (a component's KafkaConfig, or the CLI's Settings)
+        self.kafka = kafka
         self.registry = registry if registry is not None else BudgetRegistry()
         #: "budget_id|period_key" -> latest status; alert_id -> latest action
         self.statuses = LatestStatuses()
@@ -151,15 +152,15 @@ class BudgetFeed(threading.Thread):
         return {a for a, act in self.actions.items() if act.action == "resolve"}
 
     def run(self) -> None:
-        topics = self.settings.topics
+        topics = self.kafka.topics
         wanted = [topics.budgets]
         if self.follow_status:
             wanted += [topics.status, topics.alert_actions, topics.fx_rates]
         consumer = Consumer(
             {
-                "bootstrap.servers": self.settings.bootstrap_servers,
+                "bootstrap.servers": self.kafka.bootstrap_servers,
                 "logger": logging.getLogger("spendstream.kafka"),
-                "group.id": f"{self.settings.app_id}-budget-feed",  # never commits
+                "group.id": f"{self.kafka.app_id}-budget-feed",  # never commits
                 "enable.auto.commit": False,
                 "enable.partition.eof": True,
                 "fetch.wait.max.ms": self.fetch_wait_ms,
@@ -220,7 +221,7 @@ class BudgetFeed(threading.Thread):
                 time.sleep(1)
 
     def _check_ready(self, pending: set[tuple[str, int]]) -> None:
-        budgets = self.settings.topics.budgets
+        budgets = self.kafka.topics.budgets
         if not any(t == budgets for t, _ in pending):
             self.ready.set()
         if not pending:
@@ -244,10 +245,10 @@ class BudgetFeed(threading.Thread):
         if key is None:
             return
         name = key.decode()
-        if topic == self.settings.topics.status:
+        if topic == self.kafka.topics.status:
             self.statuses.add(name, value)  # decoded when read
             return
-        if topic == self.settings.topics.fx_rates:
+        if topic == self.kafka.topics.fx_rates:
             self._apply_rate(name, value)
             return
         if value is None:

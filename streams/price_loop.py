@@ -298,10 +298,10 @@ class PriceLoop:
 Entry = tuple[int, list[str], list[int]]
 
 
-def price_metrics_path(settings: Any) -> Path:
+def price_metrics_path(worker_dir: Path, web_port: int) -> Path:
     """Where a worker's price stage writes its counters for the faust process's /metrics
     (one file per worker web port)."""
-    return Path(settings.worker_dir) / f"price-{settings.worker_web_port}.json"
+    return worker_dir / f"price-{web_port}.json"
 
 
 def changelog_reader(

@@ -29,7 +29,7 @@ from email.utils import formatdate, parseaddr, parsedate_to_datetime
 from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
-from .config import EmailConfig, NotifyConfig, NotifyConfigError, SlackConfig, WebhookConfig
+from .config import EmailConfig, NotifyConfigError, NotifyRules, SlackConfig, WebhookConfig
 from .messages import email_parts, slack_payload
 
 USER_AGENT = "spendstream-notify/1"
@@ -467,7 +467,7 @@ SENDERS: dict[str, Callable[[str, Any], Sender]] = {
 }
 
 
-def build_senders(config: NotifyConfig) -> dict[str, Sender]:
+def build_senders(config: NotifyRules) -> dict[str, Sender]:
     """A sender per configured channel, by channel name."""
     senders: dict[str, Sender] = {}
     for name, channel in config.channels.items():

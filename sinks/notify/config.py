@@ -295,7 +295,10 @@ class Rule(_Strict):
     channels: list[str] = Field(min_length=1)
 
 
-class NotifyConfig(_Strict):
+class NotifyRules(_Strict):
+    """The rules file: channels and the routing rules that pick them (the service's
+    own knobs, from the settings, are ``service_config.NotifyConfig``)."""
+
     channels: dict[str, ChannelConfig] = Field(min_length=1)
     rules: list[Rule] = Field(min_length=1)
 
@@ -336,7 +339,7 @@ def _expand(value: Any, where: str, env: dict[str, str], missing: list[str]) -> 
 
 def parse_config(
     text: str, source: str = "rules", env: dict[str, str] | None = None
-) -> NotifyConfig:
+) -> NotifyRules:
     """The rules in ``text`` (YAML or JSON), or NotifyConfigError naming every problem."""
     try:
         raw = yaml.safe_load(text)
@@ -350,7 +353,7 @@ def parse_config(
     problems: list[str] = []
     raw = _expand(raw, "", os.environ.copy() if env is None else env, problems)
     try:
-        config: NotifyConfig | None = NotifyConfig.model_validate(raw)
+        config: NotifyRules | None = NotifyRules.model_validate(raw)
     except ValidationError as exc:
         for e in exc.errors():
             parts = [str(p) for p in e["loc"]]
@@ -393,7 +396,7 @@ def _cross_check(raw: dict[str, Any]) -> list[str]:
     return problems
 
 
-def load_config(path: Path, env: dict[str, str] | None = None) -> NotifyConfig:
+def load_config(path: Path, env: dict[str, str] | None = None) -> NotifyRules:
     try:
         text = path.read_text()
     except OSError as exc:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from spendstream.sinks.notify.channels import SendResult
-from spendstream.sinks.notify.config import NotifyConfig, RetryPolicy
+from spendstream.sinks.notify.config import NotifyRules, RetryPolicy
 
 TP = tuple[str, int]
 #: sends at a time per channel
@@ -121,7 +121,7 @@ def backoff_s(
 class Dispatcher:
     def __init__(
         self,
-        config: NotifyConfig,
+        config: NotifyRules,
         outbox: Outbox,
         *,
         done_before: Iterable[tuple[str, str]] = (),

@@ -2,7 +2,8 @@
 delivery log. The dispatcher (dispatch.py) decides; this module moves records.
 
 Sends run on a thread pool (``notify_workers``), so a slow receiver holds back only its
-own channel; the consume loop stays responsive and heartbeats on time.
+own channel; the consume loop stays responsive and heartbeats on time. Configured by a
+``NotifyConfig`` (service_config.py) the caller builds from the settings, and the rules.
 """
 
 from __future__ import annotations
@@ -18,18 +19,18 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 from prometheus_client.core import CounterMetricFamily, Metric
 
-from spendstream.config import Settings
+from spendstream.kafka_config import KafkaTarget
 from spendstream.metrics import Lags, consumer_lags, lag_family, registry_of, start_health_server
 from spendstream.producer import producer_config
 from spendstream.readback import read_topic
-from spendstream.schemas.avro import codec, framed_codec
+from spendstream.schemas.avro import codec, ensure_registry, framed_codec
 from spendstream.streams.api import jsonable
-from spendstream.topics import notify_group
 
 from . import NotifyError
 from .channels import Sender, SendResult, build_senders, redact
-from .config import NotifyConfig
+from .config import NotifyRules
 from .dispatch import Delivery, Dispatcher
+from .service_config import NotifyConfig
 
 log = logging.getLogger("spendstream.notify")
 
@@ -45,10 +46,10 @@ class KafkaOutbox:
     """Delivery records to alert-deliveries, dead letters to alerts.dlq (keyed by alert
     id); ``flush`` waits until the broker has them all, or raises."""
 
-    def __init__(self, settings: Settings) -> None:
-        t = settings.topics
+    def __init__(self, kafka: KafkaTarget) -> None:
+        t = kafka.topics
         self.topics = (t.alert_deliveries, t.alerts_dlq)
-        self.producer = Producer(producer_config(settings, **{"linger.ms": 20}))
+        self.producer = Producer(producer_config(kafka, **{"linger.ms": 20}))
         self.deliveries = framed_codec("AlertDelivery", t.alert_deliveries)
         self.dead = framed_codec("AlertDeadLetter", t.alerts_dlq)
         self.errors: list[str] = []
@@ -80,10 +81,10 @@ class KafkaOutbox:
             raise NotifyError(f"could not write the delivery log: {reason}")
 
 
-def settled_pairs(settings: Settings) -> set[tuple[str, str]]:
+def settled_pairs(kafka: KafkaTarget) -> set[tuple[str, str]]:
     """(alert id, channel) pairs the delivery log shows as delivered or given up."""
     decode = codec("AlertDelivery").decode
-    records = read_topic(settings, settings.topics.alert_deliveries, decode)
+    records = read_topic(kafka, kafka.topics.alert_deliveries, decode)
     return {(r["alert_id"], r["channel"]) for _, r in records if r["outcome"] in SETTLED}
 
 
@@ -99,16 +100,18 @@ def alert_view(value: bytes) -> dict[str, Any] | None:
 class NotifyService:
     def __init__(
         self,
-        settings: Settings,
         config: NotifyConfig,
+        rules: NotifyRules,
         *,
         senders: Mapping[str, Sender] | None = None,
     ) -> None:
-        self.settings = settings
+        # the process's registry first: the outbox's codecs follow it
+        ensure_registry(config.schema_registry_url or None)
         self.config = config
-        self.senders = dict(senders) if senders is not None else build_senders(config)
-        self.outbox = KafkaOutbox(settings)
-        self.secrets = config.secret_values()
+        self.rules = rules
+        self.senders = dict(senders) if senders is not None else build_senders(rules)
+        self.outbox = KafkaOutbox(config.kafka)
+        self.secrets = rules.secret_values()
         self.stop_event = threading.Event()
         self.dispatcher: Dispatcher | None = None
         self._committed: dict[tuple[str, int], int] = {}
@@ -131,7 +134,7 @@ class NotifyService:
             deliveries,
             CounterMetricFamily("spendstream_notify_digests", "Digest messages assembled.",
                                 value=float(stats.get("digests", 0))),
-            lag_family([(notify_group(self.settings), dict(self.lags))]),
+            lag_family([(self.config.group, dict(self.lags))]),
         ]  # fmt: skip
 
     def not_ready(self) -> list[str]:
@@ -183,29 +186,29 @@ class NotifyService:
             self._committed.update(positions)
 
     def run(self, *, idle_exit_s: float | None = None) -> dict[str, int]:
-        s = self.settings
+        c = self.config
         server = start_health_server(registry_of(self.families), self.not_ready,
-                                     s.notify_metrics_port, s.notify_metrics_bind, "notify")  # fmt: skip
+                                     c.metrics_port, c.metrics_bind, "notify")  # fmt: skip
         try:
             return self._run(idle_exit_s)
         finally:
             server.stop()
 
     def _run(self, idle_exit_s: float | None) -> dict[str, int]:
-        s = self.settings
-        settled = settled_pairs(s)
+        c = self.config
+        settled = settled_pairs(c.kafka)
         log.info("delivery log: %d (alert, channel) pairs already settled", len(settled))
-        dispatcher = Dispatcher(self.config, self.outbox, done_before=settled,
+        dispatcher = Dispatcher(self.rules, self.outbox, done_before=settled,
                                 now=time.monotonic, wall_us=lambda: time.time_ns() // 1000)  # fmt: skip
         self.dispatcher = dispatcher
         consumer = Consumer({
-            "bootstrap.servers": s.bootstrap_servers,
-            "group.id": notify_group(s),
+            "bootstrap.servers": c.kafka.bootstrap_servers,
+            "group.id": c.group,
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
             "fetch.wait.max.ms": 100,
             # a crashed notify's alerts move to another instance (or its restart) this soon
-            "session.timeout.ms": s.worker_session_timeout_s * 1000,
+            "session.timeout.ms": c.session_timeout_s * 1000,
             "logger": logging.getLogger("spendstream.kafka"),
         })  # fmt: skip
 
@@ -222,12 +225,13 @@ class NotifyService:
         def on_assign(c: Consumer, parts: list[TopicPartition]) -> None:
             self.assigned.update((p.topic, p.partition) for p in parts)
 
-        consumer.subscribe([s.topics.alerts], on_assign=on_assign, on_revoke=on_revoke)
-        pool = ThreadPoolExecutor(s.notify_workers, thread_name_prefix="notify-send")
+        topics = c.kafka.topics
+        consumer.subscribe([topics.alerts], on_assign=on_assign, on_revoke=on_revoke)
+        pool = ThreadPoolExecutor(c.workers, thread_name_prefix="notify-send")
         running: dict[Future[SendResult], Delivery] = {}
         paused = False
         last_commit = last_activity = lags_at = time.monotonic()
-        log.info("notify: delivering %s to %d channels", s.topics.alerts, len(self.senders))
+        log.info("notify: delivering %s to %d channels", topics.alerts, len(self.senders))
         try:
             while not self.stop_event.is_set():
                 timeout = 0.02 if running else min(0.5, dispatcher.next_due_s())

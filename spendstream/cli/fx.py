@@ -65,12 +65,10 @@ def fx_list(
 ) -> None:
     """The reference rates published, newest days first."""
     from spendstream.readback import read_topic
-    from spendstream.schemas.avro import configure_registry
     from spendstream.schemas.fx import FxRate
 
     def body() -> None:
         settings = _settings()
-        configure_registry(settings.schema_registry_url or None)
         latest: dict[str, FxRate] = {}
         for _key, rate in read_topic(settings, settings.topics.fx_rates, FxRate.decode):
             latest[rate.key] = rate  # a correction replaces the rate

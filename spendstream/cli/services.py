@@ -51,17 +51,19 @@ def worker(
             code = supervise({"price": [*me, "price"], "aggregate": [*me, "aggregate"]}, env)
             raise typer.Exit(code)
         if stage == "price":
+            from spendstream.streams.configs import PriceStageConfig
             from spendstream.streams.price_worker import run_price_worker
 
-            run_price_worker(settings)
+            run_price_worker(PriceStageConfig.from_settings(settings))
             return
         if stage != "aggregate":
             raise CliError(f"unknown stage '{stage}': price or aggregate")
         from faust import Worker
 
         from spendstream.streams.app import create_worker
+        from spendstream.streams.configs import AggregatorConfig
 
-        aggregator = create_worker(settings)
+        aggregator = create_worker(AggregatorConfig.from_settings(settings))
         aggregator.start_feed()
         sys.argv = [sys.argv[0]]
         Worker(
@@ -129,11 +131,12 @@ def notify(
                               highlight=False, soft_wrap=True)  # fmt: skip
             return
         from spendstream.sinks.notify.service import NotifyService
+        from spendstream.sinks.notify.service_config import NotifyConfig
         from spendstream.topics import ensure_topics, wait_for_broker
 
         wait_for_broker(settings.bootstrap_servers, 60)
         ensure_topics(settings)
-        service = NotifyService(settings, config)
+        service = NotifyService(NotifyConfig.from_settings(settings), config)
         service.install_signal_handlers()
         stats = service.run(idle_exit_s=idle_exit)
         console.print(f"notify stopped: {stats}", highlight=False)

@@ -30,6 +30,7 @@ from spendstream.sinks.clickhouse_sink import ClickHouseSink
 from spendstream.sinks.notify.channels import verify_signature
 from spendstream.sinks.notify.config import load_config
 from spendstream.sinks.notify.service import NotifyService
+from spendstream.sinks.notify.service_config import NotifyConfig
 from spendstream.sinks.warehouse import connect
 from spendstream.topics import ensure_topics, notify_group, topic_lags
 
@@ -185,7 +186,7 @@ def test_webhook_retries_retry_after_final_answers_and_the_delivery_log(
             }  # fmt: skip
         return True
 
-    stats = run_until(NotifyService(s, config), delivered)
+    stats = run_until(NotifyService(NotifyConfig.from_settings(s), config), delivered)
     assert scraped["ready"] == (200, {"ready": True})
     metrics = scraped["metrics"]
     assert metrics[("spendstream_notify_alerts_total", None)] == len(alerts)
@@ -241,9 +242,8 @@ def test_webhook_retries_retry_after_final_answers_and_the_delivery_log(
 
     # a replay (a new consumer group reading from the start) sends nothing again
     before = len(receiver.requests)
-    replay = NotifyService(
-        s.model_copy(update={"notify_group": "replay-" + uuid.uuid4().hex[:6]}), config
-    )
+    replay_settings = s.model_copy(update={"notify_group": "replay-" + uuid.uuid4().hex[:6]})
+    replay = NotifyService(NotifyConfig.from_settings(replay_settings), config)
     assert replay.run(idle_exit_s=2)["skipped"] == len(alerts)
     assert len(receiver.requests) == before
 

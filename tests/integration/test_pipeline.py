@@ -13,7 +13,7 @@ from spendstream.config import Settings
 from spendstream.processes import ProcessGroup, wait_for
 from spendstream.producer import UsagePublisher, publish_budgets
 from spendstream.readback import read_alerts, read_statuses, read_topic
-from spendstream.schemas.avro import codec
+from spendstream.schemas.avro import codec, configure_registry
 from spendstream.schemas.budget import BudgetDefinition
 from spendstream.schemas.models import Attributes, DeadLetter, LlmUsage, UsageEvent
 from spendstream.sinks.warehouse import SinkWarehouse, sink_warehouse
@@ -216,6 +216,9 @@ def test_confluent_framed_pipeline_with_a_schema_registry(settings, services):
     stub = RegistryStub()
     try:
         framed = settings.model_copy(update={"schema_registry_url": stub.url})
+        # this test is the edge of its process: it configures the registry, as the CLI
+        # does (the publish helpers follow the process's registry, never set it)
+        configure_registry(stub.url)
         group = ProcessGroup(framed)
         try:
             ensure_topics(framed)
@@ -239,6 +242,7 @@ def test_confluent_framed_pipeline_with_a_schema_registry(settings, services):
         finally:
             group.stop()
     finally:
+        configure_registry(None)
         stub.close()
 
 

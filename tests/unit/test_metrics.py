@@ -34,6 +34,7 @@ from spendstream.sinks.health import WriterHealth
 from spendstream.sinks.notify.config import parse_config
 from spendstream.sinks.notify.dispatch import Dispatcher
 from spendstream.sinks.notify.service import NotifyService
+from spendstream.sinks.notify.service_config import NotifyConfig
 from spendstream.sinks.service import SinkWatch
 from spendstream.streams.app import Metrics, Worker
 from spendstream.streams.budget_feed import BudgetFeed
@@ -320,7 +321,8 @@ def test_a_busy_metrics_port_falls_back_to_a_free_one() -> None:
 
 # --- notify --------------------------------------------------------------------------------
 def test_notify_exposes_the_dispatcher_stats_and_readiness(tmp_path: Path) -> None:
-    service = NotifyService(load_settings(data_dir=tmp_path), parse_config(rules()), senders={})
+    config = NotifyConfig.from_settings(load_settings(data_dir=tmp_path))
+    service = NotifyService(config, parse_config(rules()), senders={})
     registry = registry_of(service.families)
     assert service.not_ready() == ["delivery log not read yet", "no alerts partitions assigned"]
     samples = scrape(registry)
@@ -329,7 +331,7 @@ def test_notify_exposes_the_dispatcher_stats_and_readiness(tmp_path: Path) -> No
     assert value(samples, "spendstream_notify_deliveries_total", outcome="unrouted") == 0
 
     clock = Clock()
-    service.dispatcher = Dispatcher(service.config, Box(), now=clock, wall_us=lambda: 1)
+    service.dispatcher = Dispatcher(service.rules, Box(), now=clock, wall_us=lambda: 1)
     service.assigned.add(("budget-alerts", 0))
     assert service.not_ready() == []
     dispatcher = service.dispatcher

@@ -14,6 +14,7 @@ from faust.types.tuples import ConsumerMessage
 
 from spendstream.config import load_settings
 from spendstream.streams.app import create_worker
+from spendstream.streams.configs import AggregatorConfig
 from spendstream.streams.offset_guard import OffsetGuard
 
 T = "usage.llm"
@@ -162,7 +163,7 @@ def test_worker_app_installs_the_guard_on_its_consumer(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = load_settings(data_dir=tmp_path, topic_prefix="guard.")
-    worker = create_worker(settings)
+    worker = create_worker(AggregatorConfig.from_settings(settings))
     app = worker.app
     # acks count for subscribed topics; there is no subscription without a broker
     monkeypatch.setattr(app.topics, "acks_enabled_for", lambda topic: True)
