@@ -7,6 +7,7 @@ from binascii import a2b_base64
 from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime
 from decimal import Decimal
+from operator import itemgetter
 from typing import Any
 
 from spendstream.schemas import batches
@@ -17,9 +18,9 @@ from spendstream.schemas.models import (
     BudgetAlert,
     DeadLetter,
     from_micros,
-    payload_kind,
 )
 from spendstream.schemas.money import from_nanos
+from spendstream.sources import SourceError, SourceKind, sources
 
 Position = tuple[str, int, int]
 ATTRS = ("org", "team", "project", "user", "department", "session", "feature")
@@ -72,26 +73,67 @@ def priced_row(value: bytes, pos: Position) -> list[Any]:
     return priced_row_of(p, p["event"], pos)
 
 
+#: The priced_usage columns a source kind fills (SourceKind.columns), with what a row of
+#: another kind gets there.
+PAYLOAD_DEFAULTS: dict[str, Any] = {
+    "provider": "", "model": "", "operation": "",
+    "input_tokens": 0, "output_tokens": 0, "cache_read_tokens": 0, "cache_write_tokens": 0,
+    "reasoning_tokens": 0, "images": 0, "cache_write_1h_tokens": 0, "service_tier": "",
+    "batch": 0, "actor_id": "", "run_id": "", "platform": "", "workflow_id": "",
+    "execution_id": "", "status": "", "compute_units": 0, "results": 0, "tasks": 0,
+    "operations": 0, "duration_ms": 0, "category": "",
+}  # fmt: skip
+_PAYLOAD_ORDER = [c for c in PRICED_COLUMNS if c in PAYLOAD_DEFAULTS]
+_HEAD = _PAYLOAD_ORDER.index("input_tokens")  # provider, model, operation come before attrs
+
+
+def payload_filler(kind: SourceKind) -> Callable[[dict[str, Any]], list[Any]]:
+    """A function from a decoded payload to its priced_usage payload columns (in table
+    order), compiled once per kind from its ``columns`` declaration."""
+    unknown = sorted(set(kind.columns) - set(PAYLOAD_DEFAULTS))
+    if unknown:
+        raise SourceError(
+            f"source kind '{kind.name}' fills {unknown}, not payload columns of priced_usage "
+            f"(a new column needs a migration and an entry in PAYLOAD_DEFAULTS)"
+        )
+    defaults = [PAYLOAD_DEFAULTS[c] for c in _PAYLOAD_ORDER]
+    fills = []
+    for column, how in kind.columns.items():
+        get = itemgetter(how) if isinstance(how, str) else how
+        fills.append((_PAYLOAD_ORDER.index(column), get))
+
+    def fill(payload: dict[str, Any]) -> list[Any]:
+        values = defaults.copy()
+        for index, get in fills:
+            values[index] = get(payload)
+        return values
+
+    return fill
+
+
+_FILLERS: dict[SourceKind, Callable[[dict[str, Any]], list[Any]]] = {}
+
+
+def _filler(source: str, payload: dict[str, Any]) -> Callable[[dict[str, Any]], list[Any]]:
+    """The payload filler of the event's source kind (a dict lookup once compiled). An
+    engine this process does not know (registered only where the event was priced) gets
+    the columns of its wire kind's first kind: its row is stored, not dead-lettered."""
+    registry = sources()
+    kind = registry.of_payload(source, payload) or registry.sub_kinds(source)[0]
+    found = _FILLERS.get(kind)
+    if found is None:
+        found = _FILLERS[kind] = payload_filler(kind)
+    return found
+
+
 def priced_row_of(p: dict[str, Any], e: dict[str, Any], pos: Position) -> list[Any]:
     pl = e["payload"]
-    kind = payload_kind(pl)
-    llm, apify, wf = kind == "llm", kind == "apify", kind == "workflow"
+    values = _filler(e["source"], pl)(pl)
     attrs = e["attributes"]
     origin = p["origin"]
     return [
-        e["event_id"], e["occurred_at"], e["source"],
-        pl["provider"] if llm else "", pl["model"] if llm else "", pl["operation"] if llm else "",
-        *[attrs[a] or "" for a in ATTRS], attrs["tags"],
-        *([pl["input_tokens"], pl["output_tokens"], pl["cache_read_tokens"],
-           pl["cache_write_tokens"], pl["reasoning_tokens"], pl["images"],
-           pl["cache_write_1h_tokens"], pl["service_tier"] or "", int(pl["batch"])]
-          if llm else [0] * 7 + ["", 0]),
-        pl["actor_id"] if apify else "", pl["run_id"] if apify else "",
-        pl["platform"] if wf else "", pl["workflow_id"] if wf else "",
-        pl["execution_id"] if wf else "", pl["status"] if apify or wf else "",
-        pl["compute_units"] if apify else 0, pl["results"] if apify else 0,
-        pl["tasks"] if wf else 0, pl["operations"] if wf else 0, pl["duration_ms"] if wf else 0,
-        pl["category"] if kind == "custom" else "",
+        e["event_id"], e["occurred_at"], e["source"], *values[:_HEAD],
+        *[attrs[a] or "" for a in ATTRS], attrs["tags"], *values[_HEAD:],
         p["cost"], p["currency"], int(p["priced"]),
         [(c["name"], c["quantity"], c["unit"], c["amount"]) for c in p["components"]],
         p["price_source"], p["price_version"],
