@@ -224,3 +224,30 @@ def test_lookups_are_by_name() -> None:
     assert registry.of_payload("workflow", {"platform": "make"}).name == "make"
     assert registry.of_payload("workflow", {"platform": "power-automate"}).name == "power_automate"
     assert calls == ["llm", "make", "power-automate"]
+
+
+def test_installed_packages_register_kinds_through_entry_points(monkeypatch) -> None:
+    """A package outside this one names its module (or its SourceKind) in the entry point
+    group ``spendstream.sources``; a fresh registry loads it after the built-in kinds."""
+    from spendstream.sources import registry as module
+
+    class Point:
+        def __init__(self, loaded: object) -> None:
+            self.name, self.value, self.loaded = "toy", "toy_pkg:KIND", loaded
+
+        def load(self) -> object:
+            return self.loaded
+
+    def points(group: str) -> list[Point]:
+        assert group == "spendstream.sources"
+        return [Point(TOY)]
+
+    monkeypatch.setattr(module.metadata, "entry_points", points)
+    fresh = SourceRegistry()
+    module._load_builtin_and_plugins(fresh)
+    assert fresh.kind("toy-flow") is TOY and fresh.format("toyflow").name == "toyflow"
+    assert len(fresh.kinds()) == len(sources().kinds()) + 1
+
+    monkeypatch.setattr(module.metadata, "entry_points", lambda group: [Point(object())])
+    with pytest.raises(SourceError, match="is not a SourceKind nor a module defining KIND"):
+        module._load_builtin_and_plugins(SourceRegistry())
