@@ -7,7 +7,6 @@ from binascii import a2b_base64
 from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from operator import itemgetter
 from typing import Any
 
 from spendstream.schemas import batches
@@ -21,6 +20,7 @@ from spendstream.schemas.models import (
 )
 from spendstream.schemas.money import from_nanos
 from spendstream.sources import SourceError, SourceKind, sources
+from spendstream.sources.registry import SUBKIND_FIELDS
 
 Position = tuple[str, int, int]
 ATTRS = ("org", "team", "project", "user", "department", "session", "feature")
@@ -87,53 +87,71 @@ _PAYLOAD_ORDER = [c for c in PRICED_COLUMNS if c in PAYLOAD_DEFAULTS]
 _HEAD = _PAYLOAD_ORDER.index("input_tokens")  # provider, model, operation come before attrs
 
 
-def payload_filler(kind: SourceKind) -> Callable[[dict[str, Any]], list[Any]]:
+#: (the payload columns before the attributes, those after them)
+Filler = Callable[[dict[str, Any]], tuple[tuple[Any, ...], tuple[Any, ...]]]
+
+
+def payload_filler(kind: SourceKind) -> Filler:
     """A function from a decoded payload to its priced_usage payload columns (in table
-    order), compiled once per kind from its ``columns`` declaration."""
+    order, split around the attribute columns), compiled once per kind from its
+    ``columns`` declaration into one expression: it runs for every stored event."""
     unknown = sorted(set(kind.columns) - set(PAYLOAD_DEFAULTS))
     if unknown:
         raise SourceError(
             f"source kind '{kind.name}' fills {unknown}, not payload columns of priced_usage "
             f"(a new column needs a migration and an entry in PAYLOAD_DEFAULTS)"
         )
-    defaults = [PAYLOAD_DEFAULTS[c] for c in _PAYLOAD_ORDER]
-    fills = []
-    for column, how in kind.columns.items():
-        get = itemgetter(how) if isinstance(how, str) else how
-        fills.append((_PAYLOAD_ORDER.index(column), get))
-
-    def fill(payload: dict[str, Any]) -> list[Any]:
-        values = defaults.copy()
-        for index, get in fills:
-            values[index] = get(payload)
-        return values
-
+    env: dict[str, Any] = {}
+    parts = []
+    for i, column in enumerate(_PAYLOAD_ORDER):
+        how = kind.columns.get(column)
+        if how is None:
+            env[f"d{i}"] = PAYLOAD_DEFAULTS[column]
+            parts.append(f"d{i}")
+        elif isinstance(how, str):
+            parts.append(f"p[{how!r}]")
+        else:
+            env[f"f{i}"] = how
+            parts.append(f"f{i}(p)")
+    head, tail = ", ".join(parts[:_HEAD]), ", ".join(parts[_HEAD:])
+    fill: Filler = eval(f"lambda p: (({head},), ({tail},))", env)  # noqa: S307 (our names only)
     return fill
 
 
-_FILLERS: dict[SourceKind, Callable[[dict[str, Any]], list[Any]]] = {}
+class _Fillers:
+    """Payload fillers by kind name (an engine by its ``platform``), compiled on first
+    use and dropped when the registry changes."""
+
+    def __init__(self) -> None:
+        self.by_name: dict[str, Filler] = {}
+        self.version = -1
+
+    def get(self, source: str, payload: dict[str, Any]) -> Filler:
+        registry = sources()
+        if registry.version != self.version:
+            self.by_name, self.version = {}, registry.version
+        sub = SUBKIND_FIELDS.get(source)
+        name = payload[sub] if sub else source
+        found = self.by_name.get(name)
+        if found is None:
+            # An engine this process does not know (registered only where the event was
+            # priced) gets its wire kind's columns: the row is stored, not dead-lettered.
+            kind = registry.of_payload(source, payload) or registry.sub_kinds(source)[0]
+            found = self.by_name[name] = payload_filler(kind)
+        return found
 
 
-def _filler(source: str, payload: dict[str, Any]) -> Callable[[dict[str, Any]], list[Any]]:
-    """The payload filler of the event's source kind (a dict lookup once compiled). An
-    engine this process does not know (registered only where the event was priced) gets
-    the columns of its wire kind's first kind: its row is stored, not dead-lettered."""
-    registry = sources()
-    kind = registry.of_payload(source, payload) or registry.sub_kinds(source)[0]
-    found = _FILLERS.get(kind)
-    if found is None:
-        found = _FILLERS[kind] = payload_filler(kind)
-    return found
+_FILLERS = _Fillers()
 
 
 def priced_row_of(p: dict[str, Any], e: dict[str, Any], pos: Position) -> list[Any]:
     pl = e["payload"]
-    values = _filler(e["source"], pl)(pl)
+    head, tail = _FILLERS.get(e["source"], pl)(pl)
     attrs = e["attributes"]
     origin = p["origin"]
     return [
-        e["event_id"], e["occurred_at"], e["source"], *values[:_HEAD],
-        *[attrs[a] or "" for a in ATTRS], attrs["tags"], *values[_HEAD:],
+        e["event_id"], e["occurred_at"], e["source"], *head,
+        *[attrs[a] or "" for a in ATTRS], attrs["tags"], *tail,
         p["cost"], p["currency"], int(p["priced"]),
         [(c["name"], c["quantity"], c["unit"], c["amount"]) for c in p["components"]],
         p["price_source"], p["price_version"],

@@ -112,6 +112,8 @@ class SourceRegistry:
         self._names: dict[str, SourceKind] = {}  # canonical names and aliases -> kind
         self._formats: dict[str, PayloadFormat] = {}  # format names and aliases -> format
         self._payloads = _payload_models()
+        #: counts changes, so caches built from the kinds (sinks/rows.py) know when to drop
+        self.version = 0
 
     # --- registering --------------------------------------------------------------------
     def register(self, kind: SourceKind) -> SourceKind:
@@ -143,6 +145,7 @@ class SourceRegistry:
         self._kinds[kind.name] = kind
         self._names.update(dict.fromkeys(names, kind))
         self._formats.update(formats)
+        self.version += 1
         return kind
 
     def unregister(self, name: str) -> None:
@@ -153,6 +156,7 @@ class SourceRegistry:
         for fmt in kind.formats:
             for alias in (fmt.name, *fmt.aliases):
                 self._formats.pop(alias, None)
+        self.version += 1
 
     # --- lookups ------------------------------------------------------------------------
     def kinds(self) -> list[SourceKind]:

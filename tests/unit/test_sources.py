@@ -251,3 +251,41 @@ def test_installed_packages_register_kinds_through_entry_points(monkeypatch) -> 
     monkeypatch.setattr(module.metadata, "entry_points", lambda group: [Point(object())])
     with pytest.raises(SourceError, match="is not a SourceKind nor a module defining KIND"):
         module._load_builtin_and_plugins(SourceRegistry())
+
+
+def _row(event: UsageEvent) -> dict[str, object]:
+    priced = {"cost": Decimal(1), "currency": "USD", "priced": True, "components": [],
+              "price_source": "s", "price_version": "v",
+              "origin": {"topic": "t", "partition": 0, "offset": 1}, "priced_at": NOW}  # fmt: skip
+    record = event.to_avro()
+    record["payload"] = record["payload"][1]
+    return dict(zip(rows.PRICED_COLUMNS, rows.priced_row_of(priced, record, ("t", 0, 0)),
+                    strict=True))  # fmt: skip
+
+
+def test_each_built_in_kind_fills_its_own_columns_and_only_those() -> None:
+    from spendstream.schemas.models import ApifyRun
+
+    def event(source: str, payload: object) -> UsageEvent:
+        return UsageEvent(event_id="e", occurred_at=NOW, source=source,
+                          attributes=Attributes(team="t"), payload=payload)  # fmt: skip
+
+    llm = _row(event("llm", LlmUsage(provider="openai", model="m", input_tokens=9,
+                                     service_tier="flex", batch=True)))  # fmt: skip
+    apify = _row(event("apify", ApifyRun(actor_id="a/b", run_id="r", compute_units="1.5",
+                                         results=4)))  # fmt: skip
+    flow = _row(event("workflow", WorkflowRun(platform="zapier", workflow_id="z",
+                                              execution_id="x", tasks=3)))  # fmt: skip
+    custom = _row(event("custom", CustomCost(amount="2", currency="EUR", category="gpu")))
+    filled = {name: {c for c, v in row.items() if c in rows.PAYLOAD_DEFAULTS
+                     and v != rows.PAYLOAD_DEFAULTS[c]}
+              for name, row in (("llm", llm), ("apify", apify), ("workflow", flow),
+                                ("custom", custom))}  # fmt: skip
+    assert filled == {
+        "llm": {"provider", "model", "operation", "input_tokens", "service_tier", "batch"},
+        "apify": {"actor_id", "run_id", "status", "compute_units", "results"},
+        "workflow": {"platform", "workflow_id", "execution_id", "status", "tasks"},
+        "custom": {"category"},
+    }
+    assert (llm["service_tier"], llm["batch"], llm["team"]) == ("flex", 1, "t")
+    assert (apify["compute_units"], flow["tasks"], custom["category"]) == (Decimal("1.5"), 3, "gpu")
