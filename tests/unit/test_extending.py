@@ -164,3 +164,28 @@ def test_the_alert_walkthrough_names_real_places() -> None:
     assert kinds == set(observability.ALERT_KINDS)
     assert callable(messages.headline) and "`headline()`" in text
     assert all(f"`{kind}`" in text for kind in kinds)
+
+
+def test_the_doc_module_dropped_into_the_package_is_registered(tmp_path, monkeypatch) -> None:
+    """Step 1 as a file: a module in spendstream/sources/ defining KIND is found and
+    registered with the built-in kinds (here the package's path is extended to a temporary
+    folder instead of writing into the source tree)."""
+    import sys
+
+    import spendstream.sources as package
+    from spendstream.sources import SourceRegistry
+    from spendstream.sources.registry import _load_builtin_and_plugins
+
+    (tmp_path / "acme_flow.py").write_text(
+        doc_block("python", "# spendstream/sources/acme_flow.py")
+    )
+    monkeypatch.setattr(package, "__path__", [*package.__path__, str(tmp_path)])
+    monkeypatch.delitem(sys.modules, "spendstream.sources.acme_flow", raising=False)
+    try:
+        fresh = SourceRegistry()
+        _load_builtin_and_plugins(fresh)
+        assert fresh.kind("acme-flow").name == "acme_flow"
+        assert fresh.detect(RUN) is fresh.format("acme_flow")
+        assert [k.name for k in fresh.sub_kinds("workflow")][-1] == "acme_flow"
+    finally:
+        sys.modules.pop("spendstream.sources.acme_flow", None)
