@@ -176,9 +176,22 @@ class ApifyRun(Strict):
     plan: OptStr = None
 
 
+def _engine(value: str) -> str:
+    """A registered workflow engine's canonical name (an alias such as ``power-automate``
+    is read as ``power_automate``): the registry of source kinds says which exist."""
+    from spendstream.sources import sources
+
+    kind = sources().find(value)
+    if kind is None or kind.wire != "workflow":
+        engines = ", ".join(k.name for k in sources().sub_kinds("workflow"))
+        raise ValueError(f"unknown workflow engine '{value}'; use one of {engines}")
+    return kind.name
+
+
 class WorkflowRun(Strict):
     kind: Literal["workflow"] = "workflow"
-    platform: Literal["n8n", "zapier", "make", "power_automate"]
+    #: the engine: a string on the wire, checked against the registered engines
+    platform: Annotated[str, Field(min_length=1, max_length=256), AfterValidator(_engine)]
     workflow_id: ShortStr
     execution_id: ShortStr
     status: ShortStr = "success"

@@ -24,27 +24,30 @@ from spendstream.errors import UserError
 from spendstream.schemas.budget import BudgetDefinition
 from spendstream.schemas.models import to_micros
 from spendstream.schemas.money import from_nanos, to_nanos
+from spendstream.sources import sources
 from spendstream.streams.forecast import US_PER_DAY, project
 from spendstream.streams.periods import Period, budget_period
 
 from .warehouse import Warehouse
 
-#: Dimensions a report may group or filter by -> column of priced_usage.
-DIMENSIONS = {
+#: Dimensions every event has -> column of priced_usage; the source kinds add theirs
+#: (provider, model, platform, workflow, actor, category: spendstream/sources/).
+BASE_DIMENSIONS = {
     "source": "source",
-    "provider": "provider",
-    "model": "model",
     "org": "org",
     "team": "team",
     "project": "project",
     "user": "user",
     "department": "department",
     "feature": "feature",
-    "platform": "platform",
-    "workflow": "workflow_id",
-    "actor": "actor_id",
-    "category": "category",
 }
+
+
+def dimensions() -> dict[str, str]:
+    """Dimensions a report may group or filter by -> column of priced_usage."""
+    return {**BASE_DIMENSIONS, **sources().dimensions()}
+
+
 FORMATS = ("table", "csv", "json", "md")
 
 
@@ -75,11 +78,12 @@ class Filters:
 
 
 def column_of(dimension: str) -> str:
+    known = dimensions()
     try:
-        return DIMENSIONS[dimension]
+        return known[dimension]
     except KeyError:
         raise ReportError(
-            f"unknown dimension '{dimension}'; use one of {', '.join(DIMENSIONS)}"
+            f"unknown dimension '{dimension}'; use one of {', '.join(known)}"
         ) from None
 
 

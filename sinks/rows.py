@@ -17,9 +17,10 @@ from spendstream.schemas.models import (
     BudgetAlert,
     DeadLetter,
     from_micros,
-    payload_kind,
 )
 from spendstream.schemas.money import from_nanos
+from spendstream.sources import SourceError, SourceKind, sources
+from spendstream.sources.registry import SUBKIND_FIELDS
 
 Position = tuple[str, int, int]
 ATTRS = ("org", "team", "project", "user", "department", "session", "feature")
@@ -72,26 +73,85 @@ def priced_row(value: bytes, pos: Position) -> list[Any]:
     return priced_row_of(p, p["event"], pos)
 
 
+#: The priced_usage columns a source kind fills (SourceKind.columns), with what a row of
+#: another kind gets there.
+PAYLOAD_DEFAULTS: dict[str, Any] = {
+    "provider": "", "model": "", "operation": "",
+    "input_tokens": 0, "output_tokens": 0, "cache_read_tokens": 0, "cache_write_tokens": 0,
+    "reasoning_tokens": 0, "images": 0, "cache_write_1h_tokens": 0, "service_tier": "",
+    "batch": 0, "actor_id": "", "run_id": "", "platform": "", "workflow_id": "",
+    "execution_id": "", "status": "", "compute_units": 0, "results": 0, "tasks": 0,
+    "operations": 0, "duration_ms": 0, "category": "",
+}  # fmt: skip
+_PAYLOAD_ORDER = [c for c in PRICED_COLUMNS if c in PAYLOAD_DEFAULTS]
+_HEAD = _PAYLOAD_ORDER.index("input_tokens")  # provider, model, operation come before attrs
+
+
+#: (the payload columns before the attributes, those after them)
+Filler = Callable[[dict[str, Any]], tuple[tuple[Any, ...], tuple[Any, ...]]]
+
+
+def payload_filler(kind: SourceKind) -> Filler:
+    """A function from a decoded payload to its priced_usage payload columns (in table
+    order, split around the attribute columns), compiled once per kind from its
+    ``columns`` declaration into one expression: it runs for every stored event."""
+    unknown = sorted(set(kind.columns) - set(PAYLOAD_DEFAULTS))
+    if unknown:
+        raise SourceError(
+            f"source kind '{kind.name}' fills {unknown}, not payload columns of priced_usage "
+            f"(a new column needs a migration and an entry in PAYLOAD_DEFAULTS)"
+        )
+    env: dict[str, Any] = {}
+    parts = []
+    for i, column in enumerate(_PAYLOAD_ORDER):
+        how = kind.columns.get(column)
+        if how is None:
+            env[f"d{i}"] = PAYLOAD_DEFAULTS[column]
+            parts.append(f"d{i}")
+        elif isinstance(how, str):
+            parts.append(f"p[{how!r}]")
+        else:
+            env[f"f{i}"] = how
+            parts.append(f"f{i}(p)")
+    head, tail = ", ".join(parts[:_HEAD]), ", ".join(parts[_HEAD:])
+    fill: Filler = eval(f"lambda p: (({head},), ({tail},))", env)  # noqa: S307 (our names only)
+    return fill
+
+
+class _Fillers:
+    """Payload fillers by kind name (an engine by its ``platform``), compiled on first
+    use and dropped when the registry changes."""
+
+    def __init__(self) -> None:
+        self.by_name: dict[str, Filler] = {}
+        self.version = -1
+
+    def get(self, source: str, payload: dict[str, Any]) -> Filler:
+        registry = sources()
+        if registry.version != self.version:
+            self.by_name, self.version = {}, registry.version
+        sub = SUBKIND_FIELDS.get(source)
+        name = payload[sub] if sub else source
+        found = self.by_name.get(name)
+        if found is None:
+            # An engine this process does not know (registered only where the event was
+            # priced) gets its wire kind's columns: the row is stored, not dead-lettered.
+            kind = registry.of_payload(source, payload) or registry.sub_kinds(source)[0]
+            found = self.by_name[name] = payload_filler(kind)
+        return found
+
+
+_FILLERS = _Fillers()
+
+
 def priced_row_of(p: dict[str, Any], e: dict[str, Any], pos: Position) -> list[Any]:
     pl = e["payload"]
-    kind = payload_kind(pl)
-    llm, apify, wf = kind == "llm", kind == "apify", kind == "workflow"
+    head, tail = _FILLERS.get(e["source"], pl)(pl)
     attrs = e["attributes"]
     origin = p["origin"]
     return [
-        e["event_id"], e["occurred_at"], e["source"],
-        pl["provider"] if llm else "", pl["model"] if llm else "", pl["operation"] if llm else "",
-        *[attrs[a] or "" for a in ATTRS], attrs["tags"],
-        *([pl["input_tokens"], pl["output_tokens"], pl["cache_read_tokens"],
-           pl["cache_write_tokens"], pl["reasoning_tokens"], pl["images"],
-           pl["cache_write_1h_tokens"], pl["service_tier"] or "", int(pl["batch"])]
-          if llm else [0] * 7 + ["", 0]),
-        pl["actor_id"] if apify else "", pl["run_id"] if apify else "",
-        pl["platform"] if wf else "", pl["workflow_id"] if wf else "",
-        pl["execution_id"] if wf else "", pl["status"] if apify or wf else "",
-        pl["compute_units"] if apify else 0, pl["results"] if apify else 0,
-        pl["tasks"] if wf else 0, pl["operations"] if wf else 0, pl["duration_ms"] if wf else 0,
-        pl["category"] if kind == "custom" else "",
+        e["event_id"], e["occurred_at"], e["source"], *head,
+        *[attrs[a] or "" for a in ATTRS], attrs["tags"], *tail,
         p["cost"], p["currency"], int(p["priced"]),
         [(c["name"], c["quantity"], c["unit"], c["amount"]) for c in p["components"]],
         p["price_source"], p["price_version"],

@@ -474,9 +474,12 @@ def from_apify_run(
 
 
 # --- workflow engines ------------------------------------------------------------------------
-def _workflow(
+def workflow_event(
     platform: str, what: str, fields: dict[str, Any], when: datetime | None, **kwargs: Any
 ) -> UsageEvent:
+    """A ``workflow`` event of engine ``platform`` from its ``WorkflowRun`` fields; each
+    engine's builder (a new engine's too: docs/extending.md) ends here. ``what`` names
+    the payload in errors; ``kwargs``: event_id, occurred_at, attributes."""
     try:
         payload = WorkflowRun(platform=platform, **fields)
     except ValidationError as exc:
@@ -502,7 +505,7 @@ def from_n8n_execution(execution: Any, *, plan: str | None = None, **kwargs: Any
     fields = {"workflow_id": str(_require(data, "workflowId", what)),
               "execution_id": str(_require(data, "id", what)), "status": status,
               "duration_ms": _duration_ms(start, stop), "plan": plan}  # fmt: skip
-    return _workflow("n8n", what, fields, stop or start, **kwargs)
+    return workflow_event("n8n", what, fields, stop or start, **kwargs)
 
 
 def from_zapier_task_usage(record: Any, *, plan: str | None = None, **kwargs: Any) -> UsageEvent:
@@ -518,7 +521,7 @@ def from_zapier_task_usage(record: Any, *, plan: str | None = None, **kwargs: An
               "status": str(data.get("status") or "success").lower(),
               "tasks": _int({"t": tasks}, "t", what), "plan": plan}  # fmt: skip
     when = _when(data.get("date") or data.get("created_at") or data.get("start_time"))
-    return _workflow("zapier", what, fields, when, **kwargs)
+    return workflow_event("zapier", what, fields, when, **kwargs)
 
 
 def from_make_execution(execution: Any, *, plan: str | None = None, **kwargs: Any) -> UsageEvent:
@@ -535,7 +538,7 @@ def from_make_execution(execution: Any, *, plan: str | None = None, **kwargs: An
     fields = {"workflow_id": str(scenario), "execution_id": str(run), "status": status_text,
               "operations": _int(data, "operations", what),
               "duration_ms": _int(data, "duration", what), "plan": plan}  # fmt: skip
-    return _workflow("make", what, fields, _when(data.get("timestamp")), **kwargs)
+    return workflow_event("make", what, fields, _when(data.get("timestamp")), **kwargs)
 
 
 def from_power_automate_run(
@@ -554,7 +557,7 @@ def from_power_automate_run(
               "status": str(props.get("status") or "Succeeded").lower(),
               "operations": len(actions) if isinstance(actions, (list, dict)) else 0,
               "duration_ms": _duration_ms(start, end), "plan": plan}  # fmt: skip
-    return _workflow("power_automate", what, fields, end or start, **kwargs)
+    return workflow_event("power_automate", what, fields, end or start, **kwargs)
 
 
 # --- relative event times ---------------------------------------------------------------------
@@ -583,69 +586,33 @@ def resolve_relative_time(data: dict[str, Any], now: datetime | None = None) -> 
 def build(
     payload: Any, source: str | None = None, *, now: datetime | None = None, **kwargs: Any
 ) -> UsageEvent:
-    """Build from any supported payload; ``source`` forces a builder by name. ``now``
+    """Build from any supported payload; ``source`` forces a payload format by its
+    ``--source`` name (the registry of source kinds, spendstream/sources/). ``now``
     resolves a usage event's relative ``occurred_at`` (default: the wall clock)."""
+    from spendstream.sources import SourceError, sources
+
     data = as_dict(payload)
-    builders = {
-        "openai-chat": from_openai_chat, "openai-responses": from_openai_responses,
-        "openai-embedding": from_openai_embedding, "anthropic": from_anthropic_message,
-        "gemini": from_gemini, "openai-batch": from_openai_batch_line,
-        "anthropic-batch": from_anthropic_batch_result, "gemini-batch": from_gemini_batch_line,
-        "apify": from_apify_run, "n8n": from_n8n_execution,
-        "zapier": from_zapier_task_usage, "make": from_make_execution,
-        "power-automate": from_power_automate_run,
-    }  # fmt: skip
-    if source:
-        if source == "event":
-            return UsageEvent.model_validate(resolve_relative_time(data, now))
-        if source not in builders:
-            raise BuilderError(
-                f"unknown source '{source}'; use one of event, {', '.join(builders)}"
-            )
-        return builders[source](data, **kwargs)  # type: ignore[operator]
-    kind = detect(data)
+    kind = source or detect(data)
     if kind == "event":
         return UsageEvent.model_validate(resolve_relative_time(data, now))
-    return builders[kind](data, **kwargs)  # type: ignore[operator]
+    try:
+        fmt = sources().format(kind)
+    except SourceError as exc:
+        raise BuilderError(str(exc)) from None
+    event: UsageEvent = fmt.build(data, **kwargs)
+    return event
 
 
 def detect(data: Mapping[str, Any]) -> str:
-    """Name of the builder for a payload, from the fields only that API returns."""
-    inner = data.get("data") if isinstance(data.get("data"), Mapping) else data
-    raw_usage = data.get("usage")
-    usage: Mapping[str, Any] = raw_usage if isinstance(raw_usage, Mapping) else {}
+    """``--source`` name of a payload's format, from the fields only that API returns."""
+    from spendstream.sources import sources
+
     if "event_id" in data and "payload" in data:
         return "event"
-    if "custom_id" in data and "result" in data:
-        return "anthropic-batch"
-    if "custom_id" in data and "response" in data:
-        return "openai-batch"
-    if ("key" in data and ("response" in data or "error" in data or "status" in data)) or (
-        "request" in data and "response" in data and "status" in data
-    ):
-        return "gemini-batch"
-    if "usageMetadata" in data:
-        return "gemini"
-    if data.get("object") == "chat.completion" or "prompt_tokens" in usage and "choices" in data:
-        return "openai-chat"
-    if data.get("object") == "response" or "output_tokens_details" in usage:
-        return "openai-responses"
-    if data.get("object") == "list" and "prompt_tokens" in usage:
-        return "openai-embedding"
-    if data.get("type") == "message" or "cache_creation_input_tokens" in usage:
-        return "anthropic"
-    if isinstance(inner, Mapping) and "actId" in inner:
-        return "apify"
-    if "workflowId" in data and ("stoppedAt" in data or "finished" in data):
-        return "n8n"
-    if "zap_id" in data or "zap" in data:
-        return "zapier"
-    if "scenarioId" in data or "scenario_id" in data:
-        return "make"
-    if isinstance(data.get("properties"), Mapping) and "startTime" in data["properties"]:
-        return "power-automate"
-    raise BuilderError(
-        "could not tell which API this payload comes from; pass --source (one of event, "
-        "openai-chat, openai-responses, openai-embedding, anthropic, gemini, openai-batch, "
-        "anthropic-batch, gemini-batch, apify, n8n, zapier, make, power-automate)"
-    )
+    found = sources().detect(data)
+    if found is None:
+        raise BuilderError(
+            "could not tell which API this payload comes from; pass --source (one of "
+            f"{', '.join(sources().format_names())})"
+        )
+    return found.name

@@ -19,6 +19,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from spendstream.errors import UserError
+from spendstream.sources.registry import WIRE_KINDS
 
 ENV_PREFIX = "SPENDSTREAM_"
 
@@ -355,7 +356,8 @@ class Settings(BaseSettings):
 class Topics:
     """Topic names with the configured prefix applied."""
 
-    SOURCES = ("usage.llm", "usage.apify", "usage.workflow", "usage.custom")
+    #: one input topic per wire kind of source (spendstream/sources/registry.py)
+    SOURCES = tuple(f"usage.{wire}" for wire in WIRE_KINDS)
 
     def __init__(self, prefix: str = "") -> None:
         self.prefix = prefix

@@ -39,6 +39,7 @@ from spendstream.schemas.models import (
     to_micros,
 )
 from spendstream.schemas.money import SCALE, to_nanos
+from spendstream.sources.registry import WIRE_KINDS
 
 from .compiled_pricing import CompiledPricer
 from .dedupe import DedupeState
@@ -50,7 +51,7 @@ from .pricing import Pricer, PricingError
 
 log = logging.getLogger("spendstream.price")
 
-SOURCES = ("llm", "apify", "workflow", "custom")
+SOURCES = WIRE_KINDS  # the usage.<wire> topics
 OPERATIONS = ("chat", "responses", "embedding", "image", "audio")
 ATTRIBUTE_NAMES = ("org", "team", "project", "user", "department", "session", "feature")
 COUNT_FIELDS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",

@@ -270,10 +270,12 @@ class Catalog:
             prices = {k: v for k, v in entry.items() if k not in ("provider", "model")}
             llm[(entry["provider"].lower(), entry["model"].lower())] = dec(prices)
         apify = raw.get("apify", {})
-        workflow = {
-            platform: {plan: dec(prices) for plan, prices in plans.items()}
-            for platform, plans in raw.get("workflow", {}).items()
-        }
+        workflow: dict[str, dict[str, dict[str, Decimal]]] = {}
+        for platform, plans in raw.get("workflow", {}).items():
+            # an engine's alias (power-automate) prices its canonical name (power_automate)
+            workflow.setdefault(_engine_name(platform), {}).update(
+                {plan: dec(prices) for plan, prices in plans.items()}
+            )
 
         def pair(text: str) -> tuple[str, str]:
             provider, _, model = text.partition("/")
@@ -326,6 +328,14 @@ class Catalog:
         )
 
 
+def _engine_name(name: str) -> str:
+    """The canonical name of a registered workflow engine; other names unchanged."""
+    from spendstream.sources import sources
+
+    kind = sources().find(name)
+    return kind.name if kind is not None and kind.wire == "workflow" else name
+
+
 def _line(name: str, quantity: Decimal | int, unit: str, amount: Decimal) -> CostComponent:
     return CostComponent(name=name, quantity=money(quantity), unit=unit, amount=money(amount))
 
@@ -370,21 +380,28 @@ class Pricer:
     """Prices any usage event; raises PricingError for what it cannot price."""
 
     def __init__(self, catalog: Catalog | None = None) -> None:
+        from spendstream.sources import sources
+
         self.catalog = catalog or Catalog.load()
+        self._kinds = sources()
         self.genai_version = f"genai-prices {metadata.version('genai-prices')}"
 
     def price(self, event: UsageEvent) -> Cost:
+        """Price with the pricer its source kind registered (spendstream/sources/): one
+        dict lookup by kind name."""
         payload = event.payload
-        if isinstance(payload, LlmUsage):
-            return self.price_llm(payload, event.occurred_at)
-        if isinstance(payload, ApifyRun):
-            return self.price_apify(payload)
-        if isinstance(payload, WorkflowRun):
-            return self.price_workflow(payload)
-        if isinstance(payload, CustomCost):
-            line = _line(payload.category, 1, "amount", payload.amount)
-            return _cost([line], payload.currency, "direct", "as reported")
-        raise PricingError("unknown_source", f"no pricing for payload {type(payload).__name__}")
+        kind = self._kinds.of_payload(event.source, payload)
+        if kind is None:
+            raise PricingError(
+                "unknown_source", f"no source kind registered for a {event.source} payload"
+            )
+        cost: Cost = kind.price(self, payload, event.occurred_at)
+        return cost
+
+    def price_custom(self, cost: CustomCost) -> Cost:
+        """A custom cost is what the producer says it is: one line, as reported."""
+        line = _line(cost.category, 1, "amount", cost.amount)
+        return _cost([line], cost.currency, "direct", "as reported")
 
     # --- LLM ------------------------------------------------------------------------------
     def price_llm(self, usage: LlmUsage, when: datetime | None = None) -> Cost:

@@ -27,6 +27,7 @@ from spendstream.schemas.models import (
     UsageEvent,
     explain,
 )
+from spendstream.sources.registry import WIRE_KINDS
 
 from .matching import BudgetRegistry
 from .periods import LateWindow, budget_period
@@ -109,7 +110,7 @@ class UsageProcessor:
                 "future", str(exc), position, key=key, value=value, event_id=event.event_id, now=now
             )
         expected = position.topic.rsplit("usage.", 1)[-1]
-        if expected in ("llm", "apify", "workflow", "custom") and expected != event.source:
+        if expected in WIRE_KINDS and expected != event.source:
             return dead_letter(
                 "wrong_topic",
                 f"a '{event.source}' event on topic {position.topic}; publish it to usage."

@@ -21,6 +21,7 @@ from spendstream.cli.base import (
     err,
 )
 from spendstream.schemas.money import plain
+from spendstream.sources import WIRE_KINDS, sources
 
 #: its commands join the root app unnamed (app.py)
 app = typer.Typer()
@@ -34,7 +35,7 @@ CHECK_EXIT = {"allow": 0, "warn": 0, "downgrade": 10, "throttle": 11, "block": 1
 def check_cmd(
     cost: Annotated[str | None, typer.Option(help="Estimated cost, e.g. 0.25.")] = None,
     currency: Annotated[str, typer.Option(help="Currency of --cost.")] = "USD",
-    source: Annotated[str, typer.Option(help="llm, apify, workflow or custom.")] = "llm",
+    source: Annotated[str, typer.Option(help=f"{', '.join(WIRE_KINDS)}.")] = "llm",
     provider: Annotated[str | None, typer.Option(help="LLM provider (to price tokens).")] = None,
     model: Annotated[str | None, typer.Option(help="LLM model (to price tokens).")] = None,
     input_tokens: Annotated[int, typer.Option(help="Estimated input tokens.")] = 0,
@@ -178,11 +179,7 @@ def price(
     ],
     source: Annotated[
         str | None,
-        typer.Option(
-            help="Force the format: event, openai-chat, openai-responses, "
-            "openai-embedding, anthropic, gemini, openai-batch, anthropic-batch, "
-            "gemini-batch, apify, n8n, zapier, make, power-automate."
-        ),  # fmt: skip
+        typer.Option(help=f"Force the format: {', '.join(sources().format_names())}."),
     ] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="JSON on stdout (JSON lines: one object a line).")
