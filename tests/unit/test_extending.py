@@ -152,7 +152,7 @@ def test_the_alert_walkthrough_names_real_places() -> None:
     text = section("Add an alert kind")
     from typing import get_args
 
-    from spendstream import cli
+    from spendstream.cli import alerts as cli
     from spendstream.schemas.models import BudgetAlert
     from spendstream.sinks.notify import config, messages
     from spendstream.streams import aggregation, observability
