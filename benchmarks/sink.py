@@ -97,7 +97,7 @@ def main() -> None:
         producer.flush(120)
 
         client = connect(settings)
-        sink = ClickHouseSink(settings, client)
+        sink = ClickHouseSink.from_settings(settings, client)
         sink.run(idle_exit_s=2)
         # from the first record to the last commit (the sink records when it committed last)
         assert sink.stats.first_record_at is not None, "the sink received no records"

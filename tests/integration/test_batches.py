@@ -106,7 +106,7 @@ def test_batch_records_land_one_row_per_fact_and_a_rebatched_replay_adds_nothing
             "sink_native_avro": native, "clickhouse_database": f"batch_{uuid.uuid4().hex[:8]}",
             "sink_group": f"sink-{uuid.uuid4().hex[:6]}"})  # fmt: skip
         db = connect(settings)
-        sink = ClickHouseSink(settings, db)
+        sink = ClickHouseSink.from_settings(settings, db)
         sink.run(idle_exit_s=3)
         rows = db.query("SELECT allocation_id, amount FROM cost_allocations ORDER BY "
                         "allocation_id").result_rows  # fmt: skip
