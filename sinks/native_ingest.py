@@ -41,9 +41,14 @@ BATCH_TABLES: dict[str, dict[str, str]] = {
 #: sent with every native insert: fields an older writer schema lacks take the column default;
 #: batch rows are JSON arrays, not objects (chDB 4 reads a named tuple as an object by
 #: default and refused every batch record, which then went the slow decoded path)
+#: ``optimize_on_insert`` off: ClickHouse does not merge each block by the table's sorting key
+#: before writing it (a ReplacingMergeTree would collapse duplicate ids inside the block); the
+#: rows of one batch are distinct already, replays are skipped by the watermarks, and
+#: queries use FINAL for what merges later (measured on chDB: ~1.6x faster inserts).
 INSERT_SETTINGS = {
     "input_format_avro_allow_missing_fields": 1,
     "input_format_json_named_tuples_as_objects": 0,
+    "optimize_on_insert": 0,
 }
 
 
