@@ -36,7 +36,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from confluent_kafka import KafkaError, TopicPartition
 
@@ -158,7 +158,7 @@ class ClickHouseSink:
     def from_settings(
         cls,
         settings: Settings,
-        client: InsertClient | None = None,
+        client: Any = None,
         *,
         client_lock: threading.Lock | None = None,
         retry_initial_s: float = 0.5,
@@ -182,10 +182,10 @@ class ClickHouseSink:
         steps = list(all_migrations() if migrations is None else migrations)
         tables = check_tables(config.topics, config.names, steps, registry)
         configure_registry(settings.schema_registry_url or None)
-        client = client or connect(settings)
+        ch: Any = client or connect(settings)  # a clickhouse-connect Client (or a wrapper)
         lock = client_lock or threading.Lock()
         with lock:
-            migrate(client, steps)  # type: ignore[arg-type]
+            migrate(ch, steps)
         logger = logging.getLogger("spendstream.kafka")
         consumer = Consumer({
             "bootstrap.servers": config.bootstrap_servers, "logger": logger,
@@ -195,7 +195,7 @@ class ClickHouseSink:
         })  # fmt: skip
         dlq = Producer({"bootstrap.servers": config.bootstrap_servers, "logger": logger,
                         "enable.idempotence": True, "acks": "all"})  # fmt: skip
-        return cls(config, client, consumer, dlq, tables, client_lock=lock)
+        return cls(config, ch, cast(SinkConsumer, consumer), dlq, tables, client_lock=lock)
 
     # --- lifecycle ---------------------------------------------------------------------
     def stop(self, *_: object) -> None:
