@@ -263,8 +263,9 @@ def mix(rows: int, per_batch: int, batch_rows: int, native: bool, priced_v1: boo
             "native": native,
             "priced_format": "priced/1" if priced_v1 else "priced/2",
             "native_fallbacks": sink.stats.native_fallbacks,
-            "insert_seconds": {table: round(h.total, 2)
-                               for table, h in sink.stats.insert_seconds.items()},  # fmt: skip
+            "insert_seconds": {
+                table: round(h.total, 2) for table, h in sink.stats.insert_seconds.items()
+            },  # fmt: skip
             "seconds": round(elapsed, 2),
             "rows_per_s": round(stored_rows / elapsed),
             "batches": sink.stats.batches,

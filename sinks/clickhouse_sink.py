@@ -354,7 +354,7 @@ class ClickHouseSink:
             native = buf.table.native
             assert native is not None
             batch.native = NativeBatch(
-                codec(native.record_type or "CostAllocation"), position_prefix(*tp),
+                codec(native.record_type) if native.record_type else None, position_prefix(*tp),
                 json_position(*tp), dict(native.batch_staging),
                 staging=native.avro_staging or "",
             )  # fmt: skip

@@ -112,7 +112,8 @@ class NativeBatch:
     bodies grouped by the schema that wrote them, batch records as JSON lines grouped by
     format; each group is one insert into its staging table."""
 
-    codec: AvroCodec
+    #: reads the framing of single Avro records (None: the table takes batch records only)
+    codec: AvroCodec | None
     prefix: bytes
     #: JSON line head: the record's topic and partition
     position: bytes = b""
@@ -128,6 +129,7 @@ class NativeBatch:
 
     def add(self, value: bytes, offset: int, index: int) -> None:
         """Add one single Avro record; raises AvroDecodeError when its framing is not ours."""
+        assert self.codec is not None, "this table takes no single Avro records natively"
         writer, body = self.codec.split(value)
         group = self._group(id(writer), writer, self.staging)
         group[1].append(self.prefix + avro_long(offset) + body)

@@ -107,7 +107,7 @@ def test_priced_native_path_stores_what_decoding_stores_for_every_kind_and_colum
     table = TABLES["priced_usage"]
 
     # native: the record's JSON text goes to ClickHouse as it is
-    native = NativeBatch(None, position_prefix("usage.priced", 2),  # type: ignore[arg-type]
+    native = NativeBatch(None, position_prefix("usage.priced", 2),
                          json_position("usage.priced", 2), dict(table.native.batch_staging))  # type: ignore[union-attr]  # fmt: skip
     native.add_rows(batches.PRICED_V2, batches.rows_text(value, batches.PRICED_V2), 17, 0)
     batch = WriteBatch(table, [SinkRecord(*pos, None, value)], native=native)

@@ -96,7 +96,7 @@ def test_every_row_refused_alike_is_an_outage_not_poison() -> None:
 
 def native_batch(values: list[str]) -> WriteBatch:
     batch = WriteBatch(TABLE)
-    nb = NativeBatch(None, position_prefix("t", 0), json_position("t", 0),  # type: ignore[arg-type]
+    nb = NativeBatch(None, position_prefix("t", 0), json_position("t", 0),
                      {batches.ALLOCATIONS_V1: "t_rows_json"})  # fmt: skip
     for i, v in enumerate(values):
         batch.records.append(SinkRecord("t", 0, i, None, v.encode()))
