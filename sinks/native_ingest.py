@@ -29,14 +29,8 @@ from typing import Any
 from spendstream.schemas import batches
 from spendstream.schemas.avro import AvroCodec, schema_json
 
-#: real table -> (record type of its single Avro records, staging table of migration 0004)
-NATIVE_TABLES: dict[str, tuple[str, str]] = {
-    "cost_allocations": ("CostAllocation", "cost_allocations_avro"),
-}
-#: real table -> {batch format: staging table of migration 0007}
-BATCH_TABLES: dict[str, dict[str, str]] = {
-    "cost_allocations": {batches.ALLOCATIONS_V1: "cost_allocation_rows_json"},
-}
+#: Which tables take this path, and through which staging tables: ``NativePath`` in
+#: sinks/tables.py.
 
 #: sent with every native insert: fields an older writer schema lacks take the column default;
 #: batch rows are JSON arrays, not objects (chDB 4 reads a named tuple as an object by
