@@ -43,6 +43,69 @@ PRICED_COLUMNS = (
 )  # fmt: skip
 P = {name: index for index, name in enumerate(PRICED_COLUMNS)}
 
+PRICED_V2 = "priced/2"
+#: columns of a ``priced/2`` row: the priced event flattened into the columns of ClickHouse's
+#: priced_usage, in its order, so ClickHouse reads the rows itself (migration 0012) where a
+#: ``priced/1`` row's event is Avro inside JSON, with the payload a union of four records
+#: that only Python decoded. Columns a payload kind lacks hold 0 or "" (as priced_usage
+#: stores them); compute units, cost and component figures are nano-units, times microseconds.
+PRICED2_COLUMNS = (
+    "event_id", "occurred_at_us", "source", "provider", "model", "operation",
+    "org", "team", "project", "user", "department", "session", "feature", "tags",
+    "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
+    "reasoning_tokens", "images", "cache_write_1h_tokens", "service_tier", "batch",
+    "actor_id", "run_id", "platform", "workflow_id", "execution_id", "status",
+    "compute_units_nanos", "results", "tasks", "operations", "duration_ms", "category",
+    "cost_nanos", "currency", "priced", "components", "price_source", "price_version",
+    "origin_topic", "origin_partition", "origin_offset", "priced_at_us",
+)  # fmt: skip
+P2 = {name: index for index, name in enumerate(PRICED2_COLUMNS)}
+_ATTRS = ("org", "team", "project", "user", "department", "session", "feature")
+
+
+def priced_event_columns(event: dict[str, Any]) -> list[Any]:
+    """The event's part of a ``priced/2`` row (``event_id`` to ``category``), from a usage
+    event as fastavro decodes it (payload one of the four records, told apart by its fields)."""
+    from spendstream.schemas.models import payload_kind
+
+    pl = event["payload"]
+    try:
+        kind = payload_kind(pl)
+    except ValueError as exc:
+        raise BatchFormatError(f"priced event: {exc}") from None
+    attrs = event["attributes"]
+    head = [event["event_id"], _micros(event["occurred_at"]), event["source"]]
+    names = [attrs[a] or "" for a in _ATTRS]
+    if kind == "llm":
+        return [*head, pl["provider"], pl["model"], pl["operation"], *names, attrs["tags"],
+                pl["input_tokens"], pl["output_tokens"], pl["cache_read_tokens"],
+                pl["cache_write_tokens"], pl["reasoning_tokens"], pl["images"],
+                pl["cache_write_1h_tokens"], pl["service_tier"] or "", int(pl["batch"]),
+                "", "", "", "", "", "", 0, 0, 0, 0, 0, ""]  # fmt: skip
+    tail: list[Any]
+    if kind == "apify":
+        tail = [pl["actor_id"], pl["run_id"], "", "", "", pl["status"],
+                _nanos(pl["compute_units"]), pl["results"], 0, 0, 0, ""]  # fmt: skip
+    elif kind == "workflow":
+        tail = ["", "", pl["platform"], pl["workflow_id"], pl["execution_id"], pl["status"], 0,
+                0, pl["tasks"], pl["operations"], pl["duration_ms"], ""]  # fmt: skip
+    else:  # custom
+        tail = ["", "", "", "", "", "", 0, 0, 0, 0, 0, pl["category"]]
+    return [*head, "", "", "", *names, attrs["tags"], 0, 0, 0, 0, 0, 0, 0, "", 0, *tail]
+
+
+def _micros(when: Any) -> int:
+    from spendstream.schemas.models import to_micros
+
+    return int(to_micros(when))
+
+
+def _nanos(amount: Any) -> int:
+    from spendstream.schemas.money import to_nanos
+
+    return int(to_nanos(amount))
+
+
 CONVERSIONS_V1 = "conversions/1"
 #: columns of a conversion row: an allocation in another currency than its budget's, as
 #: the aggregator converted it (``rate`` a decimal string, ``rate_day`` YYYY-MM-DD: the day
@@ -56,6 +119,7 @@ C = {name: index for index, name in enumerate(CONVERSION_COLUMNS)}
 FORMATS = {
     ALLOCATIONS_V1: ALLOCATION_COLUMNS,
     PRICED_V1: PRICED_COLUMNS,
+    PRICED_V2: PRICED2_COLUMNS,
     CONVERSIONS_V1: CONVERSION_COLUMNS,
 }
 

@@ -19,42 +19,39 @@ ClickHouse as one Avro container per batch (native_ingest.py); a batch ClickHous
 as data is decoded row by row instead, which isolates the poison records.
 While ClickHouse is unreachable the sink pauses its partitions and retries with backoff:
 memory stays bounded by one batch per partition.
+
+This module is the consume/commit loop; ``ClickHouseWriter`` (writer.py) writes a batch,
+``sinks/tables.py`` says which topic fills which table. ``ClickHouseSink.from_settings``
+builds the Kafka clients, runs the migrations and checks the tables; the constructor only
+takes what it is given, so a test drives the loop with a fake consumer and client.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import signal
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol, cast
 
-from clickhouse_connect.driver.client import Client
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import KafkaError, TopicPartition
 
 from spendstream.config import Settings
 from spendstream.errors import SpendstreamError
 from spendstream.metrics import SECONDS_BUCKETS, Histogram, Lags, consumer_lags
 from spendstream.schemas import batches
-from spendstream.schemas.avro import codec, configure_registry, framed_codec
+from spendstream.schemas.avro import codec, framed_codec
 from spendstream.schemas.models import DeadLetter, SourcePosition
 
+from .config import SinkConfig
 from .health import WriterHealth
-from .native_ingest import (
-    BATCH_TABLES,
-    INSERT_SETTINGS,
-    NATIVE_TABLES,
-    NativeBatch,
-    json_position,
-    position_prefix,
-)
-from .rows import ALLOCATION_COLUMNS, DLQ_COLUMNS, PRICED_COLUMNS, TABLES, budget_row
-from .warehouse import connect, migrate
+from .native_ingest import NativeBatch, json_position, position_prefix
+from .tables import SinkRecord, SinkTable
+from .writer import ClickHouseWriter, InsertClient, WriteBatch, WriterStats
 
 log = logging.getLogger("spendstream.sink")
 
@@ -63,18 +60,30 @@ class SinkStopped(SpendstreamError):
     """Stop requested while a batch could not be written; nothing was committed for it."""
 
 
+class SinkConsumer(Protocol):
+    """The part of a confluent-kafka ``Consumer`` the loop uses (a test passes a fake)."""
+
+    def subscribe(self, topics: list[str], on_assign: Any = ..., on_revoke: Any = ...) -> None: ...
+    def consume(self, num_messages: int = ..., timeout: float = ...) -> list[Any]: ...
+    def commit(self, offsets: list[TopicPartition], asynchronous: bool = ...) -> Any: ...
+    def assignment(self) -> list[TopicPartition]: ...
+    def pause(self, partitions: list[TopicPartition]) -> None: ...
+    def resume(self, partitions: list[TopicPartition]) -> None: ...
+    def poll(self, timeout: float = ...) -> Any: ...
+    def close(self) -> None: ...
+
+
+class DlqProducer(Protocol):
+    def produce(self, topic: str, value: bytes | None = ..., key: bytes | None = ...) -> None: ...
+    def flush(self, timeout: float = ...) -> int: ...
+
+
 @dataclass
 class PartitionBuffer:
-    table: str
-    rows: list[list[Any]] = field(default_factory=list)
-    #: index in ``raws`` of the record each row came from (a batch record has many rows)
-    row_record: list[int] = field(default_factory=list)
-    #: (key, value, offset) of every buffered record, for the DLQ and the decoding fallback
-    raws: list[tuple[bytes | None, bytes | None, int]] = field(default_factory=list)
+    table: SinkTable
+    batch: WriteBatch
     #: rows of each buffered record (SinkStats.rows counts rows, not records)
     row_counts: list[int] = field(default_factory=list)
-    #: set instead of ``rows`` when the table is ingested natively
-    native: NativeBatch | None = None
     first_offset: int = -1
     last_offset: int = -1
     started: float = 0.0
@@ -84,64 +93,53 @@ class PartitionBuffer:
 
 
 @dataclass
-class SinkStats:
+class SinkStats(WriterStats):
     rows: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     skipped_replays: int = 0
     #: outputs of a replayed input (worker crash or rebalance) already stored
     skipped_origin_replays: int = 0
     poison: int = 0
-    insert_failures: int = 0
     #: batch records partly replayed (stored without the outputs already stored)
     partial_origin_replays: int = 0
-    #: native batches ClickHouse refused as data, written by decoding row by row instead
-    native_fallbacks: int = 0
     batches: int = 0
     max_buffered_rows: int = 0
     #: monotonic time the first record arrived (benchmarks time from here, not from join)
     first_record_at: float | None = None
     last_commit_at: float = 0.0
-    #: waits before another insert attempt, after one failed
-    retries: int = 0
     #: table -> seconds to write one batch into it (retries included), one per batch
     insert_seconds: dict[str, Histogram] = field(default_factory=dict)
 
 
 class ClickHouseSink:
+    """The consume/commit loop: buffers each partition's records, has the writer store a
+    batch, dead-letters what it refuses, then commits (``_flush``: the order, and what a
+    crash after each step causes)."""
+
     def __init__(
         self,
-        settings: Settings,
-        client: Client | None = None,
+        config: SinkConfig,
+        client: InsertClient,
+        consumer: SinkConsumer,
+        dlq: DlqProducer,
+        tables: Mapping[str, SinkTable],
         *,
-        client_factory: Callable[[], Client] | None = None,
         client_lock: threading.Lock | None = None,
-        retry_initial_s: float = 0.5,
-        retry_max_s: float = 30.0,
     ) -> None:
-        self.retry_initial_s = retry_initial_s
-        self.retry_max_s = retry_max_s
-        self.settings = settings
-        self.topics = settings.topics
-        configure_registry(settings.schema_registry_url or None)
-        self.topic_table = {
-            self.topics.priced: "priced_usage",
-            self.topics.allocations: "cost_allocations",
-            self.topics.alerts: "budget_alerts",
-            self.topics.budgets: "budgets",
-            self.topics.dlq: "dead_letters",
-            self.topics.alert_actions: "alert_actions",
-            self.topics.alert_deliveries: "alert_deliveries",
-            self.topics.conversions: "allocation_conversions",
-            self.topics.fx_rates: "fx_rates",
-        }
-        self._client_factory = client_factory or (lambda: connect(settings))
-        self.client = client or self._client_factory()
-        self.lock = client_lock or threading.Lock()
-        with self.lock:
-            migrate(self.client)
+        """``tables``: consumed topic -> table, as ``tables.check_tables`` returns it."""
+        self.config = config
+        self.tables = dict(tables)
+        #: topic -> table name (metrics list every table)
+        self.topic_table = {topic: t.name for topic, t in self.tables.items()}
         self.stats = SinkStats()
         self.health = WriterHealth()
-        #: tables whose records ClickHouse decodes itself
-        self.native = set(NATIVE_TABLES) if settings.sink_native_avro else set()
+        self.writer = ClickHouseWriter(
+            client, lock=client_lock, health=self.health, stats=self.stats,
+            retry_initial_s=config.retry_initial_s, retry_max_s=config.retry_max_s,
+            wait=self._wait_paused, recovered=self._resume,
+        )  # fmt: skip
+        self.client = client
+        self.consumer = consumer
+        self.dlq = dlq
         self.buffers: dict[tuple[str, int], PartitionBuffer] = {}
         self.stored: dict[tuple[str, int], int] = {}
         #: (topic, partition) -> {(origin topic, origin partition): highest offset stored}
@@ -154,26 +152,50 @@ class ClickHouseSink:
         self.lags: Lags = {}
         self._lags_at = 0.0
         self._stop = threading.Event()
-        self.consumer_group = f"{settings.topic_prefix}{settings.sink_group}"
-        self.consumer = Consumer(
-            {
-                "bootstrap.servers": settings.bootstrap_servers,
-                "logger": logging.getLogger("spendstream.kafka"),
-                "group.id": self.consumer_group,
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-                "max.poll.interval.ms": 600_000,
-                "queued.max.messages.kbytes": 65536,
-            }
-        )
-        self.dlq = Producer(
-            {
-                "bootstrap.servers": settings.bootstrap_servers,
-                "logger": logging.getLogger("spendstream.kafka"),
-                "enable.idempotence": True,
-                "acks": "all",
-            }
-        )
+        self.consumer_group = config.group
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        client: Any = None,
+        *,
+        client_lock: threading.Lock | None = None,
+        retry_initial_s: float = 0.5,
+        retry_max_s: float = 30.0,
+        registry: Mapping[str, SinkTable] | None = None,
+        migrations: Iterable[tuple[str, str]] | None = None,
+    ) -> ClickHouseSink:
+        """The sink as a service runs it: the schema-registry framing configured, ClickHouse
+        connected and migrated, the tables checked against the migrations and the consumed
+        topics (``SinkTableError`` naming what is missing), the Kafka clients built."""
+        from confluent_kafka import Consumer, Producer
+
+        from spendstream.schemas.avro import configure_registry
+
+        from .tables import check_tables
+        from .warehouse import connect, migrate
+        from .warehouse import migrations as all_migrations
+
+        config = SinkConfig.from_settings(settings, retry_initial_s=retry_initial_s,
+                                          retry_max_s=retry_max_s)  # fmt: skip
+        steps = list(all_migrations() if migrations is None else migrations)
+        tables = check_tables(config.topics, config.names, steps, registry)
+        configure_registry(settings.schema_registry_url or None)
+        ch: Any = client or connect(settings)  # a clickhouse-connect Client (or a wrapper)
+        lock = client_lock or threading.Lock()
+        with lock:
+            migrate(ch, steps)
+        logger = logging.getLogger("spendstream.kafka")
+        consumer = Consumer({
+            "bootstrap.servers": config.bootstrap_servers, "logger": logger,
+            "group.id": config.group, "enable.auto.commit": False,
+            "auto.offset.reset": "earliest", "max.poll.interval.ms": 600_000,
+            "queued.max.messages.kbytes": 65536,
+        })  # fmt: skip
+        dlq = Producer({"bootstrap.servers": config.bootstrap_servers, "logger": logger,
+                        "enable.idempotence": True, "acks": "all"})  # fmt: skip
+        return cls(config, ch, cast(SinkConsumer, consumer), dlq, tables, client_lock=lock)
 
     # --- lifecycle ---------------------------------------------------------------------
     def stop(self, *_: object) -> None:
@@ -186,13 +208,13 @@ class ClickHouseSink:
     def run(self, *, idle_exit_s: float | None = None) -> SinkStats:
         """Consume until stopped (or idle for ``idle_exit_s``, for tests and the demo)."""
         self.consumer.subscribe(
-            list(self.topic_table), on_assign=self._on_assign, on_revoke=self._on_revoke
+            list(self.tables), on_assign=self._on_assign, on_revoke=self._on_revoke
         )
         last_data = time.monotonic()
         try:
             while not self._stop.is_set():
                 messages = self.consumer.consume(
-                    num_messages=min(self.settings.sink_batch_rows, 10_000), timeout=0.2
+                    num_messages=min(self.config.batch_rows, 10_000), timeout=0.2
                 )
                 for msg in messages:
                     err = msg.error()
@@ -227,33 +249,17 @@ class ClickHouseSink:
             self.lags = consumer_lags(self.consumer)
 
     # --- partition assignment ----------------------------------------------------------
-    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         self._assigned_at = time.monotonic()
         self.assigned.update((tp.topic, tp.partition) for tp in partitions)
         for tp in partitions:
-            table = self.topic_table[tp.topic]
-            with self.lock:
-                result = self.client.query(
-                    f"SELECT max(_offset), count() FROM {table} "
-                    "WHERE _topic = {t:String} AND _partition = {p:Int32}",
-                    parameters={"t": tp.topic, "p": tp.partition},
-                )
-            max_offset, count = result.result_rows[0]
-            self.stored[(tp.topic, tp.partition)] = int(max_offset) if count else -1
-            if table in ORIGIN_SCOPED:
-                with self.lock:
-                    rows = self.client.query(
-                        "SELECT origin_topic, origin_partition, max(max_offset) "
-                        "FROM origin_watermarks WHERE table_name = {n:String} AND "
-                        "_topic = {t:String} AND _partition = {p:Int32} "
-                        "GROUP BY origin_topic, origin_partition",
-                        parameters={"n": table, "t": tp.topic, "p": tp.partition},
-                    ).result_rows
-                self.origin_marks[(tp.topic, tp.partition)] = {
-                    (t, int(p)): int(o) for t, p, o in rows
-                }
+            table = self.tables[tp.topic]
+            key = (tp.topic, tp.partition)
+            self.stored[key] = self.writer.stored_offset(table.name, tp.topic, tp.partition)
+            if table.origin_scoped:
+                self.origin_marks[key] = self.writer.origin_marks(table.name, *key)
 
-    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         self._flush_all()
         for tp in partitions:
             self.assigned.discard((tp.topic, tp.partition))
@@ -266,10 +272,11 @@ class ClickHouseSink:
         offset = msg.offset()
         if self.stats.first_record_at is None:
             self.stats.first_record_at = time.monotonic()
-        table = self.topic_table[msg.topic()]
+        table = self.tables[tp[0]]
         buf = self.buffers.get(tp)
         if buf is None:
-            buf = self.buffers[tp] = PartitionBuffer(table=table, started=time.monotonic())
+            buf = self.buffers[tp] = PartitionBuffer(table, WriteBatch(table),
+                                                     started=time.monotonic())  # fmt: skip
         if buf.first_offset < 0:
             buf.first_offset = offset
             buf.started = time.monotonic()
@@ -280,56 +287,78 @@ class ClickHouseSink:
             self.stats.skipped_replays += 1
             return
         keep: dict[tuple[str, int], int] | None = None
-        if table in ORIGIN_SCOPED:
+        if table.origin_scoped:
             verdict = self._origins(tp, msg)
             if not isinstance(verdict, dict) and verdict is not None:  # SKIP
                 self.stats.skipped_origin_replays += 1
-                if len(buf.raws) >= self.settings.sink_batch_rows:
+                if len(buf.batch.records) >= self.config.batch_rows:
                     self._flush(tp, buf)
                 return
             keep = verdict
         value = msg.value()
-        index = len(buf.raws)
+        batch = buf.batch
+        index = len(batch.records)
         try:
-            if table in self.native:
-                if buf.native is None:
-                    buf.native = NativeBatch(
-                        codec(NATIVE_TABLES[table][0]), position_prefix(*tp),
-                        json_position(*tp), BATCH_TABLES.get(table, {}),
-                        staging=NATIVE_TABLES[table][1],
-                    )  # fmt: skip
-                if not batches.is_batch(value):
-                    buf.native.add(value, offset, index)
-                    count = 1
-                else:
-                    version = batches.version_of(value)
-                    if keep is not None:
-                        value = _filtered_batch(value, version, ORIGIN_BATCH_COLUMNS[table], keep)
-                    buf.native.add_rows(version, batches.rows_text(value, version), offset, index)
-                    count = _batch_rows(msg, value, filtered=keep is not None)
-            else:
-                if table == "budgets":  # a tombstone's actor and note are in its headers
-                    stamp = msg.timestamp()[1]
-                    rows = [budget_row(value, (*tp, offset), msg.key(), msg.headers(),
-                                       stamp if stamp >= 0 else None)]  # fmt: skip
-                else:
-                    rows = TABLES[table][1](value, (*tp, offset), msg.key())
+            count = self._buffer_native(tp, buf, msg, value, keep, index)
+            if count is None:
+                stamp = msg.timestamp()[1]
+                record = SinkRecord(tp[0], tp[1], offset, msg.key(), value,
+                                    tuple(msg.headers() or ()), stamp if stamp >= 0 else None)  # fmt: skip
+                rows = table.builder(record)  # type: ignore[misc]
                 if keep is not None:
-                    rows = [r for r in rows if _newer(r, ORIGIN_COLUMNS[table], keep)]
-                buf.rows.extend(rows)
-                buf.row_record.extend([index] * len(rows))
+                    rows = [r for r in rows if _newer(r, table.origin_columns, keep)]
+                batch.rows.extend(rows)
+                batch.row_record.extend([index] * len(rows))
                 count = len(rows)
+            else:
+                record = SinkRecord(tp[0], tp[1], offset, msg.key(), value)
         except Exception as exc:  # poison record: park it in the DLQ, never stop
             self._poison(msg, exc)
         else:
-            buf.raws.append((msg.key(), value, offset))
+            batch.records.append(record)
             buf.row_counts.append(count)
             buf.size += len(value or b"")
             self._buffered += 1
             if self._buffered > self.stats.max_buffered_rows:
                 self.stats.max_buffered_rows = self._buffered
-        if len(buf.raws) >= self.settings.sink_batch_rows or buf.size >= MAX_BUFFER_BYTES:
+        if len(batch.records) >= self.config.batch_rows or buf.size >= MAX_BUFFER_BYTES:
             self._flush(tp, buf)
+
+    def _buffer_native(
+        self, tp: tuple[str, int], buf: PartitionBuffer, msg: Any, value: bytes | None,
+        keep: dict[tuple[str, int], int] | None, index: int,
+    ) -> int | None:  # fmt: skip
+        """Hand the record to ClickHouse's own decoding when its table and format allow;
+        the rows it holds, or None when it must be decoded here."""
+        native = buf.table.native
+        if native is None or not self.config.native or value is None:
+            return None
+        if batches.is_batch(value):
+            version = batches.version_of(value)
+            if version not in native.batch_staging:
+                return None  # an older format: decoded here
+            if keep is not None:
+                value = _filtered_batch(value, version, buf.table.origin_batch_columns[version],
+                                        keep)  # fmt: skip
+            self._native_batch(tp, buf).add_rows(version, batches.rows_text(value, version),
+                                                 msg.offset(), index)  # fmt: skip
+            return _batch_rows(msg, value, filtered=keep is not None)
+        if native.record_type is None:
+            return None
+        self._native_batch(tp, buf).add(value, msg.offset(), index)
+        return 1
+
+    def _native_batch(self, tp: tuple[str, int], buf: PartitionBuffer) -> NativeBatch:
+        batch = buf.batch
+        if batch.native is None:
+            native = buf.table.native
+            assert native is not None
+            batch.native = NativeBatch(
+                codec(native.record_type) if native.record_type else None, position_prefix(*tp),
+                json_position(*tp), dict(native.batch_staging),
+                staging=native.avro_staging or "",
+            )  # fmt: skip
+        return batch.native
 
     def _origins(self, tp: tuple[str, int], msg: Any) -> dict[tuple[str, int], int] | object | None:
         """What of ``msg`` is new: None (all of it), SKIP (nothing: every input position it
@@ -369,7 +398,7 @@ class ClickHouseSink:
         reason: str, code: str,
     ) -> None:  # fmt: skip
         self.stats.poison += 1
-        if topic == self.topics.dlq:
+        if topic == self.config.dlq_topic:
             log.error("DLQ record at %s:%s:%s cannot be stored (%s); it stays in Kafka",
                       topic, partition, offset, reason)  # fmt: skip
             return
@@ -381,13 +410,13 @@ class ClickHouseSink:
             value=value,
             rejected_at=datetime.now(UTC),
         )
-        self.dlq.produce(self.topics.dlq, key=key,
-                         value=framed_codec("DeadLetter", self.topics.dlq).encode(dead.to_avro()))  # fmt: skip
+        self.dlq.produce(self.config.dlq_topic, key=key,
+                         value=framed_codec("DeadLetter", self.config.dlq_topic).encode(dead.to_avro()))  # fmt: skip
         if self.dlq.flush(30):
             raise RuntimeError("could not write to the DLQ topic; not committing")
 
     def _flush_due(self) -> None:
-        linger = self.settings.sink_linger_ms / 1000
+        linger = self.config.linger_ms / 1000
         now = time.monotonic()
         for tp, buf in list(self.buffers.items()):
             if buf.first_offset >= 0 and now - buf.started >= linger:
@@ -399,172 +428,51 @@ class ClickHouseSink:
                 self._flush(tp, buf)
 
     def _flush(self, tp: tuple[str, int], buf: PartitionBuffer) -> None:
-        if buf.raws:
+        """Store one partition's buffer, then commit past it. In this order:
+
+        1. Write the batch (``ClickHouseWriter.write``: native or decoded rows, under the
+           token ``topic:partition:first-last``; it waits out an outage with the
+           partitions paused). Crash after: the rows are in ClickHouse, the offsets are
+           not committed; the restart replays the batch and skips it record by record
+           (``stored``: the highest ``_offset`` in the table, read on assignment), and an
+           identical insert under the same token is dropped by ClickHouse itself.
+        2. Dead-letter the records ClickHouse refused for good (produced and flushed to
+           usage.dlq; a failed flush raises: nothing commits). Crash after: as after 1,
+           except that a refused record that is the partition's last may be read, refused
+           and dead-lettered once more (the DLQ then holds it twice; nothing is counted
+           twice in ClickHouse).
+        3. Commit the offset after the batch (synchronously). Crash after: nothing is
+           replayed. A failed commit (a rebalance took the partition) is logged, not fatal:
+           the new owner replays and step 1's rule skips what is stored.
+        4. Remember the batch as stored (``stored``) and empty the buffer.
+        """
+        batch = buf.batch
+        if batch.records:
             token = f"{tp[0]}:{tp[1]}:{buf.first_offset}-{buf.last_offset}"
             started = time.perf_counter()
-            if buf.native is not None:
-                rejected = self._insert_native(tp, buf, token)
-            else:
-                columns = TABLES[buf.table][0]
-                failed = self._insert_with_retry(buf.table, buf.rows, columns, token)
-                rejected = _records_of(failed, buf.row_record)
-            hist = self.stats.insert_seconds.get(buf.table)
+            rejected = self.writer.write(batch, token)  # 1.
+            hist = self.stats.insert_seconds.get(buf.table.name)
             if hist is None:
-                hist = self.stats.insert_seconds[buf.table] = Histogram(SECONDS_BUCKETS)
+                hist = self.stats.insert_seconds[buf.table.name] = Histogram(SECONDS_BUCKETS)
             hist.observe(time.perf_counter() - started)
-            for index, reason in rejected:
-                key, value, offset = buf.raws[index]
-                self._dead_letter(tp[0], tp[1], offset, key, value, reason, "sink_insert")
-            self.stats.rows[buf.table] += sum(buf.row_counts) - sum(
+            for index, reason in rejected:  # 2.
+                r = batch.records[index]
+                self._dead_letter(tp[0], tp[1], r.offset, r.key, r.value, reason, "sink_insert")
+            self.stats.rows[buf.table.name] += sum(buf.row_counts) - sum(
                 buf.row_counts[index] for index, _ in rejected
             )
             self.stats.batches += 1
-        self._commit(tp, buf.last_offset + 1)
-        self.stored[tp] = buf.last_offset
-        self._buffered -= len(buf.raws)
-        buf.rows = []
-        buf.row_record = []
-        buf.raws = []
+        self._commit(tp, buf.last_offset + 1)  # 3.
+        self.stored[tp] = buf.last_offset  # 4.
+        self._buffered -= len(batch.records)
+        buf.batch = WriteBatch(buf.table)
         buf.row_counts = []
         buf.size = 0
-        buf.native = None
         buf.first_offset = buf.last_offset = -1
 
-    def _insert_native(
-        self, tp: tuple[str, int], buf: PartitionBuffer, token: str
-    ) -> list[tuple[int, str]]:
-        """Send the batch as Avro containers (one per writer schema) to the staging table.
-
-        Unreachable ClickHouse: pause and retry, as for decoded rows. Refused as data (a
-        record whose framing is ours but whose body is not valid Avro, say): the groups
-        not yet written are decoded row by row, which finds the records at fault.
-        """
-        assert buf.native is not None
-        payloads = buf.native.payloads()
-        done = 0
-        delay = self.retry_initial_s
-        try:
-            while done < len(payloads):
-                key, staging, fmt, data = payloads[done]
-                part = token if len(payloads) == 1 else f"{token}.w{done}"
-                settings = {
-                    "insert_deduplication_token": part,
-                    "deduplicate_blocks_in_dependent_materialized_views": 1,
-                    **INSERT_SETTINGS,
-                }
-                try:
-                    with self.lock:
-                        self.client.raw_insert(staging, insert_block=data, fmt=fmt,
-                                               settings=settings)  # fmt: skip
-                    self.health.succeeded()
-                    done += 1
-                    delay = self.retry_initial_s
-                except Exception as exc:
-                    self.stats.insert_failures += 1
-                    self.health.failed(_first_line(exc))
-                    if not _is_data_error(exc):
-                        delay = self._backoff(staging, exc, delay)
-                        continue
-                    self.stats.native_fallbacks += 1
-                    log.warning("ClickHouse refused a native %s batch of %s:%s (%s); "
-                                "decoding it row by row", fmt, tp[0], tp[1], _first_line(exc))  # fmt: skip
-                    left = [i for k, *_ in payloads[done:] for i in buf.native.indices[k]]
-                    return self._insert_decoded(tp, buf, left, f"{token}.rows")
-            return []
-        finally:
-            self._resume()
-
-    def _insert_decoded(
-        self, tp: tuple[str, int], buf: PartitionBuffer, indices: list[int], token: str
-    ) -> list[tuple[int, str]]:
-        """Decode the buffered records at ``indices`` in Python and insert them as rows."""
-        columns, builder = TABLES[buf.table]
-        rows: list[list[Any]] = []
-        row_record: list[int] = []
-        rejected: list[tuple[int, str]] = []
-        for index in indices:
-            key, value, offset = buf.raws[index]
-            try:
-                built = builder(value, (*tp, offset), key)
-            except Exception as exc:
-                rejected.append((index, f"sink could not decode {tp[0]} record: {exc}"))
-                continue
-            rows.extend(built)
-            row_record.extend([index] * len(built))
-        if rows:
-            failed = self._insert_with_retry(buf.table, rows, columns, token)
-            rejected += _records_of(failed, row_record)
-        return rejected
-
-    def _insert(self, table: str, rows: list[list[Any]], columns: list[str], token: str) -> None:
-        try:
-            with self.lock:
-                self.client.insert(
-                    table, rows, column_names=columns,
-                    settings={
-                        "insert_deduplication_token": token,
-                        "deduplicate_blocks_in_dependent_materialized_views": 1,
-                    },
-                )  # fmt: skip
-        except Exception as exc:
-            self.health.failed(f"insert into {table}: {_first_line(exc)}")
-            raise
-        self.health.succeeded()
-
-    def _insert_with_retry(
-        self, table: str, rows: list[list[Any]], columns: list[str], token: str
-    ) -> list[tuple[int, str]]:
-        """Insert a batch; returns (row index, reason) of rows ClickHouse refuses for good.
-
-        Unreachable ClickHouse (or a transient server condition): pause consumption and
-        retry with backoff, forever. The same data error three times: split the batch to
-        find the rows at fault; they go to the DLQ only if the rest of the batch inserts
-        (if every row fails alike, the table is at fault, not the data: keep retrying).
-        """
-        delay = self.retry_initial_s
-        data_errors = 0
-        try:
-            while True:
-                try:
-                    self._insert(table, rows, columns, token)
-                    return []
-                except Exception as exc:
-                    self.stats.insert_failures += 1
-                    if _is_data_error(exc):
-                        data_errors += 1
-                        if data_errors >= 3 and len(rows) > 1:
-                            failed = self._insert_parts(table, rows, list(range(len(rows))),
-                                                        columns, token)  # fmt: skip
-                            if len(failed) < len(rows):
-                                return failed
-                    delay = self._backoff(table, exc, delay)
-        finally:
-            self._resume()
-
-    def _insert_parts(
-        self, table: str, rows: list[list[Any]], idx: list[int], columns: list[str], token: str
-    ) -> list[tuple[int, str]]:
-        delay = self.retry_initial_s
-        while True:
-            try:
-                self._insert(table, [rows[i] for i in idx], columns, token)
-                return []
-            except Exception as exc:
-                if _is_data_error(exc):
-                    reason = _first_line(exc)
-                    break
-                delay = self._backoff(table, exc, delay)
-        if len(idx) == 1:
-            return [(idx[0], f"ClickHouse refused the row: {reason}")]
-        mid = len(idx) // 2
-        return self._insert_parts(table, rows, idx[:mid], columns, f"{token}.0") + \
-            self._insert_parts(table, rows, idx[mid:], columns, f"{token}.1")  # fmt: skip
-
-    def _backoff(self, table: str, exc: Exception, delay: float) -> float:
-        """Wait ``delay`` with consumption paused (group membership kept); next delay."""
-        log.warning("insert into %s failed (%s); retrying in %.1fs", table, _first_line(exc),
-                    delay)  # fmt: skip
-        self.stats.retries += 1
+    def _wait_paused(self, delay: float, table: str, exc: Exception) -> None:
+        """The writer's wait between attempts: consumption paused (group membership kept),
+        ``SinkStopped`` when a stop was asked for meanwhile (nothing commits)."""
         if not self._paused:
             assignment = self.consumer.assignment()
             if assignment:
@@ -577,7 +485,6 @@ class ClickHouseSink:
         if self._stop.is_set():
             # Leave without committing: the batch is replayed by the next run.
             raise SinkStopped(f"stopped while {table} could not be written") from exc
-        return min(delay * 2, self.retry_max_s)
 
     def _resume(self) -> None:
         if self._paused:
@@ -596,21 +503,6 @@ class ClickHouseSink:
         self.stats.last_commit_at = time.monotonic()
 
 
-#: tables whose rows the workers derive from input positions, and where each row keeps its
-#: input position (origin_topic, origin_partition, origin_offset) among its columns
-ORIGIN_SCOPED = frozenset({"priced_usage", "cost_allocations", "dead_letters"})
-
-
-def _origin_columns(columns: list[str]) -> tuple[int, int, int]:
-    return (columns.index("origin_topic"), columns.index("origin_partition"),
-            columns.index("origin_offset"))  # fmt: skip
-
-
-ORIGIN_COLUMNS: dict[str, tuple[int, int, int]] = {
-    "priced_usage": _origin_columns(PRICED_COLUMNS),
-    "cost_allocations": _origin_columns(ALLOCATION_COLUMNS),
-    "dead_letters": _origin_columns(DLQ_COLUMNS),
-}  # fmt: skip
 #: ``_origins`` verdict: the whole record is a replay
 SKIP = object()
 
@@ -624,15 +516,6 @@ def parse_origins(header: str) -> list[tuple[str, int, int, int]]:
         first, _, last = span.partition("-")
         ranges.append((topic, int(partition), int(first), int(last or first)))
     return ranges
-
-
-#: the same three columns in a table's batch rows (schemas/batches.py)
-ORIGIN_BATCH_COLUMNS: dict[str, tuple[int, int, int]] = {
-    "priced_usage": (batches.P["origin_topic"], batches.P["origin_partition"],
-                     batches.P["origin_offset"]),
-    "cost_allocations": (batches.A["origin_topic"], batches.A["origin_partition"],
-                         batches.A["origin_offset"]),
-}  # fmt: skip
 
 
 def _batch_rows(msg: Any, value: bytes, *, filtered: bool) -> int:
@@ -667,35 +550,5 @@ def _newer(
     return bool(row[o] > marks.get((row[t], row[p]), -1))
 
 
-def _records_of(failed: list[tuple[int, str]], row_record: list[int]) -> list[tuple[int, str]]:
-    """Rows refused for good -> their records (once each: a record goes to the DLQ whole)."""
-    seen: dict[int, str] = {}
-    for row, reason in failed:
-        seen.setdefault(row_record[row], reason)
-    return list(seen.items())
-
-
 #: a partition's buffer is written once it holds this many bytes, whatever its record count
 MAX_BUFFER_BYTES = 32 << 20
-
-#: ClickHouse error codes that are conditions of the server, not of the data.
-TRANSIENT_CODES = {159, 202, 209, 210, 236, 241, 242, 252, 425, 999, 1000}
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
-
-
-def _is_data_error(exc: Exception) -> bool:
-    """True when the data is at fault (ClickHouse refused it, or it cannot be serialized),
-    False when ClickHouse is unreachable or overloaded."""
-    from clickhouse_connect.driver.exceptions import DataError, ProgrammingError
-
-    if isinstance(exc, (DataError, ProgrammingError, TypeError, ValueError, OverflowError)):
-        return True
-    text = str(exc)
-    match = re.search(r"Code: (\d+)", text)
-    if match is None or "DB::Exception" not in text:
-        return False
-    return int(match.group(1)) not in TRANSIENT_CODES

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from binascii import a2b_base64
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
@@ -47,6 +47,8 @@ def priced_rows(value: bytes, pos: Position) -> list[list[Any]]:
     if not batches.is_batch(value):
         return [priced_row(value, pos)]
     version, rows = batches.decode(value)
+    if version == batches.PRICED_V2:
+        return [priced_v2_row(r, pos) for r in rows]
     if version != batches.PRICED_V1:
         raise batches.BatchFormatError(f"a {version} record on the priced topic")
     events = codec("UsageEvent")
@@ -65,6 +67,17 @@ def priced_rows(value: bytes, pos: Position) -> list[list[Any]]:
         }  # fmt: skip
         out.append(priced_row_of(priced, events.decode(a2b_base64(r[P["event"]])), pos))
     return out
+
+
+def priced_v2_row(r: list[Any], pos: Position) -> list[Any]:
+    """Row from a ``priced/2`` row: the event is flattened already (schemas/batches.py), in
+    this table's column order; only money and times change type (as migration 0012 does)."""
+    components = [(n, from_nanos(q), u, from_nanos(a)) for n, q, u, a in r[38]]
+    return [
+        r[0], from_micros(r[1]), *r[2:29], from_nanos(r[29]), *r[30:35], from_nanos(r[35]),
+        r[36], int(r[37]), components, r[39], r[40], r[41], r[42], r[43], from_micros(r[44]),
+        *pos,
+    ]  # fmt: skip
 
 
 def priced_row(value: bytes, pos: Position) -> list[Any]:
@@ -330,18 +343,3 @@ def fx_rate_rows(value: bytes | None, pos: Position) -> list[list[Any]]:
         return []
     r = codec("FxRate").decode(value)
     return [[r["day"], r["base"], r["quote"], r["rate"], r["source"], r["published_at"], *pos]]
-
-
-#: table name -> (columns, builder of the rows of one record, taking (value, position, key))
-RowBuilder = Callable[[Any, Position, Any], list[list[Any]]]
-TABLES: dict[str, tuple[list[str], RowBuilder]] = {
-    "priced_usage": (PRICED_COLUMNS, lambda v, p, k: priced_rows(v, p)),
-    "cost_allocations": (ALLOCATION_COLUMNS, lambda v, p, k: allocation_rows(v, p)),
-    "budget_alerts": (ALERT_COLUMNS, lambda v, p, k: [alert_row(v, p)]),
-    "budgets": (BUDGET_COLUMNS, lambda v, p, k: [budget_row(v, p, k)]),
-    "dead_letters": (DLQ_COLUMNS, lambda v, p, k: [dlq_row(v, p)]),
-    "alert_actions": (ACTION_COLUMNS, lambda v, p, k: [action_row(v, p)]),
-    "alert_deliveries": (DELIVERY_COLUMNS, lambda v, p, k: [delivery_row(v, p)]),
-    "allocation_conversions": (CONVERSION_COLUMNS, lambda v, p, k: conversion_rows(v, p)),
-    "fx_rates": (FX_RATE_COLUMNS, lambda v, p, k: fx_rate_rows(v, p)),
-}

@@ -96,7 +96,7 @@ def _run(
 ) -> SinkStats:
     client = connect_waiting(settings)
     writer = wrap_client(client) if wrap_client else client
-    sink = watch.sink = ClickHouseSink(settings, writer)
+    sink = watch.sink = ClickHouseSink.from_settings(settings, writer)
     if handle_signals:
         sink.install_signal_handlers()
     server = None

@@ -121,8 +121,9 @@ def _statements(sql: str) -> list[str]:
     return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
 
 
-def migrate(client: Client) -> list[str]:
-    """Apply pending migrations in order; safe to run again (every statement is idempotent)."""
+def migrate(client: Client, steps: list[tuple[str, str]] | None = None) -> list[str]:
+    """Apply pending migrations in order (``steps``: (version, SQL); all of
+    sinks/migrations by default); safe to run again (every statement is idempotent)."""
     client.command(
         "CREATE TABLE IF NOT EXISTS schema_migrations (version String, "
         "applied_at DateTime64(6, 'UTC') DEFAULT now64(6)) ENGINE = ReplacingMergeTree "
@@ -130,7 +131,7 @@ def migrate(client: Client) -> list[str]:
     )
     done = {row[0] for row in client.query("SELECT version FROM schema_migrations").result_rows}
     applied = []
-    for version, sql in migrations():
+    for version, sql in migrations() if steps is None else steps:
         if version in done:
             continue
         for index, statement in enumerate(_statements(sql)):

@@ -125,10 +125,10 @@ def worker_inputs(settings: Settings) -> list[str]:
 
 
 def sink_inputs(settings: Settings) -> list[str]:
-    """Topics the sink group consumes (as sinks/clickhouse_sink.py subscribes)."""
-    t = settings.topics
-    return [t.priced, t.allocations, t.alerts, t.budgets, t.dlq, t.alert_actions,
-            t.alert_deliveries, t.conversions, t.fx_rates]  # fmt: skip
+    """Topics the sink group consumes: one per registered sink table (sinks/tables.py)."""
+    from spendstream.sinks.tables import topic_tables
+
+    return list(topic_tables(settings.topics))
 
 
 def group_lag(settings: Settings, group: str, topics: Iterable[str]) -> int:

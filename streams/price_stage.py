@@ -1,7 +1,7 @@
 """The price stage as plain Python: raw input records in, output records out.
 
 Decode, validate, dedupe, price and allocate a batch of raw usage records, and build what
-the batch produces: one ``priced/1`` batch record per input partition (usage.priced), one
+the batch produces: one ``priced/2`` batch record per input partition (usage.priced), one
 ``allocations/1`` batch record per partition of cost-allocations (schemas/batches.py), a
 dead letter per rejected record, and one ``SeenEvents`` changelog record per input
 partition. No Kafka here (price_loop.py delivers and commits); a test drives it with a
@@ -18,7 +18,6 @@ normalise or refuse, a model the compiled prices do not cover.
 from __future__ import annotations
 
 import logging
-from binascii import b2a_base64
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -424,11 +423,12 @@ class PriceStage:
         priced_topic, allocations_topic, _, changelog = self.topics
         n_priced, n_changelog = self.partitions(priced_topic), self.partitions(changelog)
         for tp, part in parts.items():
-            header = [("origin", f"{tp[0]}:{tp[1]}:{part.first}-{part.last}".encode())]
+            header = [("origin", f"{tp[0]}:{tp[1]}:{part.first}-{part.last}".encode()),
+                      ("rows", b"%d" % len(part.rows))]  # fmt: skip
             if part.rows:
                 batch.outputs.append(OutputRecord(
                     priced_topic, tp[1] % n_priced, None,
-                    batches.encode(batches.PRICED_V1, part.rows), header))  # fmt: skip
+                    batches.encode(batches.PRICED_V2, part.rows), header))  # fmt: skip
             if part.seen_ids:
                 batch.outputs.append(OutputRecord(changelog, tp[1] % n_changelog, None,
                     self._seen.encode({"topic": tp[0], "partition": tp[1],
@@ -461,9 +461,10 @@ class PriceStage:
 
 
 def _priced_row(priced: Priced, origin: tuple[str, int, int], now_us: int) -> list[Any]:
-    """A ``priced/1`` row (schemas/batches.py)."""
+    """A ``priced/2`` row (schemas/batches.py): the event flattened, so ClickHouse reads it
+    without decoding Avro (migration 0012)."""
     return [
-        b2a_base64(priced.raw, newline=False).decode(), priced.total_nanos, priced.currency,
-        priced.priced, [list(line) for line in priced.lines], priced.source, priced.version,
-        *origin, now_us,
+        *batches.priced_event_columns(priced.event), priced.total_nanos, priced.currency,
+        int(priced.priced), [list(line) for line in priced.lines], priced.source,
+        priced.version, *origin, now_us,
     ]  # fmt: skip

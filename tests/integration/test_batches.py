@@ -67,6 +67,17 @@ def priced(offset: int, cost: str) -> list:
             to_micros(NOW)]  # fmt: skip
 
 
+def priced2(offset: int, cost: str) -> list:
+    """A ``priced/2`` row: the same facts, the event flattened (ClickHouse reads it)."""
+    event = UsageEvent(event_id=f"e{offset}", occurred_at=NOW, source="llm",
+                       attributes=Attributes(team="ml"),
+                       payload=LlmUsage(provider="openai", model="m", input_tokens=10))  # fmt: skip
+    nanos = to_nanos(Decimal(cost))
+    return [*batches.priced_event_columns(codec("UsageEvent").decode(event.encode())), nanos,
+            "USD", 1, [["input", 10 * 10**9, "tokens", nanos]], "t", "t", "usage.llm", 0,
+            offset, to_micros(NOW)]  # fmt: skip
+
+
 def allocations(*rows: list) -> bytes:
     return batches.encode(batches.ALLOCATIONS_V1, list(rows))
 
@@ -94,6 +105,11 @@ def test_batch_records_land_one_row_per_fact_and_a_rebatched_replay_adds_nothing
          "usage.llm:0:4-7")  # fmt: skip
     send(topics.priced, batches.encode(batches.PRICED_V1, [priced(o, "1") for o in range(2, 8)]),
          "usage.llm:0:2-7")  # fmt: skip
+    # priced/2 records (native path), then a replay re-batched as 11-12
+    send(topics.priced, batches.encode(batches.PRICED_V2, [priced2(o, "1") for o in (10, 11)]),
+         "usage.llm:0:10-11")  # fmt: skip
+    send(topics.priced, batches.encode(batches.PRICED_V2, [priced2(o, "1") for o in (11, 12)]),
+         "usage.llm:0:11-12")  # fmt: skip
     # and a single CostAllocation written before batches existed
     producer.produce(topics.allocations, key=b"c",
                      value=codec("CostAllocation").encode(single(9, "c", "0.25")),
@@ -106,7 +122,7 @@ def test_batch_records_land_one_row_per_fact_and_a_rebatched_replay_adds_nothing
             "sink_native_avro": native, "clickhouse_database": f"batch_{uuid.uuid4().hex[:8]}",
             "sink_group": f"sink-{uuid.uuid4().hex[:6]}"})  # fmt: skip
         db = connect(settings)
-        sink = ClickHouseSink(settings, db)
+        sink = ClickHouseSink.from_settings(settings, db)
         sink.run(idle_exit_s=3)
         rows = db.query("SELECT allocation_id, amount FROM cost_allocations ORDER BY "
                         "allocation_id").result_rows  # fmt: skip
@@ -114,13 +130,17 @@ def test_batch_records_land_one_row_per_fact_and_a_rebatched_replay_adds_nothing
                         ("e2/a", Decimal("1.5")), ("e3/a", Decimal(2)), ("e5/a", Decimal(3)),
                         ("e7/b", Decimal(4)), ("e9/c", Decimal("0.25"))], native  # fmt: skip
         assert db.query("SELECT count(), uniqExact(event_id), sum(cost) FROM priced_usage"
-                        ).result_rows == [(8, 8, Decimal(8))]  # fmt: skip
+                        ).result_rows == [(11, 11, Decimal(11))]  # fmt: skip
+        # priced/1 (decoded here) and priced/2 (ClickHouse) rows alike, column for column
+        alike = db.query("SELECT DISTINCT * EXCEPT (event_id, origin_offset, _offset, "
+                         "inserted_at) FROM priced_usage").result_rows  # fmt: skip
+        assert len(alike) == 1, alike
         assert db.query("SELECT sum(cost) FROM daily_spend_by_budget").result_rows[0][0] == \
             Decimal("10.750000002")  # fmt: skip
-        assert sink.stats.partial_origin_replays == 2 and sink.stats.skipped_origin_replays == 1
+        assert sink.stats.partial_origin_replays == 3 and sink.stats.skipped_origin_replays == 1
         assert sink.stats.native_fallbacks == 0  # the native path took every batch
         # rows, not records (spendstream_sink_rows_total): a replay's filtered rows only
-        assert sink.stats.rows["cost_allocations"] == 7 and sink.stats.rows["priced_usage"] == 8
+        assert sink.stats.rows["cost_allocations"] == 7 and sink.stats.rows["priced_usage"] == 11
     client.close()
 
 

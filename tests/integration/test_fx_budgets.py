@@ -95,7 +95,7 @@ def test_eur_budget_holds_usd_spend_until_the_rate_then_everything_agrees(
         "clickhouse_dsn": f"chdb://{chdb_dir}",
         "clickhouse_database": f"fx_{uuid.uuid4().hex[:8]}"})  # fmt: skip
     db = connect(sink_settings)
-    ClickHouseSink(sink_settings, db).run(idle_exit_s=3)
+    ClickHouseSink.from_settings(sink_settings, db).run(idle_exit_s=3)
     rows = db.query("SELECT event_id, amount, currency, budget_amount, rate, rate_day FROM "
                     "allocation_conversions FINAL WHERE budget_id = 'eu' ORDER BY event_id"
                     ).result_rows  # fmt: skip

@@ -251,7 +251,7 @@ def test_webhook_retries_retry_after_final_answers_and_the_delivery_log(
     sink_s = s.model_copy(update={"clickhouse_dsn": f"chdb://{chdb_dir}",
                                   "clickhouse_database": f"n_{uuid.uuid4().hex[:8]}"})  # fmt: skip
     client = connect(sink_s)
-    ClickHouseSink(sink_s, client).run(idle_exit_s=3)
+    ClickHouseSink.from_settings(sink_s, client).run(idle_exit_s=3)
     rows = client.query("SELECT alert_id, last_outcome, attempts FROM alert_delivery_status "
                         "ORDER BY alert_id").result_rows  # fmt: skip
     assert {r[0]: (r[1], r[2]) for r in rows} == {

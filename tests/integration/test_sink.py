@@ -71,7 +71,7 @@ def counts(client, table: str = "priced_usage", column: str = "event_id"):  # ty
 
 
 def run_sink(settings: Settings, client, **kwargs) -> ClickHouseSink:  # type: ignore[no-untyped-def]
-    sink = ClickHouseSink(settings, client, **kwargs)
+    sink = ClickHouseSink.from_settings(settings, client, **kwargs)
     sink.run(idle_exit_s=3)
     return sink
 
@@ -84,7 +84,7 @@ def test_replay_and_restart_mid_stream_leave_no_duplicates(sink_settings):
     client = connect(sink_settings)
 
     # 1) stop the sink mid-stream, after a few batches
-    sink = ClickHouseSink(sink_settings, client)
+    sink = ClickHouseSink.from_settings(sink_settings, client)
     stopper = threading.Thread(target=lambda: (time.sleep(0.05), sink.stop()))
     stopper.start()
     sink.run()
@@ -117,18 +117,18 @@ def test_insert_then_crash_before_commit_adds_nothing_on_restart(sink_settings):
             raise SystemExit("crash after the insert, before the offset commit")
 
     with pytest.raises(SystemExit):
-        CrashAfterInsert(sink_settings, client).run(idle_exit_s=3)
+        CrashAfterInsert.from_settings(sink_settings, client).run(idle_exit_s=3)
     inserted = counts(client)[0]
     assert inserted > 0  # a batch reached ClickHouse, its offsets were never committed
     run_sink(sink_settings, client)
     assert counts(client)[:2] == (300, 300)
 
     # and a retried identical batch (same token) is dropped by ClickHouse itself
-    sink = ClickHouseSink(sink_settings, client)
+    sink = ClickHouseSink.from_settings(sink_settings, client)
     row = client.query("SELECT * FROM priced_usage LIMIT 1").result_rows[0]
     columns = client.query("SELECT * FROM priced_usage LIMIT 0").column_names
     for _ in range(2):
-        sink._insert("priced_usage", [list(row)], list(columns), "same-token")
+        sink.writer.insert("priced_usage", [list(row)], list(columns), "same-token")
     assert counts(client)[:2] == (301, 300)  # one extra row, not two
     assert client.query("SELECT count() FROM priced_usage FINAL").result_rows[0][0] == 300
 
@@ -156,7 +156,7 @@ def test_clickhouse_outage_holds_then_catches_up_with_bounded_memory(sink_settin
             return getattr(real, name)
 
     flaky = Flaky()
-    sink = ClickHouseSink(sink_settings, flaky, retry_initial_s=0.05, retry_max_s=0.5)  # type: ignore[arg-type]
+    sink = ClickHouseSink.from_settings(sink_settings, flaky, retry_initial_s=0.05, retry_max_s=0.5)  # type: ignore[arg-type]
     flaky.down.set()
     thread = threading.Thread(target=sink.run, kwargs={"idle_exit_s": 5})
     thread.start()
@@ -201,7 +201,7 @@ def test_row_clickhouse_refuses_is_isolated_and_dead_lettered(sink_settings):
         def __getattr__(self, name):  # type: ignore[no-untyped-def]
             return getattr(real, name)
 
-    sink = ClickHouseSink(sink_settings, RefusesOneRow(), retry_initial_s=0.01)  # type: ignore[arg-type]
+    sink = ClickHouseSink.from_settings(sink_settings, RefusesOneRow(), retry_initial_s=0.01)  # type: ignore[arg-type]
     sink.run(idle_exit_s=3)
     assert counts(real)[:2] == (40, 40)
     assert real.query("SELECT count() FROM priced_usage WHERE event_id = 'ev-20'").result_rows == [
@@ -230,7 +230,9 @@ def test_every_row_failing_is_an_outage_not_poison(sink_settings):
         def __getattr__(self, name):  # type: ignore[no-untyped-def]
             return getattr(real, name)
 
-    sink = ClickHouseSink(sink_settings, BrokenTable(), retry_initial_s=0.01, retry_max_s=0.05)  # type: ignore[arg-type]
+    sink = ClickHouseSink.from_settings(
+        sink_settings, BrokenTable(), retry_initial_s=0.01, retry_max_s=0.05
+    )  # type: ignore[arg-type]
     broken.set()  # after the sink's migrations ran
     thread = threading.Thread(target=sink.run, kwargs={"idle_exit_s": 3})
     thread.start()
@@ -364,7 +366,9 @@ def test_native_ingest_holds_through_an_outage_and_skips_replays(sink_settings):
         def __getattr__(self, name):  # type: ignore[no-untyped-def]
             return getattr(real, name)
 
-    sink = ClickHouseSink(sink_settings, Flaky(), retry_initial_s=0.05, retry_max_s=0.5)  # type: ignore[arg-type]
+    sink = ClickHouseSink.from_settings(
+        sink_settings, Flaky(), retry_initial_s=0.05, retry_max_s=0.5
+    )  # type: ignore[arg-type]
     down.set()
     thread = threading.Thread(target=sink.run, kwargs={"idle_exit_s": 4})
     thread.start()
