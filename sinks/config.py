@@ -35,13 +35,13 @@ class SinkConfig:
     def from_settings(
         cls, settings: Settings, *, retry_initial_s: float = 0.5, retry_max_s: float = 30.0
     ) -> SinkConfig:
-        from spendstream.topics import sink_inputs
+        from .tables import sink_inputs
 
         return cls(
             bootstrap_servers=settings.bootstrap_servers,
             group=f"{settings.topic_prefix}{settings.sink_group}",
             topic_prefix=settings.topic_prefix,
-            topics=tuple(sink_inputs(settings)),
+            topics=tuple(sink_inputs(settings.topics)),
             dlq_topic=settings.topics.dlq,
             batch_rows=settings.sink_batch_rows,
             linger_ms=settings.sink_linger_ms,

@@ -104,6 +104,11 @@ def register(table: SinkTable, registry: dict[str, SinkTable] | None = None) -> 
     return table
 
 
+def sink_inputs(topics: Topics) -> list[str]:
+    """Topics the sink group consumes: one per registered sink table."""
+    return list(topic_tables(topics))
+
+
 def topic_tables(
     topics: Topics, registry: Mapping[str, SinkTable] | None = None
 ) -> dict[str, SinkTable]:

@@ -124,13 +124,6 @@ def worker_inputs(settings: Settings) -> list[str]:
     return [*t.sources, t.allocations]
 
 
-def sink_inputs(settings: Settings) -> list[str]:
-    """Topics the sink group consumes: one per registered sink table (sinks/tables.py)."""
-    from spendstream.sinks.tables import topic_tables
-
-    return list(topic_tables(settings.topics))
-
-
 def group_lag(settings: Settings, group: str, topics: Iterable[str]) -> int:
     """Records of ``topics`` the consumer ``group`` has not committed yet (all partitions)."""
     return sum(partition_lags(settings, group, topics).values())

@@ -158,9 +158,9 @@ def status_cmd(
         from confluent_kafka import KafkaError, KafkaException
 
         from spendstream.readback import decode_alert, read_newest
+        from spendstream.sinks.tables import sink_inputs
         from spendstream.topics import (
             sink_group,
-            sink_inputs,
             topic_lags,
             wait_for_broker,
             worker_group,
@@ -172,7 +172,7 @@ def status_cmd(
         wait_for_broker(address, BROKER_CHECK_S)
         try:
             worker_lag = worker_lags(settings)
-            sink_lag = topic_lags(settings, sink_group(settings), sink_inputs(settings))
+            sink_lag = topic_lags(settings, sink_group(settings), sink_inputs(settings.topics))
             alert = read_newest(settings, settings.topics.alerts, decode_alert)
         except KafkaException as exc:
             error = exc.args[0] if exc.args else None

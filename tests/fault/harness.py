@@ -44,6 +44,7 @@ from spendstream.readback import read_alerts, read_statuses
 from spendstream.schemas.budget import BudgetDefinition
 from spendstream.schemas.models import DeadLetter, SourcePosition, UsageEvent
 from spendstream.schemas.money import plain
+from spendstream.sinks.tables import sink_inputs
 from spendstream.sinks.warehouse import SinkWarehouse, sink_warehouse
 from spendstream.streams.matching import BudgetRegistry
 from spendstream.streams.pricing import Catalog, Pricer
@@ -54,7 +55,6 @@ from spendstream.topics import (
     pipeline_lags,
     price_group,
     sink_group,
-    sink_inputs,
     worker_group,
 )
 
@@ -264,7 +264,7 @@ class FaultRun:
                                        [t.allocations])}  # fmt: skip
             behind = {k: v for k, v in worker.items() if v}
             sink = partition_lags(self.settings, sink_group(self.settings),
-                                  sink_inputs(self.settings))  # fmt: skip
+                                  sink_inputs(self.settings.topics))  # fmt: skip
             sink_behind = {k: v for k, v in sink.items() if v}
             raise ServiceFailed(f"{exc}; worker partitions behind: {behind}; sink partitions "
                                 f"behind: {sink_behind}") from exc  # fmt: skip

@@ -16,11 +16,11 @@ from spendstream.processes import wait_for
 from spendstream.producer import UsagePublisher, publish_budgets
 from spendstream.readback import read_alerts
 from spendstream.schemas.budget import BudgetDefinition
+from spendstream.sinks.tables import sink_inputs
 from spendstream.sinks.warehouse import running_sink
 from spendstream.topics import (
     ensure_topics,
     sink_group,
-    sink_inputs,
     topic_lags,
     worker_group,
     worker_inputs,
@@ -62,7 +62,7 @@ def test_status_shows_broker_lag_sink_and_last_alert(settings, services):
     assert before["worker"]["lag"][settings.topics.llm] == len(events)
     assert before["worker"]["http"]["answering"] is False
     assert before["sink"]["group"] == sink_group(settings)
-    assert set(before["sink"]["lag"]) == set(sink_inputs(settings))
+    assert set(before["sink"]["lag"]) == set(sink_inputs(settings.topics))
     assert before["sink"]["lag"][settings.topics.budgets] == 1
     assert before["sink"]["running"] is False
     assert before["last_alert"] is None
@@ -72,7 +72,7 @@ def test_status_shows_broker_lag_sink_and_last_alert(settings, services):
 
     def settled() -> bool:
         lags = [*worker_lags(settings).values(),
-                *topic_lags(settings, sink_group(settings), sink_inputs(settings)).values()]  # fmt: skip
+                *topic_lags(settings, sink_group(settings), sink_inputs(settings.topics)).values()]  # fmt: skip
         return all(lag == 0 for lag in lags) and bool(read_alerts(settings)) and \
             running_sink(settings) is not None  # fmt: skip
 

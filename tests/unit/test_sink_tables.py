@@ -14,10 +14,10 @@ from spendstream.sinks.tables import (
     check_tables,
     created_tables,
     register,
+    sink_inputs,
     topic_tables,
 )
 from spendstream.sinks.warehouse import migrations
-from spendstream.topics import sink_inputs
 
 TOPICS = Topics("p.")
 
@@ -30,7 +30,7 @@ def toy(**changes) -> SinkTable:  # type: ignore[no-untyped-def]
 
 def test_every_registered_table_has_its_migrations_and_its_topic_is_consumed() -> None:
     settings = load_settings(topic_prefix="p.")
-    consumed = sink_inputs(settings)
+    consumed = sink_inputs(settings.topics)
     tables = check_tables(consumed, settings.topics, migrations())
     assert {t.name for t in tables.values()} == set(TABLES)
     assert tables["p.usage.priced"].name == "priced_usage"
@@ -75,4 +75,6 @@ def test_registry_errors_are_spendstream_errors_and_names_are_unique() -> None:
     assert issubclass(SinkTableError, SpendstreamError)
     with pytest.raises(SinkTableError, match="registered twice"):
         register(toy(name="priced_usage"), dict(TABLES))
-    assert sorted(topic_tables(TOPICS)) == sorted(sink_inputs(load_settings(topic_prefix="p.")))
+    assert sorted(topic_tables(TOPICS)) == sorted(
+        sink_inputs(load_settings(topic_prefix="p.").topics)
+    )
