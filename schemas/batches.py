@@ -60,50 +60,6 @@ PRICED2_COLUMNS = (
     "origin_topic", "origin_partition", "origin_offset", "priced_at_us",
 )  # fmt: skip
 P2 = {name: index for index, name in enumerate(PRICED2_COLUMNS)}
-_ATTRS = ("org", "team", "project", "user", "department", "session", "feature")
-
-
-def priced_event_columns(event: dict[str, Any]) -> list[Any]:
-    """The event's part of a ``priced/2`` row (``event_id`` to ``category``), from a usage
-    event as fastavro decodes it (payload one of the four records, told apart by its fields)."""
-    from spendstream.schemas.models import payload_kind
-
-    pl = event["payload"]
-    try:
-        kind = payload_kind(pl)
-    except ValueError as exc:
-        raise BatchFormatError(f"priced event: {exc}") from None
-    attrs = event["attributes"]
-    head = [event["event_id"], _micros(event["occurred_at"]), event["source"]]
-    names = [attrs[a] or "" for a in _ATTRS]
-    if kind == "llm":
-        return [*head, pl["provider"], pl["model"], pl["operation"], *names, attrs["tags"],
-                pl["input_tokens"], pl["output_tokens"], pl["cache_read_tokens"],
-                pl["cache_write_tokens"], pl["reasoning_tokens"], pl["images"],
-                pl["cache_write_1h_tokens"], pl["service_tier"] or "", int(pl["batch"]),
-                "", "", "", "", "", "", 0, 0, 0, 0, 0, ""]  # fmt: skip
-    tail: list[Any]
-    if kind == "apify":
-        tail = [pl["actor_id"], pl["run_id"], "", "", "", pl["status"],
-                _nanos(pl["compute_units"]), pl["results"], 0, 0, 0, ""]  # fmt: skip
-    elif kind == "workflow":
-        tail = ["", "", pl["platform"], pl["workflow_id"], pl["execution_id"], pl["status"], 0,
-                0, pl["tasks"], pl["operations"], pl["duration_ms"], ""]  # fmt: skip
-    else:  # custom
-        tail = ["", "", "", "", "", "", 0, 0, 0, 0, 0, pl["category"]]
-    return [*head, "", "", "", *names, attrs["tags"], 0, 0, 0, 0, 0, 0, 0, "", 0, *tail]
-
-
-def _micros(when: Any) -> int:
-    from spendstream.schemas.models import to_micros
-
-    return int(to_micros(when))
-
-
-def _nanos(amount: Any) -> int:
-    from spendstream.schemas.money import to_nanos
-
-    return int(to_nanos(amount))
 
 
 CONVERSIONS_V1 = "conversions/1"

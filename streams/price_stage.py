@@ -22,6 +22,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from pydantic import ValidationError
@@ -38,6 +39,7 @@ from spendstream.schemas.models import (
     to_micros,
 )
 from spendstream.schemas.money import SCALE, to_nanos
+from spendstream.sources.columns import payload_columns
 from spendstream.sources.registry import WIRE_KINDS
 
 from .compiled_pricing import CompiledPricer
@@ -460,11 +462,28 @@ class PriceStage:
         return OutputRecord(self.topics[2], None, record.key, value, [("origin", here)])
 
 
+def priced_event_columns(event: dict[str, Any]) -> list[Any]:
+    """The event's part of a ``priced/2`` row (``event_id`` to ``category``) from a usage
+    event as fastavro decodes it: the payload columns as its source kind declares them
+    (the same rule as the sink's decoded rows), money in nano-units, times in microseconds."""
+    head, tail = payload_columns(event["source"], event["payload"])
+    attrs = event["attributes"]
+    return [
+        event["event_id"], to_micros(event["occurred_at"]), event["source"], *head,
+        *[attrs[a] or "" for a in ATTRIBUTES], attrs["tags"],
+        *[to_nanos(v) if isinstance(v, Decimal) else v for v in tail],
+    ]  # fmt: skip
+
+
+#: the attribute columns of priced_usage, in table order
+ATTRIBUTES = ("org", "team", "project", "user", "department", "session", "feature")
+
+
 def _priced_row(priced: Priced, origin: tuple[str, int, int], now_us: int) -> list[Any]:
     """A ``priced/2`` row (schemas/batches.py): the event flattened, so ClickHouse reads it
     without decoding Avro (migration 0012)."""
     return [
-        *batches.priced_event_columns(priced.event), priced.total_nanos, priced.currency,
+        *priced_event_columns(priced.event), priced.total_nanos, priced.currency,
         int(priced.priced), [list(line) for line in priced.lines], priced.source,
         priced.version, *origin, now_us,
     ]  # fmt: skip

@@ -21,6 +21,7 @@ from spendstream.schemas.money import to_nanos
 from spendstream.sinks.clickhouse_sink import ClickHouseSink
 from spendstream.sinks.warehouse import connect
 from spendstream.streams.partitioner import partition_for
+from spendstream.streams.price_stage import priced_event_columns
 from spendstream.topics import ensure_topics
 
 pytestmark = pytest.mark.integration
@@ -73,7 +74,7 @@ def priced2(offset: int, cost: str) -> list:
                        attributes=Attributes(team="ml"),
                        payload=LlmUsage(provider="openai", model="m", input_tokens=10))  # fmt: skip
     nanos = to_nanos(Decimal(cost))
-    return [*batches.priced_event_columns(codec("UsageEvent").decode(event.encode())), nanos,
+    return [*priced_event_columns(codec("UsageEvent").decode(event.encode())), nanos,
             "USD", 1, [["input", 10 * 10**9, "tokens", nanos]], "t", "t", "usage.llm", 0,
             offset, to_micros(NOW)]  # fmt: skip
 

@@ -13,6 +13,7 @@ import pytest
 
 from spendstream.builders import BuilderError, build, detect, workflow_event
 from spendstream.schemas.models import (
+    ApifyRun,
     Attributes,
     CustomCost,
     LlmUsage,
@@ -28,6 +29,7 @@ from spendstream.sources import (
     SourceRegistry,
     sources,
 )
+from spendstream.sources import columns as source_columns
 from spendstream.sources.workflow import COLUMNS, DIMENSIONS
 from spendstream.streams.pricing import Catalog, Cost, Pricer, PricingError
 
@@ -121,7 +123,7 @@ def test_register_refuses_what_would_break(changes: dict[str, object], message: 
 def test_a_kind_naming_a_column_the_sink_lacks_is_refused() -> None:
     kind = _toy_kind(columns={**COLUMNS, "colour": "platform"})
     with pytest.raises(SourceError, match=r"fills \['colour'\], not payload columns"):
-        rows.payload_filler(kind)
+        source_columns.payload_filler(kind)
 
 
 # --- a toy engine with a pricer of its own --------------------------------------------
@@ -277,8 +279,8 @@ def test_each_built_in_kind_fills_its_own_columns_and_only_those() -> None:
     flow = _row(event("workflow", WorkflowRun(platform="zapier", workflow_id="z",
                                               execution_id="x", tasks=3)))  # fmt: skip
     custom = _row(event("custom", CustomCost(amount="2", currency="EUR", category="gpu")))
-    filled = {name: {c for c, v in row.items() if c in rows.PAYLOAD_DEFAULTS
-                     and v != rows.PAYLOAD_DEFAULTS[c]}
+    filled = {name: {c for c, v in row.items() if c in source_columns.PAYLOAD_DEFAULTS
+                     and v != source_columns.PAYLOAD_DEFAULTS[c]}
               for name, row in (("llm", llm), ("apify", apify), ("workflow", flow),
                                 ("custom", custom))}  # fmt: skip
     assert filled == {
@@ -289,3 +291,32 @@ def test_each_built_in_kind_fills_its_own_columns_and_only_those() -> None:
     }
     assert (llm["service_tier"], llm["batch"], llm["team"]) == ("flex", 1, "t")
     assert (apify["compute_units"], flow["tasks"], custom["category"]) == (Decimal("1.5"), 3, "gpu")
+
+
+def test_the_payload_columns_are_in_priced_usage_order_and_priced2_uses_the_kind_rule(
+    toy: SourceKind,
+) -> None:
+    """One rule for both paths: the payload columns keep priced_usage's order, and a
+    priced/2 row's payload part is what the kind declares (the toy engine's ``status``
+    comes from a function), money in nano-units."""
+    from spendstream.schemas import batches
+    from spendstream.schemas.avro import codec
+    from spendstream.sinks.rows import PRICED_COLUMNS
+    from spendstream.streams.price_stage import priced_event_columns
+
+    assert tuple(c for c in PRICED_COLUMNS if c in source_columns.PAYLOAD_DEFAULTS) == (
+        source_columns.PAYLOAD_COLUMNS
+    )
+
+    def priced2(source: str, payload: object) -> dict[str, object]:
+        e = UsageEvent(event_id="e", occurred_at=NOW, source=source,
+                       attributes={"team": "t"}, payload=payload)  # fmt: skip
+        values = priced_event_columns(codec("UsageEvent").decode(e.encode()))
+        return dict(zip(batches.PRICED2_COLUMNS, values, strict=False))
+
+    row = priced2("workflow", WorkflowRun(platform="toyflow", workflow_id="w",
+                                         execution_id="x", status="ok", tasks=3))  # fmt: skip
+    assert row["status"] == "OK" and row["platform"] == "toyflow" and row["tasks"] == 3
+    assert row["team"] == "t" and row["provider"] == ""
+    apify = priced2("apify", ApifyRun(actor_id="a/b", run_id="r", compute_units="1.5"))
+    assert apify["compute_units_nanos"] == 1_500_000_000 and apify["actor_id"] == "a/b"
