@@ -261,7 +261,7 @@ def mix(rows: int, per_batch: int, batch_rows: int, native: bool, priced_v1: boo
             "no_duplicates": priced_n == priced_ids and alloc_n == alloc_ids,
             "totals_agree": stored == total,
             "native": native,
-            "priced_format": "priced/1" if priced_v1 else "priced/2",
+            "priced_format": "priced/1" if priced_v1 else batches.PRICED_V3,
             "native_fallbacks": sink.stats.native_fallbacks,
             "insert_seconds": {
                 table: round(h.total, 2) for table, h in sink.stats.insert_seconds.items()

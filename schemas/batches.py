@@ -15,6 +15,11 @@ by ClickHouse, and per record fastavro costs more than the rest of the price sta
 ~24 us to decode; as a JSON array ~4 and ~3 us; docs/design.md). ClickHouse reads the rows
 natively (JSONCompactEachRow, migration 0007). The public topics (usage.*, budget-alerts,
 budget-status, budgets, alert-actions, usage.dlq) stay Avro contracts.
+
+The price stage now writes the same rows in columnar form (``priced/3``, ``allocations/2``:
+schemas/columnar.py), which ClickHouse takes as Native blocks without parsing text; the JSON
+formats stay readable by every reader, so records written before are not stranded.
+``encode``/``decode`` take and give rows in any of these formats alike.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ import json
 from typing import Any
 
 from spendstream.errors import SpendstreamError
+
+from .columnar import ColumnarFormat, ColumnarFormatError
 
 ALLOCATIONS_V1 = "allocations/1"
 #: columns of an allocation row (cost_allocations holds the same, with Decimal and times)
@@ -72,12 +79,38 @@ CONVERSION_COLUMNS = (
 )  # fmt: skip
 C = {name: index for index, name in enumerate(CONVERSION_COLUMNS)}
 
+ALLOCATIONS_V2 = "allocations/2"
+PRICED_V3 = "priced/3"
+
+#: columnar formats: the columns of a JSON format, each with its kind (schemas/columnar.py)
+COLUMNAR = {
+    ALLOCATIONS_V2: ColumnarFormat(ALLOCATIONS_V2, tuple(zip(ALLOCATION_COLUMNS, (
+        "str", "str", "str", "str", "micros", "micros", "micros", "nanos", "str", "str",
+        "str", "str", "str", "str", "str", "str", "str", "str", "str_map", "str", "i32",
+        "i64",
+    ), strict=True))),
+    PRICED_V3: ColumnarFormat(PRICED_V3, tuple(zip(PRICED2_COLUMNS, (
+        "str", "micros", "str", "str", "str", "str",
+        "str", "str", "str", "str", "str", "str", "str", "str_map",
+        "u64", "u64", "u64", "u64", "u64", "u64", "u64", "str", "u8",
+        "str", "str", "str", "str", "str", "str",
+        "nanos", "u64", "u64", "u64", "u64", "str",
+        "nanos", "str", "u8", "cost_lines", "str", "str", "str", "i32", "i64", "micros",
+    ), strict=True))),
+}  # fmt: skip
+
 FORMATS = {
     ALLOCATIONS_V1: ALLOCATION_COLUMNS,
+    ALLOCATIONS_V2: ALLOCATION_COLUMNS,
     PRICED_V1: PRICED_COLUMNS,
     PRICED_V2: PRICED2_COLUMNS,
+    PRICED_V3: PRICED2_COLUMNS,
     CONVERSIONS_V1: CONVERSION_COLUMNS,
 }
+
+#: what a format's rows are: readers accept every format of the kind they read
+ALLOCATIONS = frozenset({ALLOCATIONS_V1, ALLOCATIONS_V2})
+PRICED = frozenset({PRICED_V1, PRICED_V2, PRICED_V3})
 
 
 class BatchFormatError(SpendstreamError, ValueError):
@@ -88,11 +121,18 @@ def prefix(version: str) -> bytes:
     return b'{"v":"' + version.encode() + b'","rows":'
 
 
-_PREFIXES = {version: prefix(version) for version in FORMATS}
+_PREFIXES = {version: prefix(version) for version in FORMATS if version not in COLUMNAR}
+_PREFIXES.update({version: fmt.prefix for version, fmt in COLUMNAR.items()})
 
 
 def encode(version: str, rows: list[list[Any]]) -> bytes:
     """One batch record. ``rows`` hold only JSON types (no float on a money path)."""
+    columnar = COLUMNAR.get(version)
+    if columnar is not None:
+        try:
+            return columnar.encode(rows)
+        except (TypeError, OverflowError, ColumnarFormatError) as exc:
+            raise BatchFormatError(f"cannot write {version} rows: {exc}") from None
     body = json.dumps(rows, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     return _PREFIXES[version] + body.encode() + b"}"
 
@@ -121,6 +161,12 @@ def rows_text(value: bytes, version: str) -> bytes:
 def decode(value: bytes) -> tuple[str, list[list[Any]]]:
     """(format version, rows); every row checked for its column count."""
     version = version_of(value)
+    columnar = COLUMNAR.get(version)
+    if columnar is not None:
+        try:
+            return version, columnar.decode(value)
+        except ColumnarFormatError as exc:
+            raise BatchFormatError(str(exc)) from None
     try:
         rows = json.loads(rows_text(value, version))
     except ValueError as exc:

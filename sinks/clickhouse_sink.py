@@ -335,11 +335,15 @@ class ClickHouseSink:
             return None
         if batches.is_batch(value):
             version = batches.version_of(value)
-            if version not in native.batch_staging:
+            columnar = version in native.columnar
+            if not columnar and version not in native.batch_staging:
                 return None  # an older format: decoded here
             if keep is not None:
                 value = _filtered_batch(value, version, buf.table.origin_batch_columns[version],
                                         keep)  # fmt: skip
+            if columnar:
+                return self._native_batch(tp, buf).add_columnar(version, value, msg.offset(),
+                                                                index)  # fmt: skip
             self._native_batch(tp, buf).add_rows(version, batches.rows_text(value, version),
                                                  msg.offset(), index)  # fmt: skip
             return _batch_rows(msg, value, filtered=keep is not None)
@@ -357,6 +361,8 @@ class ClickHouseSink:
                 codec(native.record_type) if native.record_type else None, position_prefix(*tp),
                 json_position(*tp), dict(native.batch_staging),
                 staging=native.avro_staging or "",
+                columnar={v: (buf.table.name, names) for v, names in native.columnar.items()},
+                topic=tp[0], partition=tp[1],
             )  # fmt: skip
         return batch.native
 

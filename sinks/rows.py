@@ -46,7 +46,7 @@ def priced_rows(value: bytes, pos: Position) -> list[list[Any]]:
     if not batches.is_batch(value):
         return [priced_row(value, pos)]
     version, rows = batches.decode(value)
-    if version == batches.PRICED_V2:
+    if version in (batches.PRICED_V2, batches.PRICED_V3):
         return [priced_v2_row(r, pos) for r in rows]
     if version != batches.PRICED_V1:
         raise batches.BatchFormatError(f"a {version} record on the priced topic")
@@ -115,7 +115,7 @@ def allocation_rows(value: bytes, pos: Position) -> list[list[Any]]:
     if not batches.is_batch(value):
         return [allocation_row(value, pos)]
     version, rows = batches.decode(value)
-    if version != batches.ALLOCATIONS_V1:
+    if version not in batches.ALLOCATIONS:
         raise batches.BatchFormatError(f"a {version} record on the allocations topic")
     return [
         [f"{r[0]}/{r[1]}", r[0], r[1], r[2], r[3], from_micros(r[4]), from_micros(r[5]),

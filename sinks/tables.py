@@ -60,6 +60,9 @@ class NativePath:
     record_type: str | None = None
     avro_staging: str | None = None
     batch_staging: Mapping[str, str] = field(default_factory=dict)
+    #: columnar batch format -> the table's column names for its columns, in the format's
+    #: order: its records go into the table itself as one Native block per batch
+    columnar: Mapping[str, Sequence[str]] = field(default_factory=dict)
 
     @property
     def staging_tables(self) -> list[str]:
@@ -182,25 +185,32 @@ def _budget(r: SinkRecord) -> list[list[Any]]:
 register(SinkTable(
     "priced_usage", lambda t: t.priced, R.PRICED_COLUMNS,
     lambda r: R.priced_rows(r.value, r.position),  # type: ignore[arg-type]
-    NativePath(batch_staging={batches.PRICED_V2: "priced_usage_rows_json"}),
+    # priced/3 columns are priced_usage's first 45 in its order (money and times as the
+    # raw values of Decimal(38, 9) and DateTime64(6), so nothing is converted)
+    NativePath(batch_staging={batches.PRICED_V2: "priced_usage_rows_json"},
+               columnar={batches.PRICED_V3: R.PRICED_COLUMNS[:len(batches.PRICED2_COLUMNS)]}),
     origin_scoped=True,
     origin_batch_columns={
         batches.PRICED_V1: (batches.P["origin_topic"], batches.P["origin_partition"],
                             batches.P["origin_offset"]),
-        batches.PRICED_V2: (batches.P2["origin_topic"], batches.P2["origin_partition"],
-                            batches.P2["origin_offset"]),
+        **dict.fromkeys((batches.PRICED_V2, batches.PRICED_V3),
+                        (batches.P2["origin_topic"], batches.P2["origin_partition"],
+                         batches.P2["origin_offset"])),
     },
 ))  # fmt: skip
 register(SinkTable(
     "cost_allocations", lambda t: t.allocations, R.ALLOCATION_COLUMNS,
     lambda r: R.allocation_rows(r.value, r.position),  # type: ignore[arg-type]
+    # allocations/2 columns are cost_allocations' after allocation_id (which the table
+    # computes: migration 0013), in its order
     NativePath("CostAllocation", "cost_allocations_avro",
-               {batches.ALLOCATIONS_V1: "cost_allocation_rows_json"}),
+               {batches.ALLOCATIONS_V1: "cost_allocation_rows_json"},
+               {batches.ALLOCATIONS_V2: R.ALLOCATION_COLUMNS[1:1 + len(batches.A)]}),
     origin_scoped=True,
-    origin_batch_columns={
-        batches.ALLOCATIONS_V1: (batches.A["origin_topic"], batches.A["origin_partition"],
-                                 batches.A["origin_offset"]),
-    },
+    origin_batch_columns=dict.fromkeys(
+        (batches.ALLOCATIONS_V1, batches.ALLOCATIONS_V2),
+        (batches.A["origin_topic"], batches.A["origin_partition"], batches.A["origin_offset"]),
+    ),
 ))  # fmt: skip
 register(SinkTable("budget_alerts", lambda t: t.alerts, R.ALERT_COLUMNS, _single(R.alert_row)))
 register(SinkTable("budgets", lambda t: t.budgets, R.BUDGET_COLUMNS, _budget))

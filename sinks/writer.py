@@ -122,7 +122,7 @@ class ClickHouseWriter:
         """Store ``batch``; (record index, reason) of the records refused for good."""
         rejected: list[tuple[int, str]] = []
         native_token = token
-        if batch.native is not None and batch.native.groups:
+        if batch.native is not None and not batch.native.empty:
             if batch.rows:
                 native_token = f"{token}.n"
             rejected += self._insert_native(batch, native_token)

@@ -269,7 +269,7 @@ def create_worker(config: AggregatorConfig) -> Worker:
             try:
                 if batches.is_batch(msg.value):
                     version, rows = batches.decode(msg.value)
-                    if version != batches.ALLOCATIONS_V1:
+                    if version not in batches.ALLOCATIONS:
                         raise batches.BatchFormatError(f"a {version} record")
                 else:
                     rows = [allocation_row(single.decode(msg.value))]

@@ -1,8 +1,8 @@
 """The price stage as plain Python: raw input records in, output records out.
 
 Decode, validate, dedupe, price and allocate a batch of raw usage records, and build what
-the batch produces: one ``priced/2`` batch record per input partition (usage.priced), one
-``allocations/1`` batch record per partition of cost-allocations (schemas/batches.py), a
+the batch produces: one ``priced/3`` batch record per input partition (usage.priced), one
+``allocations/2`` batch record per partition of cost-allocations (schemas/batches.py), a
 dead letter per rejected record, and one ``SeenEvents`` changelog record per input
 partition. No Kafka here (price_loop.py delivers and commits); a test drives it with a
 list of records. Money is integer nano-units and times integer microseconds throughout.
@@ -430,7 +430,7 @@ class PriceStage:
             if part.rows:
                 batch.outputs.append(OutputRecord(
                     priced_topic, tp[1] % n_priced, None,
-                    batches.encode(batches.PRICED_V2, part.rows), header))  # fmt: skip
+                    batches.encode(batches.PRICED_V3, part.rows), header))  # fmt: skip
             if part.seen_ids:
                 batch.outputs.append(OutputRecord(changelog, tp[1] % n_changelog, None,
                     self._seen.encode({"topic": tp[0], "partition": tp[1],
@@ -443,7 +443,7 @@ class PriceStage:
                 f"{t}:{p}:{a}-{b}" for (t, p), (a, b) in target_origins[target].items()
             )
             batch.outputs.append(OutputRecord(
-                allocations_topic, target, None, batches.encode(batches.ALLOCATIONS_V1, rows),
+                allocations_topic, target, None, batches.encode(batches.ALLOCATIONS_V2, rows),
                 [("origin", ranges.encode()), ("rows", b"%d" % len(rows))]))  # fmt: skip
         newest = max((p.newest_ms for p in parts.values()), default=0)
         if newest:

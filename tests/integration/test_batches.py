@@ -79,8 +79,8 @@ def priced2(offset: int, cost: str) -> list:
             offset, to_micros(NOW)]  # fmt: skip
 
 
-def allocations(*rows: list) -> bytes:
-    return batches.encode(batches.ALLOCATIONS_V1, list(rows))
+def allocations(*rows: list, version: str = batches.ALLOCATIONS_V1) -> bytes:
+    return batches.encode(version, list(rows))
 
 
 def test_batch_records_land_one_row_per_fact_and_a_rebatched_replay_adds_nothing(sink_settings):
@@ -99,11 +99,13 @@ def test_batch_records_land_one_row_per_fact_and_a_rebatched_replay_adds_nothing
          "usage.llm:0:3-5")  # fmt: skip
     send(topics.priced, batches.encode(batches.PRICED_V1, [priced(o, "1") for o in range(6)]),
          "usage.llm:0:0-5")  # fmt: skip
-    # a crashed price stage replays from offset 2 in other batches: 2-3, then 4-7
-    send(topics.allocations, allocations(allocation(2, "a", "1.5"), allocation(3, "a", "2")),
-         "usage.llm:0:2-3")  # fmt: skip
-    send(topics.allocations, allocations(allocation(5, "a", "3"), allocation(7, "b", "4")),
-         "usage.llm:0:4-7")  # fmt: skip
+    # a crashed price stage replays from offset 2 in other batches: 2-3, then 4-7, in the
+    # columnar format of today's price stage (the sink filters the replayed rows out of it)
+    v2 = batches.ALLOCATIONS_V2
+    send(topics.allocations, allocations(allocation(2, "a", "1.5"), allocation(3, "a", "2"),
+                                         version=v2), "usage.llm:0:2-3")  # fmt: skip
+    send(topics.allocations, allocations(allocation(5, "a", "3"), allocation(7, "b", "4"),
+                                         version=v2), "usage.llm:0:4-7")  # fmt: skip
     send(topics.priced, batches.encode(batches.PRICED_V1, [priced(o, "1") for o in range(2, 8)]),
          "usage.llm:0:2-7")  # fmt: skip
     # priced/2 records (native path), then a replay re-batched as 11-12
@@ -111,6 +113,11 @@ def test_batch_records_land_one_row_per_fact_and_a_rebatched_replay_adds_nothing
          "usage.llm:0:10-11")  # fmt: skip
     send(topics.priced, batches.encode(batches.PRICED_V2, [priced2(o, "1") for o in (11, 12)]),
          "usage.llm:0:11-12")  # fmt: skip
+    # priced/3 (columnar, one Native block), then a replay re-batched as 21-22
+    send(topics.priced, batches.encode(batches.PRICED_V3, [priced2(o, "1") for o in (20, 21)]),
+         "usage.llm:0:20-21")  # fmt: skip
+    send(topics.priced, batches.encode(batches.PRICED_V3, [priced2(o, "1") for o in (21, 22)]),
+         "usage.llm:0:21-22")  # fmt: skip
     # and a single CostAllocation written before batches existed
     producer.produce(topics.allocations, key=b"c",
                      value=codec("CostAllocation").encode(single(9, "c", "0.25")),
@@ -131,17 +138,18 @@ def test_batch_records_land_one_row_per_fact_and_a_rebatched_replay_adds_nothing
                         ("e2/a", Decimal("1.5")), ("e3/a", Decimal(2)), ("e5/a", Decimal(3)),
                         ("e7/b", Decimal(4)), ("e9/c", Decimal("0.25"))], native  # fmt: skip
         assert db.query("SELECT count(), uniqExact(event_id), sum(cost) FROM priced_usage"
-                        ).result_rows == [(11, 11, Decimal(11))]  # fmt: skip
-        # priced/1 (decoded here) and priced/2 (ClickHouse) rows alike, column for column
+                        ).result_rows == [(14, 14, Decimal(14))]  # fmt: skip
+        # priced/1 (decoded here), priced/2 and priced/3 (ClickHouse) rows alike, column
+        # for column
         alike = db.query("SELECT DISTINCT * EXCEPT (event_id, origin_offset, _offset, "
                          "inserted_at) FROM priced_usage").result_rows  # fmt: skip
         assert len(alike) == 1, alike
         assert db.query("SELECT sum(cost) FROM daily_spend_by_budget").result_rows[0][0] == \
             Decimal("10.750000002")  # fmt: skip
-        assert sink.stats.partial_origin_replays == 3 and sink.stats.skipped_origin_replays == 1
+        assert sink.stats.partial_origin_replays == 4 and sink.stats.skipped_origin_replays == 1
         assert sink.stats.native_fallbacks == 0  # the native path took every batch
         # rows, not records (spendstream_sink_rows_total): a replay's filtered rows only
-        assert sink.stats.rows["cost_allocations"] == 7 and sink.stats.rows["priced_usage"] == 11
+        assert sink.stats.rows["cost_allocations"] == 7 and sink.stats.rows["priced_usage"] == 14
     client.close()
 
 

@@ -95,7 +95,7 @@ def test_a_batch_becomes_batch_records_dead_letters_changelog_and_commits():
     assert priced.partition == 0 and priced.headers == [("origin", b"usage.llm:0:10-16"),
                                                         ("rows", b"3")]  # fmt: skip
     version, items = batches.decode(priced.value)
-    assert version == batches.PRICED_V2
+    assert version == batches.PRICED_V3
     P = batches.P2
     # the event flattened into priced_usage's columns (ClickHouse reads it: migration 0012)
     assert [i[P["event_id"]] for i in items] == ["e1", "e2", "e3"]

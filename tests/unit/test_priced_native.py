@@ -1,6 +1,7 @@
-"""Priced usage on the native path (priced/2 rows read by ClickHouse, migration 0012) stores
-exactly what the decoding path stores, and what priced/1 records stored, for every payload
-kind and every column, to the nano-unit (chDB)."""
+"""Priced usage on the native paths (priced/2 rows read by ClickHouse, migration 0012;
+priced/3 columnar records as one Native block) stores exactly what the decoding path
+stores, and what priced/1 records stored, for every payload kind and every column, to the
+nano-unit (chDB)."""
 
 from __future__ import annotations
 
@@ -86,7 +87,7 @@ def as_priced_v1(value: bytes) -> bytes:
 @pytest.fixture(scope="module")
 def dbs(chdb_dir) -> dict[str, Any]:
     out = {}
-    for name in ("native", "decoded", "v1"):
+    for name in ("native", "decoded", "v1", "columnar"):
         settings = load_settings(clickhouse_dsn=f"chdb://{chdb_dir}",
                                  clickhouse_database=f"pn_{name}_{uuid.uuid4().hex[:6]}")  # fmt: skip
         client = connect(settings)
@@ -120,12 +121,35 @@ def test_priced_native_path_stores_what_decoding_stores_for_every_kind_and_colum
     dbs["v1"].insert("priced_usage", v1, column_names=PRICED_COLUMNS)
     assert decoded == v1  # row for row, in Python already
 
+    # columnar: the same rows as priced/3, in two records of one partition (so the block
+    # joins records: the cost lines' offsets of the second follow the first's)
+    rows = batches.decode(value)[1]
+    parts = [
+        batches.encode(batches.PRICED_V3, rows[:2]),
+        batches.encode(batches.PRICED_V3, rows[2:]),
+    ]
+    assert [r for part in parts for r in batches.decode(part)[1]] == rows
+    columnar = NativeBatch(None, b"", columnar={
+        batches.PRICED_V3: ("priced_usage", table.native.columnar[batches.PRICED_V3])},  # type: ignore[union-attr]
+        topic="usage.priced", partition=2)  # fmt: skip
+    assert [columnar.add_columnar(batches.PRICED_V3, part, 17, i)
+            for i, part in enumerate(parts)] == [2, len(rows) - 2]  # fmt: skip
+    ((_, target, fmt, _),) = columnar.payloads()
+    assert (target, fmt) == ("priced_usage", "Native")
+    batch = WriteBatch(table, [SinkRecord(*pos, None, part) for part in parts], native=columnar)
+    assert ClickHouseWriter(dbs["columnar"]).write(batch, "t-columnar") == []
+    assert priced_rows(parts[0], pos) + priced_rows(parts[1], pos) == decoded
+
     got = {name: stored(c) for name, c in dbs.items()}
     assert len(got["native"]) == len(events())
     for a, b in zip(got["native"], got["decoded"], strict=True):
         for column, x, y in zip(PRICED_COLUMNS, a, b, strict=True):
             assert x == y, (a[0], column, x, y)
     assert got["decoded"] == got["v1"]
+    assert len(got["columnar"]) == len(events())
+    for a, b in zip(got["columnar"], got["decoded"], strict=True):
+        for column, x, y in zip(PRICED_COLUMNS, a, b, strict=True):
+            assert x == y, ("columnar", a[0], column, x, y)
     by_id = {r[0]: dict(zip(PRICED_COLUMNS, r, strict=True)) for r in got["native"]}
     # each payload kind's own columns arrived, money to the nano-unit
     assert by_id["e-apify"]["compute_units"] == Decimal("1.234567891")
