@@ -122,6 +122,10 @@ class PriceLoop:
         #: to the producer), shipped to the faust process's /metrics in the metrics file
         self.batch_sizes = Histogram(SIZE_BUCKETS)
         self.batch_times = Histogram(SECONDS_BUCKETS)
+        #: the newest offset asked to be committed, per partition we own
+        self._committing: dict[tuple[str, int], int] = {}
+        #: an asynchronous commit failed: commit ``_committing`` again
+        self._recommit = False
 
     # --- the commit protocol -------------------------------------------------------------
     def commit(self, batch: PricedBatch) -> None:
@@ -141,8 +145,9 @@ class PriceLoop:
            before step 3, and the process exits (crash-only). Crash after: as after 1,
            with every output stored.
         3. Commit the batch's input offsets. Crash after: nothing is replayed. A failed
-           commit (a rebalance took the partition) is counted, not fatal: the new owner
-           replays from the last commit, and step 1's rule absorbs it.
+           commit is counted, not fatal: a partition a rebalance took is replayed by its
+           new owner from the last commit (step 1's rule absorbs it); one still ours gets
+           its newest offsets committed again at the next step (``committed``).
         """
         pending = Pending(batch)
         self._pending.append(pending)
@@ -181,11 +186,13 @@ class PriceLoop:
                 raise DeliveryFailed(f"{len(self._pending)} batches not acknowledged within "
                                      f"{timeout:.0f}s")  # fmt: skip
 
-    def _commit_offsets(self, offsets: dict[tuple[str, int], int], *, wait: bool) -> None:
+    def _commit_offsets(self, offsets: dict[tuple[str, int], int], *, wait: bool) -> bool:
         """Commit; asynchronously while running (the next batch need not wait for it),
-        synchronously when draining (before a revocation or at shutdown)."""
+        synchronously when draining (before a revocation or at shutdown). False when a
+        synchronous commit failed (an asynchronous one reports to ``committed``)."""
         if not offsets:
-            return
+            return True
+        self._committing.update(offsets)
         parts = [KafkaTopicPartition(t, p, o) for (t, p), o in offsets.items()]
         try:
             if wait:
@@ -194,8 +201,32 @@ class PriceLoop:
                 self.consumer.commit(offsets=parts, asynchronous=True)
         except KafkaException as exc:
             self.metrics["commit_failures"] += 1
-            log.warning("offset commit failed (%s); the next owner replays the batch",
+            self._recommit = True
+            log.warning("offset commit failed (%s); committing again",
                         exc.args[0].str() if exc.args else exc)  # fmt: skip
+            return False
+        return True
+
+    def committed(self, err: KafkaError | None, partitions: list[KafkaTopicPartition]) -> None:
+        """The consumer's ``on_commit``: an asynchronous commit that failed (the group was
+        rebalancing, say) is made again. Without this, a partition the rebalance left with
+        us (cooperative-sticky: its fetch position does not rewind) kept its old committed
+        offset for good once its input stopped: everything priced, a lag that never went."""
+        failed = [tp for tp in partitions or [] if tp.error is not None]
+        if err is None and not failed:
+            return
+        self.metrics["commit_failures"] += 1
+        self._recommit = True
+        error = err if err is not None else failed[0].error
+        reason = error.str() if error is not None else "unknown error"
+        log.warning("offset commit failed (%s); committing again", reason)
+
+    def _commit_again(self) -> None:
+        """Commit the newest offsets of the partitions still ours, synchronously."""
+        owned = {tp: o for tp, o in self._committing.items() if self.stage.dedupe.owns(tp)}
+        self._committing = owned
+        self._recommit = False
+        self._commit_offsets(owned, wait=True)
 
     def _delivered(self, pending: Pending, err: KafkaError | None, msg: Any) -> None:
         pending.outstanding -= 1
@@ -227,6 +258,7 @@ class PriceLoop:
         self.settle(block=True)
         for tp in partitions:
             self.stage.dedupe.revoke((tp.topic, tp.partition))
+            self._committing.pop((tp.topic, tp.partition), None)
 
     # --- running -------------------------------------------------------------------------
     def stop(self, *_: object) -> None:
@@ -250,6 +282,8 @@ class PriceLoop:
 
     def step(self) -> None:
         messages = self.consumer.consume(self.batch_size, timeout=self.linger_s)
+        if self._recommit:  # reported while consuming (on_commit)
+            self._commit_again()
         owned = self.stage.dedupe
         records = []
         for msg in messages:

@@ -49,8 +49,12 @@ def build_loop(config: PriceStageConfig) -> PriceLoop:
             # fetch per few records cost the broker a third more CPU (measured)
             "fetch.wait.max.ms": 20,
             "fetch.min.bytes": 1 << 20,
+            # asynchronous commits report here (served while consuming): a failed one is
+            # made again by the loop
+            "on_commit": lambda err, partitions: loop[0].committed(err, partitions),
         }
     )
+    loop: list[PriceLoop] = []
 
     @cache
     def partitions(topic: str) -> int:
@@ -78,7 +82,7 @@ def build_loop(config: PriceStageConfig) -> PriceLoop:
     # no compression: on one machine the broker and both ends pay for lz4 in CPU, and the
     # internal topics never leave it; measured (benchmarks/pipeline.py) faster without
     producer = Producer(producer_config(kafka, **{"linger.ms": 5, "compression.type": "none"}))
-    return PriceLoop(
+    loop.append(PriceLoop(
         stage,
         consumer,
         producer,
@@ -89,7 +93,8 @@ def build_loop(config: PriceStageConfig) -> PriceLoop:
         batch_size=config.batch_size,
         linger_s=config.linger_s,
         metrics_path=config.metrics_path,
-    )
+    ))  # fmt: skip
+    return loop[0]
 
 
 def run_price_worker(config: PriceStageConfig) -> None:

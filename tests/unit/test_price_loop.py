@@ -158,3 +158,39 @@ def test_a_failed_delivery_commits_nothing():
     with pytest.raises(DeliveryFailed, match="broker said no"):
         price.step()
     assert not any(entry[0] == "commit" for entry in journal)
+
+
+def test_an_asynchronous_commit_that_failed_is_made_again_for_partitions_still_ours():
+    """A commit refused while the group rebalanced left the old offset committed for good
+    when the partition stayed ours and its input stopped (the fault suite's three-worker
+    start, now and then): the loop commits the newest offsets again, synchronously."""
+    from confluent_kafka import KafkaError
+    from confluent_kafka import TopicPartition as KafkaTopicPartition
+
+    journal = Journal()
+    price = loop(journal, [Message("usage.llm", 0, o) for o in (5, 6, 7)])
+    price.stage.dedupe.assign(("usage.llm", 1), 0, [])
+    price.step()
+    assert journal[-1] == ("commit", [("usage.llm", 0, 8)]) and price.consumer.asynchronous
+    # the broker answers the asynchronous commit while the next consume runs: refused
+    price.committed(KafkaError(KafkaError.REBALANCE_IN_PROGRESS),
+                    [KafkaTopicPartition("usage.llm", 0, 8)])  # fmt: skip
+    assert price.metrics["commit_failures"] == 1
+    price.step()  # no input left: the newest offsets are committed again
+    assert journal[-1] == ("commit", [("usage.llm", 0, 8)])
+    assert price.consumer.asynchronous is False
+    # one partition's error in a successful reply counts too; a partition revoked since is
+    # not committed by us again (its new owner commits it)
+    from types import SimpleNamespace
+
+    failed = SimpleNamespace(topic="usage.llm", partition=0, offset=8,
+                             error=KafkaError(KafkaError.ILLEGAL_GENERATION))  # fmt: skip
+    price.committed(None, [failed])  # type: ignore[list-item]
+    price._on_revoke(price.consumer, [KafkaTopicPartition("usage.llm", 0)])
+    commits = sum(e[0] == "commit" for e in journal)
+    price.step()
+    assert sum(e[0] == "commit" for e in journal) == commits
+    # a commit that went through asks nothing more
+    price.committed(None, [KafkaTopicPartition("usage.llm", 1, 3)])
+    price.step()
+    assert sum(e[0] == "commit" for e in journal) == commits and not price._recommit
