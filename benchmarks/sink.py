@@ -3,20 +3,21 @@
     .venv/bin/python benchmarks/sink.py [--rows 300000] [--events-per-batch 2000]
         [--priced-v1] [--decode-in-sink]
     .venv/bin/python benchmarks/sink.py --allocations-only [--rows 200000]
-        [--rows-per-record 500] [--single-avro] [--decode-in-sink]
+        [--rows-per-record 500] [--single-avro | --json-batches] [--decode-in-sink]
 
 The real mix (default): ``--rows`` / 3 usage events of every payload kind are priced by the
 price stage itself (streams/price_stage.py; each event matches two budgets: its org's and
-its team's), and its outputs are published as it emits them: ``priced/2`` batch records on
-usage.priced and ``allocations/1`` batch records on cost-allocations, with their origin and
-rows headers; about 2 allocation rows per priced row. ``--priced-v1`` publishes the priced
+its team's), and its outputs are published as it emits them: ``priced/3`` columnar batch
+records on usage.priced and ``allocations/2`` on cost-allocations (schemas/columnar.py),
+with their origin and rows headers; about 2 allocation rows per priced row. ``--priced-v1`` publishes the priced
 rows in the older ``priced/1`` format (the event as Avro inside JSON: decoded by the sink,
 the path before migration 0012). Then the sink is timed from its first record until every
 row is in ClickHouse and its offsets are committed.
 
 With ``--allocations-only``: pre-loads the cost-allocations topic with ``--rows`` allocations as the workers write
-them: ``allocations/1`` batch records of ``--rows-per-record`` rows (or, with
-``--single-avro``, one Avro record each, as written before batches existed), then times
+them: ``allocations/2`` batch records of ``--rows-per-record`` rows (``--json-batches``:
+the JSON ``allocations/1`` format before it; ``--single-avro``: one Avro record each, as
+written before batches existed), then times
 the sink from its first poll until every row is in ClickHouse and its offsets are
 committed (framing checks, rows handed to ClickHouse natively with dedup tokens,
 commits). With ``--decode-in-sink`` the sink decodes every record in Python and inserts
@@ -64,6 +65,7 @@ def main() -> None:
     parser.add_argument("--rows-per-record", type=int, default=500)
     parser.add_argument("--batch-rows", type=int, default=20_000)
     parser.add_argument("--single-avro", action="store_true")
+    parser.add_argument("--json-batches", action="store_true")
     parser.add_argument("--decode-in-sink", action="store_true")
     args = parser.parse_args()
     native = not args.decode_in_sink
@@ -77,6 +79,7 @@ def main() -> None:
         ensure_topics(settings)
         start = datetime.now(UTC) - timedelta(days=1)
         c = codec("CostAllocation")
+        version = batches.ALLOCATIONS_V1 if args.json_batches else batches.ALLOCATIONS_V2
         producer = Producer({"bootstrap.servers": settings.bootstrap_servers,
                              "linger.ms": 50, "compression.type": "lz4"})  # fmt: skip
         total = Decimal(0)
@@ -109,7 +112,7 @@ def main() -> None:
                 for p, batch in list(pending.items()):
                     if batch and (p == partition or i == args.rows - 1):
                         producer.produce(settings.topics.allocations, partition=p,
-                                         value=batches.encode(batches.ALLOCATIONS_V1, batch))  # fmt: skip
+                                         value=batches.encode(version, batch))  # fmt: skip
                         pending[p] = []
                         producer.poll(0)
         producer.flush(120)
@@ -132,7 +135,7 @@ def main() -> None:
             "native": native,
             "format": "single Avro records"
             if args.single_avro
-            else f"allocations/1 batches of {args.rows_per_record} rows",
+            else f"{version} batches of {args.rows_per_record} rows",
             "seconds": round(elapsed, 2),
             "rows_per_s": round(rows / elapsed),
             "batches": sink.stats.batches,
