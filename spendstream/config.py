@@ -181,6 +181,13 @@ class Settings(BaseSettings):
     clickhouse_database: str = Field(default="spendstream", description="Database name.")
     sink_batch_rows: int = Field(default=20_000, ge=1, le=1_000_000, description="Rows per insert.")
     sink_linger_ms: int = Field(default=500, ge=1, le=600_000, description="Max wait for a batch.")
+    sink_session_timeout_s: int = Field(
+        default=10,
+        ge=6,
+        le=300,
+        description="A sink that stops heartbeating (crashed) releases its partitions to the "
+        "next sink after this long.",
+    )
     sink_startup_wait_s: float = Field(
         default=300,
         ge=0,
