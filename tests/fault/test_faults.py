@@ -11,7 +11,6 @@ import io
 import os
 import random
 import re
-import threading
 import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -27,7 +26,7 @@ from spendstream.schemas.budget import BudgetDefinition
 from spendstream.schemas.models import Attributes, LlmUsage, UsageEvent
 from spendstream.streams.pricing import Pricer
 
-from .harness import FaultRun, oracle, paced
+from .harness import FaultRun, Paced, oracle
 
 pytestmark = pytest.mark.fault
 TEAMS = ("a", "b", "c")
@@ -116,14 +115,13 @@ def test_broker_restart_while_producers_publish(scenario, fault_broker):
     run.start_sink()
     port = run.start_worker()
     wait_for("the worker", lambda: run.worker_metrics(port), 120, run.group)
-    publisher = threading.Thread(target=paced, args=(data, run, 300))
+    publisher = Paced(data, run, 300)
     publisher.start()
     time.sleep(4)
     fault_broker.stop()
     time.sleep(3)
     fault_broker.start()
-    publisher.join(300)
-    assert not publisher.is_alive()
+    publisher.finish(300)
     finish(run)
 
 
@@ -164,7 +162,7 @@ def test_scale_workers_one_three_one_during_aggregation(scenario):
     run: FaultRun = scenario("scale workers 1 -> 3 -> 1", budgets_for(data))
     run.start_sink()
     run.start_worker("worker")
-    publisher = threading.Thread(target=paced, args=(data, run, 400))
+    publisher = Paced(data, run, 400)
     publisher.start()
     time.sleep(4)
     run.start_worker("worker-2")
@@ -172,7 +170,7 @@ def test_scale_workers_one_three_one_during_aggregation(scenario):
     time.sleep(8)
     run.group.stop("worker-2")
     run.group.stop("worker-3")
-    publisher.join(300)
+    publisher.finish(300)
     finish(run)
 
 
