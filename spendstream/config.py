@@ -54,6 +54,13 @@ class Settings(BaseSettings):
         default="",
         description="host:port list of an existing cluster. Empty = use the local broker.",
     )
+    kafka_check_s: float | None = Field(
+        default=None,
+        gt=0,
+        le=600,
+        description="Seconds a command waits for Kafka to answer before it says Kafka is "
+        "unreachable. Empty = 5 (the demo, which may have just started the local broker: 15).",
+    )
     kafka_local_port: int = Field(
         default=19092, ge=1024, le=65535, description="Port of the local broker."
     )
