@@ -110,6 +110,19 @@ class SinkStats(WriterStats):
     insert_seconds: dict[str, Histogram] = field(default_factory=dict)
 
 
+def consumer_config(config: SinkConfig) -> dict[str, Any]:
+    """The sink's Kafka consumer settings. Heartbeats come from librdkafka's own thread, so
+    a long insert does not end the session (``max.poll.interval.ms`` bounds that); only a
+    dead sink does, after ``session_timeout_s``."""
+    session_ms = config.session_timeout_s * 1000
+    return {
+        "bootstrap.servers": config.bootstrap_servers, "group.id": config.group,
+        "enable.auto.commit": False, "auto.offset.reset": "earliest",
+        "max.poll.interval.ms": 600_000, "queued.max.messages.kbytes": 65536,
+        "session.timeout.ms": session_ms, "heartbeat.interval.ms": min(3000, session_ms // 3),
+    }  # fmt: skip
+
+
 class ClickHouseSink:
     """The consume/commit loop: buffers each partition's records, has the writer store a
     batch, dead-letters what it refuses, then commits (``_flush``: the order, and what a
@@ -187,12 +200,7 @@ class ClickHouseSink:
         with lock:
             migrate(ch, steps)
         logger = logging.getLogger("spendstream.kafka")
-        consumer = Consumer({
-            "bootstrap.servers": config.bootstrap_servers, "logger": logger,
-            "group.id": config.group, "enable.auto.commit": False,
-            "auto.offset.reset": "earliest", "max.poll.interval.ms": 600_000,
-            "queued.max.messages.kbytes": 65536,
-        })  # fmt: skip
+        consumer = Consumer({"logger": logger, **consumer_config(config)})
         dlq = Producer({"bootstrap.servers": config.bootstrap_servers, "logger": logger,
                         "enable.idempotence": True, "acks": "all"})  # fmt: skip
         return cls(config, ch, cast(SinkConsumer, consumer), dlq, tables, client_lock=lock)

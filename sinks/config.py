@@ -26,6 +26,9 @@ class SinkConfig:
     native: bool = True
     retry_initial_s: float = 0.5
     retry_max_s: float = 30.0
+    #: a crashed sink's partitions wait this long for the next one (librdkafka's 45 s
+    #: default left a restarted sink idle that long)
+    session_timeout_s: int = 10
 
     @property
     def names(self) -> Topics:
@@ -48,4 +51,5 @@ class SinkConfig:
             native=settings.sink_native_avro,
             retry_initial_s=retry_initial_s,
             retry_max_s=retry_max_s,
+            session_timeout_s=settings.sink_session_timeout_s,
         )

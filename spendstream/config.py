@@ -54,6 +54,13 @@ class Settings(BaseSettings):
         default="",
         description="host:port list of an existing cluster. Empty = use the local broker.",
     )
+    kafka_check_s: float | None = Field(
+        default=None,
+        gt=0,
+        le=600,
+        description="Seconds a command waits for Kafka to answer before it says Kafka is "
+        "unreachable. Empty = 5 (the demo, which may have just started the local broker: 15).",
+    )
     kafka_local_port: int = Field(
         default=19092, ge=1024, le=65535, description="Port of the local broker."
     )
@@ -181,6 +188,13 @@ class Settings(BaseSettings):
     clickhouse_database: str = Field(default="spendstream", description="Database name.")
     sink_batch_rows: int = Field(default=20_000, ge=1, le=1_000_000, description="Rows per insert.")
     sink_linger_ms: int = Field(default=500, ge=1, le=600_000, description="Max wait for a batch.")
+    sink_session_timeout_s: int = Field(
+        default=10,
+        ge=6,
+        le=300,
+        description="A sink that stops heartbeating (crashed) releases its partitions to the "
+        "next sink after this long.",
+    )
     sink_startup_wait_s: float = Field(
         default=300,
         ge=0,

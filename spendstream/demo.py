@@ -179,6 +179,9 @@ def demo_rates(now: datetime) -> list[FxRate]:
 
 #: alert kinds the demo predicts exactly (forecasts depend on the day of the month)
 TIER_KINDS = ("threshold", "exceeded")
+#: the demo's wait for Kafka (``SPENDSTREAM_KAFKA_CHECK_S`` overrides it): it may have just
+#: started the local broker
+DEMO_BROKER_CHECK_S = 15.0
 
 
 def _free_port() -> int:
@@ -234,7 +237,7 @@ def run_demo(
             started_kafka = True
         else:
             console.print(f"using the running local Kafka at {settings.bootstrap_servers}")
-    wait_for_broker(settings.bootstrap_servers, 15)
+    wait_for_broker(settings.bootstrap_servers, settings.kafka_check_s or DEMO_BROKER_CHECK_S)
     ensure_topics(settings)
     if settings.is_embedded_clickhouse and running_sink_url(settings):
         raise DemoError(

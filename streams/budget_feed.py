@@ -180,12 +180,15 @@ class BudgetFeed(threading.Thread):
                 if t in meta.topics
                 for p in sorted(meta.topics[t].partitions)
             ]
-            consumer.assign(assignment)
+            # the ends before the assignment: once assigned, the consumer's fetches hold the
+            # connection and each watermark request waited ``fetch.wait.max.ms`` behind one
+            # (24 partitions at 500 ms: a worker started 12 s late)
             pending = {(tp.topic, tp.partition) for tp in assignment}
             for tp in assignment:  # empty partitions never report EOF on some versions
                 low, high = self._watermarks(consumer, tp.topic, tp.partition)
                 if high <= low:
                     pending.discard((tp.topic, tp.partition))
+            consumer.assign(assignment)
             self._check_ready(pending)
             while not self._stop_event.is_set():
                 # in batches: every status of every budget period reaches every worker

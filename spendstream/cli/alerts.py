@@ -11,11 +11,11 @@ import typer
 from rich.table import Table
 
 from spendstream.cli.base import (
-    BROKER_CHECK_S,
     CliError,
     _read_budgets,
     _run,
     _settings,
+    broker_check_s,
     console,
     err,
 )
@@ -121,7 +121,7 @@ def alerts_tail(
         if last is not None and from_start:
             raise CliError("--from-start and --last exclude each other")
         settings = _settings()
-        wait_for_broker(settings.bootstrap_servers, BROKER_CHECK_S)
+        wait_for_broker(settings.bootstrap_servers, broker_check_s(settings))
         records = tail_topic(settings, settings.topics.alerts, decode_alert,
                              follow=follow, last=last)  # fmt: skip
         try:

@@ -75,6 +75,12 @@ def _run(action: Callable[[], T]) -> T:
 BROKER_CHECK_S = 5.0
 
 
+def broker_check_s(settings: Settings) -> float:
+    """``SPENDSTREAM_KAFKA_CHECK_S`` when set (tests of the unreachable path set 1 s),
+    else ``BROKER_CHECK_S``."""
+    return settings.kafka_check_s or BROKER_CHECK_S
+
+
 def _read_budgets(settings: Settings, *, follow_status: bool = False) -> BudgetFeed:
     """Read the compacted topics to their end; returns the feed (registry, statuses)."""
     from spendstream.streams.budget_feed import BudgetFeed

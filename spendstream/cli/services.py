@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from spendstream.cli.base import BROKER_CHECK_S, CliError, _run, _settings, console
+from spendstream.cli.base import CliError, _run, _settings, broker_check_s, console
 from spendstream.config import Settings
 
 #: its commands join the root app unnamed (app.py)
@@ -169,7 +169,7 @@ def status_cmd(
 
         settings = _settings()
         address = settings.bootstrap_servers
-        wait_for_broker(address, BROKER_CHECK_S)
+        wait_for_broker(address, broker_check_s(settings))
         try:
             worker_lag = worker_lags(settings)
             sink_lag = topic_lags(settings, sink_group(settings), sink_inputs(settings.topics))

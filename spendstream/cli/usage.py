@@ -12,11 +12,11 @@ import typer
 from rich.table import Table
 
 from spendstream.cli.base import (
-    BROKER_CHECK_S,
     CliError,
     _read_budgets,
     _run,
     _settings,
+    broker_check_s,
     console,
     err,
 )
@@ -130,7 +130,7 @@ def publish(
         except OSError as exc:
             raise CliError(f"cannot read {file}: {exc.strerror}") from None
         # without a broker the producer would retry for minutes, logging every attempt
-        wait_for_broker(settings.bootstrap_servers, BROKER_CHECK_S)
+        wait_for_broker(settings.bootstrap_servers, broker_check_s(settings))
         rejected: list[str] = []
         not_billed = batch_calls = 0
         with UsagePublisher(settings) as publisher:

@@ -3,6 +3,8 @@
     python tests/fault/sink_driver.py --down-file PATH    inserts fail while PATH exists
     python tests/fault/sink_driver.py --crash-after-insert SIGKILL at the first offset
                                                           commit after an insert
+    ... --retry-max-s S                                   cap the writer's backoff at S
+                                                          (the service's is 30 s)
 
 Settings come from SPENDSTREAM_* variables like any service. The loopback query port
 works as usual (it uses the unwrapped client).
@@ -57,13 +59,29 @@ def crash_at_first_commit() -> None:
     clickhouse_sink.ClickHouseSink._commit = commit  # type: ignore[method-assign]
 
 
+def cap_backoff(retry_max_s: float) -> None:
+    """The service builds its sink with the default backoff (0.5 s doubling to 30 s); a
+    short outage needs a lower cap to span several retries and to be noticed soon after
+    it ends."""
+    original = clickhouse_sink.ClickHouseSink.from_settings.__func__  # type: ignore[attr-defined]
+
+    def from_settings(cls: Any, settings: Any, client: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("retry_max_s", retry_max_s)
+        return original(cls, settings, client, **kwargs)
+
+    clickhouse_sink.ClickHouseSink.from_settings = classmethod(from_settings)  # type: ignore[method-assign,assignment]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--down-file", type=Path)
     parser.add_argument("--crash-after-insert", action="store_true")
+    parser.add_argument("--retry-max-s", type=float)
     args = parser.parse_args()
     if args.crash_after_insert:
         crash_at_first_commit()
+    if args.retry_max_s is not None:
+        cap_backoff(args.retry_max_s)
     wrap = (lambda c: Unreachable(c, args.down_file)) if args.down_file else None
     run_sink(load_settings(), wrap_client=wrap)
 

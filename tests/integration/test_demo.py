@@ -66,8 +66,12 @@ def test_demo_runs_end_to_end_and_cleans_up(tmp_path):
 
 
 def test_demo_against_unreachable_kafka_fails_with_a_clear_message(tmp_path):
-    env = clean_env(tmp_path, SPENDSTREAM_KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{free_port()}")
+    env = clean_env(tmp_path, SPENDSTREAM_KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{free_port()}",
+                    SPENDSTREAM_KAFKA_CHECK_S="1")  # users wait 15 s  # fmt: skip
     result = run_cli("demo", "--events", "10", env=env, timeout=120)
     assert result.returncode == 1
-    assert "did not answer" in result.stderr and "spendstream kafka start" in result.stderr
+    assert (
+        "did not answer within 1s" in " ".join(result.stderr.split())
+        and "spendstream kafka start" in result.stderr
+    )
     assert "Traceback" not in result.stdout + result.stderr

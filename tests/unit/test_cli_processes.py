@@ -31,7 +31,8 @@ def spendstream(
 
 @pytest.fixture
 def kafka_down(tmp_path: Path) -> dict[str, str]:
-    return {"SPENDSTREAM_DATA_DIR": str(tmp_path),
+    """The check waits 1 s here (SPENDSTREAM_KAFKA_CHECK_S; users wait 5 s)."""
+    return {"SPENDSTREAM_DATA_DIR": str(tmp_path), "SPENDSTREAM_KAFKA_CHECK_S": "1",
             "SPENDSTREAM_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{closed_port()}"}  # fmt: skip
 
 
@@ -48,6 +49,7 @@ def test_kafka_down_is_one_line_that_says_where_and_what_to_do(kafka_down, tmp_p
     assert len(lines) == 1, lines  # no flood of librdkafka lines, no traceback
     assert address in lines[0] and "spendstream kafka start" in lines[0]
     assert "SPENDSTREAM_KAFKA_BOOTSTRAP_SERVERS" in lines[0]
+    assert "within 1s" in lines[0]  # the check's wait is the setting's
     assert took < 30  # a sanity bound (it was 90 s): the check gives up after a few seconds
 
 
