@@ -168,6 +168,11 @@ def _lines_read(streams: list[bytes], n: int) -> list[list[list[Any]]]:
     return _split(flat, ends)
 
 
+def _wide(name: str, native_type: str) -> Kind:
+    """128-bit integers (money in nano-units)."""
+    return Kind(name, native_type, 1, lambda v: [_i128_write(v)], lambda s, n: _i128_read(s[0]))
+
+
 #: column kinds by name
 KINDS: dict[str, Kind] = {
     k.name: k
@@ -177,17 +182,13 @@ KINDS: dict[str, Kind] = {
         _fixed("i32", "i", "Int32"),
         _fixed("i64", "q", "Int64"),
         _fixed("u64", "Q", "UInt64"),
-        Kind("i128", "Int128", 1, lambda v: [_i128_write(v)], lambda s, n: _i128_read(s[0])),
-        #: microseconds since the epoch: the raw value of DateTime64(6, 'UTC')
-        Kind(
-            "micros", "DateTime64(6, 'UTC')", 1, _fixed("", "q", "").write, _fixed("", "q", "").read
-        ),  # fmt: skip
-        #: nano-units: the raw value of Decimal(38, 9)
-        Kind(
-            "nanos", "Decimal(38, 9)", 1, lambda v: [_i128_write(v)], lambda s, n: _i128_read(s[0])
-        ),  # fmt: skip
+        _wide("i128", "Int128"),
+        # microseconds since the epoch: the raw value of DateTime64(6, 'UTC')
+        _fixed("micros", "q", "DateTime64(6, 'UTC')"),
+        # nano-units: the raw value of Decimal(38, 9)
+        _wide("nanos", "Decimal(38, 9)"),
         Kind("str_map", "Map(String, String)", 3, _map_write, _map_read, offsets=True),
-        #: cost lines [name, quantity in nano-units, unit, amount in nano-units]
+        # cost lines [name, quantity in nano-units, unit, amount in nano-units]
         Kind(
             "cost_lines",
             "Array(Tuple(name String, quantity Decimal(38, 9), unit String, "
