@@ -226,7 +226,7 @@ class ColumnarFormat:
         for (name, kind), values in zip(self.columns, columns, strict=True):
             try:
                 streams += KINDS[kind].write(values)
-            except (TypeError, ValueError, AttributeError, OverflowError, IndexError) as exc:
+            except Exception as exc:  # the serializers' own errors too (None in a string)
                 raise ColumnarFormatError(f"column {name} ({kind}): {exc}") from None
         head = json.dumps({"v": self.version, "n": n, "len": [len(s) for s in streams]},
                           separators=(",", ":"))  # fmt: skip

@@ -110,6 +110,11 @@ def test_rows_that_do_not_fit_the_format_are_refused_when_written() -> None:
         batches.encode(batches.ALLOCATIONS_V2, [["too", "short"]])
     with pytest.raises(batches.BatchFormatError, match="allocations/2"):
         batches.encode(batches.ALLOCATIONS_V2, [[1.5] * len(batches.ALLOCATION_COLUMNS)])
+    # a missing string is not written as "" behind the caller's back
+    row = allocation(1, "b1")
+    row[batches.A["org"]] = None
+    with pytest.raises(batches.BatchFormatError, match="column org"):
+        batches.encode(batches.ALLOCATIONS_V2, [row])
 
 
 def allocation(i: int, budget: str, **tags: str) -> list[Any]:
