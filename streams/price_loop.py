@@ -126,6 +126,7 @@ class PriceLoop:
         self._committing: dict[tuple[str, int], int] = {}
         #: an asynchronous commit failed: commit ``_committing`` again
         self._recommit = False
+        self._commit_warned = -5.0
 
     # --- the commit protocol -------------------------------------------------------------
     def commit(self, batch: PricedBatch) -> None:
@@ -200,12 +201,19 @@ class PriceLoop:
             else:
                 self.consumer.commit(offsets=parts, asynchronous=True)
         except KafkaException as exc:
-            self.metrics["commit_failures"] += 1
-            self._recommit = True
-            log.warning("offset commit failed (%s); committing again",
-                        exc.args[0].str() if exc.args else exc)  # fmt: skip
+            self._commit_failed(exc.args[0].str() if exc.args else str(exc))
             return False
         return True
+
+    def _commit_failed(self, reason: str) -> None:
+        """Count it, commit again at the next step; warn at most every 5 s (while a group
+        rebalances, each retry fails alike until it is done)."""
+        self.metrics["commit_failures"] += 1
+        self._recommit = True
+        now = time.monotonic()
+        if now - self._commit_warned >= 5:
+            self._commit_warned = now
+            log.warning("offset commit failed (%s); committing again", reason)
 
     def committed(self, err: KafkaError | None, partitions: list[KafkaTopicPartition]) -> None:
         """The consumer's ``on_commit``: an asynchronous commit that failed (the group was
@@ -215,11 +223,8 @@ class PriceLoop:
         failed = [tp for tp in partitions or [] if tp.error is not None]
         if err is None and not failed:
             return
-        self.metrics["commit_failures"] += 1
-        self._recommit = True
         error = err if err is not None else failed[0].error
-        reason = error.str() if error is not None else "unknown error"
-        log.warning("offset commit failed (%s); committing again", reason)
+        self._commit_failed(error.str() if error is not None else "unknown error")
 
     def _commit_again(self) -> None:
         """Commit the newest offsets of the partitions still ours, synchronously."""

@@ -194,3 +194,14 @@ def test_an_asynchronous_commit_that_failed_is_made_again_for_partitions_still_o
     price.committed(None, [KafkaTopicPartition("usage.llm", 1, 3)])
     price.step()
     assert sum(e[0] == "commit" for e in journal) == commits and not price._recommit
+
+
+def test_a_burst_of_failed_commits_warns_once_and_counts_each(caplog):
+    from confluent_kafka import KafkaError
+
+    price = loop(Journal(), [])
+    with caplog.at_level("WARNING", logger="spendstream.price"):
+        for _ in range(30):  # as while a group rebalances: every retry refused alike
+            price.committed(KafkaError(KafkaError.REBALANCE_IN_PROGRESS), [])
+    assert price.metrics["commit_failures"] == 30 and price._recommit
+    assert sum("offset commit failed" in r.getMessage() for r in caplog.records) == 1
