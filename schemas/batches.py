@@ -108,9 +108,8 @@ FORMATS = {
     CONVERSIONS_V1: CONVERSION_COLUMNS,
 }
 
-#: what a format's rows are: readers accept every format of the kind they read
+#: the allocation formats: readers of allocations accept each of them
 ALLOCATIONS = frozenset({ALLOCATIONS_V1, ALLOCATIONS_V2})
-PRICED = frozenset({PRICED_V1, PRICED_V2, PRICED_V3})
 
 
 class BatchFormatError(SpendstreamError, ValueError):

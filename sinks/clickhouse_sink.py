@@ -433,17 +433,19 @@ class ClickHouseSink:
         """How long a consume may wait for more records: until the first buffered partition
         is due, at most 0.2 s. (consume returns when it has its count or its time is up: a
         fixed 0.2 s held every due batch back by up to that much, per loop.)"""
-        linger = self.config.linger_ms / 1000
-        due = [buf.started + linger for buf in self.buffers.values() if buf.first_offset >= 0]
+        due = [self._due_at(buf) for buf in self.buffers.values() if buf.first_offset >= 0]
         if not due:
             return 0.2
         return min(0.2, max(0.0, min(due) - time.monotonic()))
 
+    def _due_at(self, buf: PartitionBuffer) -> float:
+        """When a buffer is written, whatever its size: its linger after its first record."""
+        return buf.started + self.config.linger_ms / 1000
+
     def _flush_due(self) -> None:
-        linger = self.config.linger_ms / 1000
         now = time.monotonic()
         for tp, buf in list(self.buffers.items()):
-            if buf.first_offset >= 0 and now - buf.started >= linger:
+            if buf.first_offset >= 0 and now >= self._due_at(buf):
                 self._flush(tp, buf)
 
     def _flush_all(self) -> None:
