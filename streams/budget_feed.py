@@ -192,19 +192,24 @@ class BudgetFeed(threading.Thread):
             self._check_ready(pending)
             while not self._stop_event.is_set():
                 # in batches: every status of every budget period reaches every worker
+                changes: dict[str, BudgetDefinition | None] = {}
                 for msg in consumer.consume(500, timeout=0.2):
                     err = msg.error()
                     if err is not None:
                         if err.code() == KafkaError._PARTITION_EOF:
+                            # the budgets read so far are in the registry before it is ready
+                            self.registry.apply(changes)
+                            changes = {}
                             pending.discard((msg.topic(), msg.partition()))
                             self._check_ready(pending)
                         else:
                             log.warning("budget feed: %s", err)
                         continue
                     if msg.topic() == topics.budgets:
-                        self._apply(msg.key(), msg.value())
+                        self._change(changes, msg.key(), msg.value())
                     else:
                         self._apply_state(msg.topic() or "", msg.key(), msg.value())
+                self.registry.apply(changes)  # one registry snapshot per batch read
         finally:
             consumer.close()
 
@@ -230,11 +235,18 @@ class BudgetFeed(threading.Thread):
         if not pending:
             self.caught_up.set()
 
-    def _apply(self, key: bytes | None, value: bytes | None) -> None:
+    def _change(
+        self,
+        changes: dict[str, BudgetDefinition | None],
+        key: bytes | None,
+        value: bytes | None,
+    ) -> None:
+        """Record one budgets record in ``changes`` (a later record of an id replaces an
+        earlier one, as compaction would)."""
         budget_id = key.decode() if key else None
         if value is None:
             if budget_id:
-                self.registry.delete(budget_id)
+                changes[budget_id] = None
             return
         try:
             budget = BudgetDefinition.decode(value)
@@ -242,7 +254,7 @@ class BudgetFeed(threading.Thread):
             self.rejected += 1
             log.error("ignoring undecodable budget %s: %s", budget_id, exc)
             return
-        self.registry.put(budget)
+        changes[budget.budget_id] = budget
 
     def _apply_state(self, topic: str, key: bytes | None, value: bytes | None) -> None:
         if key is None:

@@ -162,12 +162,24 @@ class BudgetRegistry:
         self._snapshot = Snapshot({b.budget_id: b for b in budgets})
 
     def put(self, budget: BudgetDefinition) -> None:
-        with self._lock:
-            self._snapshot = Snapshot({**self._snapshot.budgets, budget.budget_id: budget})
+        self.apply({budget.budget_id: budget})
 
     def delete(self, budget_id: str) -> None:
+        self.apply({budget_id: None})
+
+    def apply(self, changes: dict[str, BudgetDefinition | None]) -> None:
+        """Put (a definition) or delete (None) many budgets as one new snapshot: a snapshot
+        indexes every budget, so a feed reading 1,000 definitions one put at a time built
+        1,000 snapshots (quadratic: a worker's start took seconds of CPU, measured)."""
+        if not changes:
+            return
         with self._lock:
-            budgets = {k: v for k, v in self._snapshot.budgets.items() if k != budget_id}
+            budgets = dict(self._snapshot.budgets)
+            for budget_id, budget in changes.items():
+                if budget is None:
+                    budgets.pop(budget_id, None)
+                else:
+                    budgets[budget_id] = budget
             self._snapshot = Snapshot(budgets)
 
     def get(self, budget_id: str) -> BudgetDefinition | None:

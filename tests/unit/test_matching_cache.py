@@ -161,3 +161,31 @@ def test_cache_is_per_snapshot_bounded_and_returns_fresh_lists(monkeypatch: pyte
     assert len(registry._snapshot.cache) <= 3
     registry.delete("org")
     assert registry.match(Event({"org": "other"})) == []
+
+
+def test_apply_builds_one_snapshot_for_many_changes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A feed reading 1,000 definitions indexes them once, not once per definition."""
+    registry = BudgetRegistry([BudgetDefinition(budget_id="old", name="old", limit="1")])
+    built = []
+    real = matching.Snapshot.__init__
+
+    def counting(self: matching.Snapshot, budgets: dict[str, BudgetDefinition]) -> None:
+        built.append(len(budgets))
+        real(self, budgets)
+
+    monkeypatch.setattr(matching.Snapshot, "__init__", counting)
+    team = [BudgetDefinition(budget_id=f"t{i}", name=f"t{i}", limit="5",
+                             scope={"team": [f"team-{i}"]}) for i in range(1000)]  # fmt: skip
+    changes: dict[str, BudgetDefinition | None] = {b.budget_id: b for b in team}
+    changes["old"] = None
+    registry.apply(changes)
+    assert built == [1000]
+    assert registry.get("old") is None and len(registry) == 1000
+    assert [m.budget.budget_id for m in registry.match(Event({"team": "team-7"}))] == ["t7"]
+    registry.apply({})  # nothing read: nothing rebuilt
+    assert built == [1000]
+    t8 = BudgetDefinition(budget_id="t8", name="t8", limit="9", scope={"team": ["team-8"]})
+    registry.apply({"t7": None, "t8": t8})
+    assert built == [1000, 999]
+    assert registry.match(Event({"team": "team-7"})) == []
+    assert registry.get("t8") is t8
