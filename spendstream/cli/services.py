@@ -50,6 +50,9 @@ def worker(
             env = {**os.environ, "SPENDSTREAM_WORKER_CHILD": "1"}
             code = supervise({"price": [*me, "price"], "aggregate": [*me, "aggregate"]}, env)
             raise typer.Exit(code)
+        from spendstream.streams.runtime import tune_gc
+
+        tune_gc(settings.worker_gc_threshold)
         if stage == "price":
             from spendstream.streams.configs import PriceStageConfig
             from spendstream.streams.price_worker import run_price_worker
