@@ -187,8 +187,15 @@ class AggregateStage:
             # exceeded: spent > limit, i.e. spent x 100 >= limit x 100 + 100 (whole nanos)
             tiers.append((Decimal(limit * 100 + 100), "exceeded"))
             self._tiers[(budget.budget_id, budget.updated_at)] = tiers
+        # remembered on the state until a tier fires (``alerted`` only grows) or the
+        # budget changes: asked at every allocation, it changes a few times a period
+        known = state.next_tier
+        if known is not None and known[0] is tiers and known[1] == len(state.alerted):
+            return known[2]
         pending = [need for need, tag in tiers if tag not in state.alerted]
-        return min(pending) if pending else Decimal("Infinity")
+        found = min(pending) if pending else Decimal("Infinity")
+        state.next_tier = (tiers, len(state.alerted), found)
+        return found
 
 
 EPOCH_DAY = date(1970, 1, 1)

@@ -99,3 +99,19 @@ def test_per_allocation_tiers_equal_the_reference_rule():
     got = stage().process([("r", [alloc(i, a) for i, a in enumerate(amounts)])],
                           lambda k: PeriodState(), NOW)  # fmt: skip
     assert [a.alert_id for a in got.alerts if a.kind in ("threshold", "exceeded")] == want
+
+
+def test_the_remembered_next_tier_moves_on_when_a_tier_fires_or_the_budget_changes():
+    """One state object across batches (as the checkpoint keeps it): each crossing fires
+    once, in its own batch, and a changed limit is used from the next allocation on."""
+    registry = BudgetRegistry([BUDGET])
+    agg = AggregateStage(registry)
+    state = PeriodState()
+    fired = []
+    for offset, amount in [(1, "4"), (2, "0.5"), (3, "1"), (4, "0.1"), (5, "2")]:
+        result = agg.process([("r", [alloc(offset, amount)])], lambda k: state, NOW)
+        fired.append([a.alert_id.split(":", 2)[2] for a in result.alerts])
+    assert fired == [[], [], ["threshold:50"], [], ["threshold:75"]]  # 4, 4.5, 5.5, 5.6, 7.6
+    registry.put(BUDGET.model_copy(update={"limit": Decimal(8), "updated_at": NOW}))
+    result = agg.process([("r", [alloc(6, "0.1")])], lambda k: state, NOW)  # 7.7 of 8
+    assert [a.alert_id.split(":", 2)[2] for a in result.alerts] == ["threshold:90"]
