@@ -142,6 +142,8 @@ class Worker:
     #: the aggregator's batches: records in each, seconds to process each
     batch_size: Histogram = field(default_factory=lambda: Histogram(SIZE_BUCKETS))
     batch_seconds: Histogram = field(default_factory=lambda: Histogram(SECONDS_BUCKETS))
+    #: seconds from the produce time of a batch's oldest record to the batch's start
+    record_age: Histogram = field(default_factory=lambda: Histogram(SECONDS_BUCKETS))
 
     def start_feed(self) -> None:
         """Read every budget before faust starts: an agent that waits for budgets inside
@@ -288,6 +290,9 @@ def create_worker(config: AggregatorConfig) -> Worker:
     async def aggregate_batch(events: list[faust.EventT]) -> None:
         async with lock:
             started = time.perf_counter()
+            oldest = min((e.message.timestamp for e in events), default=0.0)
+            if oldest > 0:
+                worker.record_age.observe(max(0.0, time.time() - oldest))
             metrics["aggregate_consumed"] += len(events)
             now = datetime.now(UTC)
             result = stage.process(decoded(events), lambda k: checkpoint.load(k, spend.get), now)

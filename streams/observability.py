@@ -56,6 +56,8 @@ class WorkerView(Protocol):
     def batch_size(self) -> Histogram: ...
     @property
     def batch_seconds(self) -> Histogram: ...
+    @property
+    def record_age(self) -> Histogram: ...
     def all_metrics(self) -> dict[str, Any]: ...
 
 
@@ -158,6 +160,8 @@ def worker_families(worker: WorkerView) -> list[Metric]:
              "aggregate": worker.batch_size}  # fmt: skip
     seconds = {"price": Histogram.from_json(SECONDS_BUCKETS, hist.get("batch_seconds")),
                "aggregate": worker.batch_seconds}  # fmt: skip
+    ages = {"price": Histogram.from_json(SECONDS_BUCKETS, hist.get("record_age")),
+            "aggregate": worker.record_age}  # fmt: skip
     price_lags: Lags = {}
     for row in price.get("lag") or []:
         if isinstance(row, list) and len(row) == 3:
@@ -198,6 +202,9 @@ def worker_families(worker: WorkerView) -> list[Metric]:
         histogram_family("spendstream_batch_size", "Records per batch.", "stage", sizes),
         histogram_family("spendstream_batch_seconds", "Seconds to process a batch.", "stage",
                          seconds),
+        histogram_family("spendstream_record_age_seconds", "Seconds from the produce time "
+                         "of a batch's oldest record to the start of its processing: how "
+                         "long input waited for the stage.", "stage", ages),
         lag_family([(worker.price_group, price_lags), (worker.group, agg_lags)]),
     ]  # fmt: skip
 

@@ -122,6 +122,8 @@ class PriceLoop:
         #: to the producer), shipped to the faust process's /metrics in the metrics file
         self.batch_sizes = Histogram(SIZE_BUCKETS)
         self.batch_times = Histogram(SECONDS_BUCKETS)
+        #: seconds from the produce time of a batch's oldest record to the batch's start
+        self.record_ages = Histogram(SECONDS_BUCKETS)
         #: the newest offset asked to be committed, per partition we own
         self._committing: dict[tuple[str, int], int] = {}
         #: an asynchronous commit failed: commit ``_committing`` again
@@ -305,6 +307,9 @@ class PriceLoop:
         if records:
             if self.first_record_at is None:
                 self.first_record_at = time.time()
+            oldest = min((r.timestamp_ms for r in records if r.timestamp_ms > 0), default=0)
+            if oldest:
+                self.record_ages.observe(max(0.0, time.time() - oldest / 1000))
             started = time.perf_counter()
             self.commit(self.stage.process(records))
             self.batch_times.observe(time.perf_counter() - started)
@@ -326,7 +331,8 @@ class PriceLoop:
                 "written_at": time.time(), "assigned": len(self.stage.dedupe.partitions),
                 "lag": [[t, p, n] for (t, p), n in consumer_lags(self.consumer).items()],
                 "histograms": {"batch_size": self.batch_sizes.to_json(),
-                               "batch_seconds": self.batch_times.to_json()}}  # fmt: skip
+                               "batch_seconds": self.batch_times.to_json(),
+                               "record_age": self.record_ages.to_json()}}  # fmt: skip
         tmp = self.metrics_path.with_suffix(".tmp")
         tmp.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_text(json.dumps(data))

@@ -119,12 +119,12 @@ METRIC_CONTRACT = {
     "spendstream_events_dead_lettered_total", "spendstream_events_duplicate_total",
     "spendstream_allocations_total", "spendstream_alerts_total",
     "spendstream_price_fallbacks_total", "spendstream_budgets", "spendstream_batch_size",
-    "spendstream_batch_seconds", "spendstream_consumer_lag", "spendstream_sink_rows_total",
+    "spendstream_batch_seconds", "spendstream_record_age_seconds", "spendstream_consumer_lag", "spendstream_sink_rows_total",
     "spendstream_sink_insert_seconds", "spendstream_sink_errors_total",
     "spendstream_sink_retries_total", "spendstream_notify_alerts_total",
     "spendstream_notify_deliveries_total", "spendstream_notify_digests_total",
 }  # fmt: skip
-HISTOGRAMS = {"spendstream_batch_size", "spendstream_batch_seconds",
+HISTOGRAMS = {"spendstream_batch_size", "spendstream_batch_seconds", "spendstream_record_age_seconds",
               "spendstream_sink_insert_seconds"}  # fmt: skip
 #: which setting holds the port each scraped service serves /metrics on
 METRICS_PORT_SETTING = {"worker": "worker_web_port", "sink": "sink_metrics_port",
@@ -287,7 +287,8 @@ def test_dashboard_queries_only_metrics_of_the_contract(dashboard):
     assert {"spendstream_events_priced_total", "spendstream_events_dead_lettered_total",
             "spendstream_consumer_lag", "spendstream_batch_seconds_bucket",
             "spendstream_sink_rows_total", "spendstream_sink_insert_seconds_bucket",
-            "spendstream_alerts_total", "spendstream_notify_deliveries_total"} <= used  # fmt: skip
+            "spendstream_alerts_total", "spendstream_notify_deliveries_total",
+            "spendstream_record_age_seconds_bucket"} <= used  # fmt: skip
 
 
 def exposed_metric_families() -> set[str]:

@@ -155,6 +155,7 @@ def test_worker_exposition_parses_holds_the_names_and_moves_with_both_stages(wor
     w.metrics.update(aggregate_consumed=2, aggregated=6, dlq=1, alerts_threshold=2)
     w.batch_size.observe(2)
     w.batch_seconds.observe(0.004)
+    w.record_age.observe(0.2)
 
     samples = scrape(registry)
     assert {
@@ -186,6 +187,11 @@ def test_worker_exposition_parses_holds_the_names_and_moves_with_both_stages(wor
     assert value(samples, "spendstream_batch_size_bucket", stage="price", le="1.0") == 0
     assert value(samples, "spendstream_batch_seconds_count", stage="aggregate") == 1
     assert value(samples, "spendstream_batch_seconds_bucket", stage="aggregate", le="0.005") == 1
+    # the fake records were produced in 2023: the price batch's age is past every bound
+    assert value(samples, "spendstream_record_age_seconds_count", stage="price") == 1
+    assert value(samples, "spendstream_record_age_seconds_bucket", stage="price", le="60.0") == 0
+    assert value(samples, "spendstream_record_age_seconds_bucket", stage="aggregate",
+                 le="0.25") == 1  # fmt: skip
     assert value(samples, "spendstream_consumer_lag", group="app-price", topic="usage.llm",
                  partition="0") == 2  # fmt: skip
     # aggregator: high watermark 10, last record handed to the agent 6; changelogs left out

@@ -3,6 +3,7 @@ flushed before any input offset commits; a failed delivery commits nothing."""
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from typing import Any
 
@@ -60,8 +61,8 @@ class FakeConsumer:
 
 
 class Message:
-    def __init__(self, topic: str, partition: int, offset: int) -> None:
-        self._t, self._p, self._o = topic, partition, offset
+    def __init__(self, topic: str, partition: int, offset: int, ts_ms: int = 1_700_000_000_000):
+        self._t, self._p, self._o, self._ts = topic, partition, offset, ts_ms
 
     def error(self) -> None:
         return None
@@ -76,7 +77,7 @@ class Message:
         return self._o
 
     def timestamp(self) -> tuple[int, int]:
-        return (1, 1_700_000_000_000)
+        return (1, self._ts)
 
     def key(self) -> bytes:
         return b"k"
@@ -205,3 +206,17 @@ def test_a_burst_of_failed_commits_warns_once_and_counts_each(caplog):
             price.committed(KafkaError(KafkaError.REBALANCE_IN_PROGRESS), [])
     assert price.metrics["commit_failures"] == 30 and price._recommit
     assert sum("offset commit failed" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_a_batch_records_the_age_of_its_oldest_record():
+    """From the record's produce time to the batch's start: 3 s for this batch, whose
+    other record is 1 s old; a record without a timestamp (0) does not count."""
+    now_ms = int(time.time() * 1000)
+    messages = [Message("usage.llm", 0, 0, now_ms - 1000), Message("usage.llm", 0, 1, now_ms - 3000),
+                Message("usage.llm", 0, 2, 0)]  # fmt: skip
+    price = loop(Journal(), messages)
+    price.step()
+    ages = price.record_ages
+    assert sum(ages.counts) == 1
+    assert ages.counts[ages.bounds.index(5.0)] == 1  # 2.5 < 3 s <= 5
+    assert 3.0 <= ages.total < 4.0
