@@ -31,6 +31,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -280,7 +281,10 @@ def run_app(bootstrap: str, topic: str, events: int, alerts_topic: str,
     sdf = sdf.group_by("budget_id")
     sdf = sdf.apply(spend, stateful=True, expand=True)
     sdf.to_topic(alerts)
-    app.run()
+    try:
+        app.run()
+    finally:
+        shutil.rmtree(state_dir, ignore_errors=True)
     return progress.result(events, quixstreams.__version__)
 
 
