@@ -19,7 +19,9 @@
 3. Produce-to-alert latency (one worker): events are then produced at ``--rate`` per
    second for ``--seconds``; budget limits are set so this phase drives every team budget
    through its 50/75/90/100 % tiers. Latency = arrival of a threshold alert on
-   budget-alerts minus the produce time of the event that triggered it.
+   budget-alerts minus the produce time of the event that triggered it. Beside it, per
+   stage, how long input waited for each batch of this phase (the worker's
+   ``spendstream_record_age_seconds``): where the delay is.
 4. Pre-flight check: ``--checks`` sequential POST /check requests to the worker's HTTP
    API (and the same check in-process, without HTTP).
 
@@ -163,6 +165,52 @@ def limits_block(job: int, raw: dict[str, Any], floor: dict[str, Any],
     }
 
 
+#: (stage, upper bound in seconds) -> batches at or below it, and per stage (sum, count)
+AgeScrape = tuple[dict[tuple[str, float], float], dict[str, tuple[float, float]]]
+
+
+def parse_record_ages(text: str) -> AgeScrape:
+    """``spendstream_record_age_seconds`` of a worker's /metrics text."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    buckets: dict[tuple[str, float], float] = {}
+    totals: dict[str, tuple[float, float]] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name != "spendstream_record_age_seconds":
+            continue
+        for sample in family.samples:
+            stage = sample.labels.get("stage", "")
+            if sample.name.endswith("_bucket"):
+                buckets[(stage, float(sample.labels["le"]))] = sample.value
+            elif sample.name.endswith("_sum"):
+                totals[stage] = (sample.value, totals.get(stage, (0.0, 0.0))[1])
+            elif sample.name.endswith("_count"):
+                totals[stage] = (totals.get(stage, (0.0, 0.0))[0], sample.value)
+    return buckets, totals
+
+
+def record_ages(before: AgeScrape, after: AgeScrape) -> dict[str, dict[str, Any]]:
+    """Per stage, over the batches between two scrapes: how many, their mean record age and
+    the bucket bound at or below which 99 % of them were (where an alert's delay was)."""
+    out: dict[str, dict[str, Any]] = {}
+    for stage, (total, count) in sorted(after[1].items()):
+        old_total, old_count = before[1].get(stage, (0.0, 0.0))
+        n = count - old_count
+        if n <= 0:
+            continue
+        bounds = sorted(le for s, le in after[0] if s == stage)
+        p99 = next(le for le in bounds
+                   if after[0][(stage, le)] - before[0].get((stage, le), 0.0) >= 0.99 * n)  # fmt: skip
+        out[stage] = {"batches": int(n), "mean_ms": round((total - old_total) / n * 1000, 1),
+                      "p99_at_most_ms": None if p99 == float("inf") else round(p99 * 1000)}  # fmt: skip
+    return out
+
+
+def scrape_ages(port: int) -> AgeScrape:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        return parse_record_ages(resp.read().decode())
+
+
 def load(settings: Any, budgets: list[BudgetDefinition], n: int, teams: int, tokens: int,
          producer: Producer, first: int = 0) -> None:  # fmt: skip
     ensure_topics(settings)
@@ -271,6 +319,7 @@ def main() -> None:
             for i in range(phase2):
                 e = event(args.events + i, teams, big)
                 ready.append((e.event_id, enc.encode(e.to_avro())))
+            ages_before = scrape_ages(ports[0])
             produced: dict[str, float] = {}
             start = time.time()
             for i, (event_id, value) in enumerate(ready):
@@ -287,6 +336,7 @@ def main() -> None:
             # there (the run timed out after 300 s and printed nothing)
             wait_for("phase 2 aggregated", lambda: aggregated(ports) >= want, 300, group)
             time.sleep(2)
+            stage_ages = record_ages(ages_before, scrape_ages(ports[0]))
             clock.stop.set()
             latencies = [(at - produced[a.triggered_by]) * 1000 for a, at in clock.arrivals
                          if a.kind == "threshold" and a.triggered_by in produced]  # fmt: skip
@@ -336,6 +386,9 @@ def main() -> None:
             "max_ms": round(max(latencies, default=float("nan")), 1),
             "to_alert_created_p50_ms": round(percentile(created, 0.5), 1),
             "to_alert_created_p99_ms": round(percentile(created, 0.99), 1),
+            # the first worker's batches during this phase: how long input waited for
+            # each stage (spendstream_record_age_seconds)
+            "record_age_by_stage": stage_ages,
         },
         "check": {
             "requests": args.checks,
