@@ -47,3 +47,13 @@ def make_llm_event():
 def chdb_dir(tmp_path_factory: pytest.TempPathFactory):
     """chDB admits one data directory per process: the whole session shares this one."""
     return tmp_path_factory.mktemp("chdb")
+
+
+def ctrl_c_reaches() -> None:
+    """``preexec_fn`` of a child a test ends with SIGINT, as Ctrl-C in a terminal would: a
+    shell starts background jobs with SIGINT ignored and children inherit that (CPython
+    then installs no KeyboardInterrupt handler), so a suite run as a background job saw
+    its followers ignore the test's Ctrl-C."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -30,6 +30,7 @@ from spendstream.readback import BadRecord, decode_alert, tail_topic
 from spendstream.schemas.avro import codec
 from spendstream.schemas.models import BudgetAlert
 from spendstream.topics import TopicsError, ensure_topics
+from tests.conftest import ctrl_c_reaches
 
 runner = CliRunner()
 
@@ -162,7 +163,7 @@ def test_follow_prints_new_alerts_and_ctrl_c_exits_cleanly(settings):
     proc = subprocess.Popen(
         [sys.executable, "-m", "spendstream.cli", "alerts", "tail", "--follow"],
         env=ProcessGroup(settings).env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True,
+        text=True, preexec_fn=ctrl_c_reaches,
     )  # fmt: skip
     lines: queue.Queue[str] = queue.Queue()
 

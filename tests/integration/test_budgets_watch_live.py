@@ -24,6 +24,7 @@ from spendstream.schemas.avro import codec
 from spendstream.schemas.budget import load_budgets_file
 from spendstream.schemas.models import BudgetStatus
 from spendstream.topics import ensure_topics
+from tests.conftest import ctrl_c_reaches
 
 pytestmark = pytest.mark.integration
 
@@ -92,7 +93,7 @@ def test_watch_follows_new_statuses_and_ctrl_c_exits_cleanly(settings, tmp_path)
     proc = subprocess.Popen(
         [sys.executable, "-m", "spendstream.cli", "budgets", "status", "--watch",
          "--interval", "0.5"],
-        env=env, stdin=slave, stdout=slave, stderr=subprocess.PIPE,
+        env=env, stdin=slave, stdout=slave, stderr=subprocess.PIPE, preexec_fn=ctrl_c_reaches,
     )  # fmt: skip
     os.close(slave)
     screen = Screen(master)
@@ -134,7 +135,7 @@ def test_watch_into_a_pipe_prints_a_snapshot_per_change(settings, tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "spendstream.cli", "budgets", "status", "acme", "--watch",
          "--interval", "0.3"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=ctrl_c_reaches,
     )  # fmt: skip
     assert proc.stdout is not None and proc.stderr is not None
     screen = Screen(proc.stdout.fileno())
