@@ -25,7 +25,6 @@ import asyncio
 import logging
 import os
 import time
-import weakref
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -54,6 +53,7 @@ from .offset_guard import OffsetGuard
 from .output import OutputProducer
 from .pricing import Catalog, Pricer
 from .processor import dead_letter
+from .spend_table import SpendTable
 
 log = logging.getLogger("spendstream.worker")
 
@@ -207,11 +207,6 @@ def create_worker(config: AggregatorConfig) -> Worker:
         processing_guarantee="at_least_once",
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
-        # the table's changelog: a checkpoint writes ~1,000 states at once; with faust's
-        # defaults (no linger, 16 KiB batches) that went out as ~400 produce requests a
-        # second, each costing this process and the broker more than its records did
-        producer_linger=0.005,
-        producer_max_batch_size=512 * 1024,
         broker_commit_every=1000,
         broker_session_timeout=float(config.session_timeout_s),
         broker_heartbeat_interval=min(3.0, config.session_timeout_s / 3),
@@ -317,8 +312,8 @@ def create_worker(config: AggregatorConfig) -> Worker:
 
     async def commit(*, only_if_due: bool) -> bool:
         """Take a checkpoint under the aggregation lock, write it outside (batches go on
-        while it waits for the broker; checkpoint.py). Crash if it fails: nothing of it is
-        committed then, and its batches are replayed."""
+        while it waits for the broker; checkpoint.py).
+        Crash if it fails: nothing of it is committed then, and its batches are replayed."""
         async with writing:
             async with lock:
                 if not (checkpoint.due() if only_if_due else checkpoint.waiting
@@ -354,8 +349,10 @@ def create_worker(config: AggregatorConfig) -> Worker:
     async def drain() -> None:
         await out.drain()
 
+    table = SpendTable(spend, out.send)
+
     def write_state(key: str, value: str, source: faust.EventT) -> None:
-        with_event(source, lambda: spend.__setitem__(key, value))
+        table.put(key, value, source.message.partition)
 
     def send_alert(alert: Any) -> None:
         metrics[f"alerts_{alert.kind}"] += 1
@@ -399,16 +396,6 @@ def create_worker(config: AggregatorConfig) -> Worker:
             if result.counters["fx_released"]:
                 log.info("exchange rates released %d held allocations",
                          result.counters["fx_released"])  # fmt: skip
-
-    def with_event(event: faust.EventT, action: Any) -> Any:
-        """Run a table access in the context of ``event`` so it uses that event's partition."""
-        from faust.streams import _current_event
-
-        token = _current_event.set(weakref.ref(event))
-        try:
-            return action()
-        finally:
-            _current_event.reset(token)
 
     @app.timer(interval=2.0)
     async def heal_offsets() -> None:

@@ -39,15 +39,24 @@ class OutputProducer:
                 self._errors.append(f"{msg.topic()}: {err.str()}")
 
     def send(
-        self, topic: str, key: bytes | None, value: bytes | None, origin: str | None = None
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        origin: str | None = None,
+        *,
+        partition: int | None = None,
     ) -> None:
         """Queue one record (waits for queue space, never drops). ``origin`` is the input
         position ("topic:partition:offset") it was computed from, sent as a header so the
-        sink can skip the outputs of a replayed input without decoding them."""
-        headers: dict[str, str | bytes | None] | None = {"origin": origin} if origin else None
-        produce_waiting(
-            self._producer, topic, key, value, headers=headers, on_delivery=self._on_delivery
-        )
+        sink can skip the outputs of a replayed input without decoding them. ``partition``
+        given, the record goes there rather than where its key hashes."""
+        options: dict[str, object] = {"on_delivery": self._on_delivery}
+        if origin:
+            options["headers"] = {"origin": origin}
+        if partition is not None:
+            options["partition"] = partition
+        produce_waiting(self._producer, topic, key, value, **options)
         self.sent += 1
 
     async def drain(self, timeout: float = 120.0) -> None:
