@@ -311,17 +311,22 @@ def create_worker(config: AggregatorConfig) -> Worker:
     writing = asyncio.Lock()
 
     async def commit(*, only_if_due: bool) -> bool:
-        """Take a checkpoint under the aggregation lock, write it outside (batches go on
-        while it waits for the broker; checkpoint.py).
+        """Take a checkpoint under the aggregation lock, a slice of states at a time, and
+        write it outside (batches go on while it waits for the broker; checkpoint.py).
         Crash if it fails: nothing of it is committed then, and its batches are replayed."""
         async with writing:
             async with lock:
                 if not (checkpoint.due() if only_if_due else checkpoint.waiting
                         or checkpoint.dirty):  # fmt: skip
                     return False
-                snapshot = checkpoint.take(datetime.now(UTC))
+                taking = checkpoint.begin(datetime.now(UTC))
             try:
-                written = await checkpoint.write(snapshot)
+                taken = False
+                while not taken:  # a slice at a time: batches run between slices
+                    await asyncio.sleep(0)  # a free lock is taken without yielding
+                    async with lock:
+                        taken = taking.step()
+                written = await checkpoint.write(taking.snapshot)
             except Exception:
                 log.critical("checkpoint failed; exiting so its batches are replayed",
                              exc_info=True)  # fmt: skip

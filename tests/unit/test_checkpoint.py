@@ -115,3 +115,47 @@ def test_a_batch_while_a_checkpoint_is_written_waits_for_the_next_one():
     assert cp.due()
     asyncio.run(cp.commit(NOW))
     assert ("state", "b|2026-11", 5, "r2") in journal and journal[-1] == ("finish", ["e2"])
+
+
+def test_batches_run_between_the_slices_of_a_checkpoint_being_taken():
+    """A checkpoint freezes its states a slice at a time, each under the aggregation lock,
+    so a batch can run between two slices: a state frozen after it holds its newer value,
+    whose alert went out before the drain that precedes every state; only the snapshot's
+    records finish, the batch's with the next checkpoint (which writes the state again)."""
+    journal: list = []
+    clock = [0.0]
+    cp = make(journal, clock)
+    run(cp, [("r1", [alloc(1, "1"), alloc(2, "1", budget="c")])], ["e1"])
+    taking = cp.begin(NOW)
+    assert cp.dirty == {} and cp.waiting == [] and cp.in_flight == {"b|2026-11", "c|2026-11"}
+    assert not taking.step(1)  # b frozen at 1; c not yet
+    run(cp, [("r2", [alloc(3, "6"), alloc(4, "2", budget="c")])], ["e2"])  # between slices
+    assert taking.step(1)
+    journal.clear()
+    assert asyncio.run(cp.write(taking.snapshot)) == 2
+    states = {e[1]: e[2] for e in journal if e[0] == "state"}
+    assert states == {"b|2026-11": 1, "c|2026-11": 3}  # b as frozen, c with the batch's 2
+    assert journal[0] == ("drain",) and journal[-1] == ("finish", ["e1"])
+    # the next checkpoint writes both again with the second batch, and finishes its record
+    journal.clear()
+    clock[0] = 2.0
+    assert cp.due()
+    asyncio.run(cp.commit(NOW))
+    states = {e[1]: e[2] for e in journal if e[0] == "state"}
+    assert states == {"b|2026-11": 7, "c|2026-11": 3} and journal[-1] == ("finish", ["e2"])
+
+
+def test_the_alerts_of_a_batch_between_slices_are_sent_before_the_drain():
+    journal: list = []
+    cp = make(journal, [0.0])
+    run(cp, [("r1", [alloc(1, "1"), alloc(2, "1", budget="c")])], ["e1"])
+    taking = cp.begin(NOW)
+    taking.step(1)
+    run(cp, [("r2", [alloc(3, "1"), alloc(4, "600", budget="c")])], ["e2"])  # c at 60 %
+    taking.step(1)
+    asyncio.run(cp.write(taking.snapshot))
+    kinds = [e[0] for e in journal]
+    sent = kinds.index("alert")
+    assert journal[sent] == ("alert", "c:2026-11:threshold:50")
+    assert ("status", "c|2026-11", 601) in journal  # c frozen after the batch
+    assert sent < kinds.index("drain") < kinds.index("state")  # acked before c's state
