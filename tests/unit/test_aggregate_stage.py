@@ -115,3 +115,20 @@ def test_the_remembered_next_tier_moves_on_when_a_tier_fires_or_the_budget_chang
     registry.put(BUDGET.model_copy(update={"limit": Decimal(8), "updated_at": NOW}))
     result = agg.process([("r", [alloc(6, "0.1")])], lambda k: state, NOW)  # 7.7 of 8
     assert [a.alert_id.split(":", 2)[2] for a in result.alerts] == ["threshold:90"]
+
+
+def test_alerts_built_without_validation_are_valid_alerts():
+    """Alerts are built with ``model_construct`` (their fields come from a validated budget
+    and our own state): each must be exactly what validation would have made of it."""
+    from spendstream.schemas.avro import codec
+    from spendstream.schemas.models import BudgetAlert
+
+    result = stage().process([("rec-1", [alloc(1, "4"), alloc(2, "7")])],
+                             lambda k: PeriodState(), NOW)  # fmt: skip
+    assert len(result.alerts) >= 2
+    alert_codec = codec("BudgetAlert")
+    for alert in result.alerts:
+        assert BudgetAlert.model_validate(alert.model_dump()) == alert
+        assert (
+            BudgetAlert.from_avro(alert_codec.decode(alert_codec.encode(alert.to_avro()))) == alert
+        )

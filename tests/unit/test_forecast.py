@@ -3,6 +3,9 @@
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from spendstream.schemas.budget import BudgetDefinition
 from spendstream.schemas.models import CostAllocation, SourcePosition, to_micros
 from spendstream.streams.aggregation import AlertPolicy, PeriodState, due_alerts, status_of
@@ -168,3 +171,22 @@ def test_a_late_stale_status_never_rolls_a_budget_back() -> None:
     assert newer_status(None, stale)
     assert newer_status(stale, newer)
     assert not newer_status(newer, stale)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    days=st.dictionaries(st.integers(0, 40), st.integers(0, 10**13), max_size=41),
+    elapsed_days=st.integers(2, 29),
+)
+def test_the_band_equals_the_textbook_sample_variance(days, elapsed_days):
+    """project() sums integers for the variance (one division); the textbook way, mean
+    then squared deviations in Decimal, gives the same band to the nano-unit."""
+    now = to_micros(START + timedelta(days=elapsed_days, hours=6))
+    spent = sum(v for d, v in days.items() if d <= elapsed_days)
+    p = project(spent, days, to_micros(START), to_micros(END), now, Decimal(10))
+    values = [Decimal(days.get(d, 0)) for d in range(elapsed_days)]
+    mean = sum(values, Decimal(0)) / len(values)
+    variance = sum(((v - mean) ** 2 for v in values), Decimal(0)) / (len(values) - 1)
+    days_left = Decimal(to_micros(END) - now) / (24 * US_PER_HOUR)
+    half = Decimal("1.96") * variance.sqrt() * days_left.sqrt() * Decimal("1e-9")
+    assert abs(p.high - (p.projected + half)) <= Decimal("1e-9")
