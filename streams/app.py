@@ -230,6 +230,7 @@ def create_worker(config: AggregatorConfig) -> Worker:
     alloc_topic = app.topic(topics.allocations, key_serializer="raw", value_serializer="raw")
     # State as a JSON string: faust's changelog recovery cannot rebuild a dict value_type.
     spend = app.Table(SPEND_TABLE, default=None, key_type=str, value_type=str)
+    table = SpendTable(spend, out.send)  # its changelog goes out through ``out``
     single = codec("CostAllocation")
 
     def micro_batches(stream: faust.StreamT) -> Any:
@@ -295,7 +296,7 @@ def create_worker(config: AggregatorConfig) -> Worker:
                 worker.record_age.observe(max(0.0, time.time() - oldest))
             metrics["aggregate_consumed"] += len(events)
             now = datetime.now(UTC)
-            result = stage.process(decoded(events), lambda k: checkpoint.load(k, spend.get), now)
+            result = stage.process(decoded(events), lambda k: checkpoint.load(k, table.get), now)
             await checkpoint.batch(result, events)
             metrics.update(result.counters)
             metrics["alerts"] += len(result.alerts)
@@ -354,8 +355,6 @@ def create_worker(config: AggregatorConfig) -> Worker:
     async def drain() -> None:
         await out.drain()
 
-    table = SpendTable(spend, out.send)
-
     def write_state(key: str, value: str, source: faust.EventT) -> None:
         table.put(key, value, source.message.partition)
 
@@ -389,7 +388,7 @@ def create_worker(config: AggregatorConfig) -> Worker:
                         if tp.topic == topics.allocations}  # fmt: skip
             held = []
             for key in held_keys(checkpoint.states, spend):
-                state = checkpoint.load(key, spend.get)
+                state = checkpoint.load(key, table.get)
                 if state.held and state.partition in assigned:
                     held.append((key, state, PartitionRef(topics.allocations, state.partition)))
             now = datetime.now(UTC)

@@ -124,8 +124,8 @@ class Checkpoint(Generic[Source]):
         return bool(self.waiting or self.dirty) and self.clock() - self.since >= self.interval_s
 
     def take(self, now: datetime) -> Snapshot[Source]:
-        """Step 1 at once (a stopping worker's last checkpoint, tests): ``begin`` and
-        every state frozen."""
+        """Step 1 at once (tests; the worker takes its checkpoints a slice at a time):
+        ``begin`` and every state frozen."""
         taking = self.begin(now)
         taking.step(len(taking.left))
         return taking.snapshot
