@@ -42,6 +42,7 @@ from confluent_kafka import KafkaError, TopicPartition
 
 from spendstream.config import Settings
 from spendstream.errors import SpendstreamError
+from spendstream.loop_watch import LoopWatch
 from spendstream.metrics import SECONDS_BUCKETS, Histogram, Lags, consumer_lags
 from spendstream.schemas import batches
 from spendstream.schemas.avro import codec, framed_codec
@@ -164,6 +165,8 @@ class ClickHouseSink:
         self.assigned: set[tuple[str, int]] = set()
         self.lags: Lags = {}
         self._lags_at = 0.0
+        #: the consume loop's stall watch (run starts it)
+        self._watch: LoopWatch | None = None
         self._stop = threading.Event()
         self.consumer_group = config.group
 
@@ -219,8 +222,10 @@ class ClickHouseSink:
             list(self.tables), on_assign=self._on_assign, on_revoke=self._on_revoke
         )
         last_data = time.monotonic()
+        watch = self._watch = LoopWatch("sink").start()
         try:
             while not self._stop.is_set():
+                watch.beat()
                 messages = self.consumer.consume(
                     num_messages=min(self.config.batch_rows, 10_000), timeout=self._wait_s()
                 )
@@ -244,6 +249,7 @@ class ClickHouseSink:
         except SinkStopped as exc:
             log.warning("%s; uncommitted records will be written by the next run", exc)
         finally:
+            watch.stop()
             self.consumer.close()
             self.dlq.flush(30)
         return self.stats
@@ -508,6 +514,8 @@ class ClickHouseSink:
         while time.monotonic() < end:
             self.consumer.poll(0.1)  # paused: no records, but the group sees us alive
             self._sample_lags()
+            if self._watch is not None:  # waiting out an outage is not a stall
+                self._watch.beat()
         if self._stop.is_set():
             # Leave without committing: the batch is replayed by the next run.
             raise SinkStopped(f"stopped while {table} could not be written") from exc
