@@ -36,7 +36,6 @@ class LoopWatch:
         self.stalled_since: float | None = None
         self.thread_id = threading.get_ident()
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def beat(self) -> None:
         self.last = self.clock()
@@ -67,8 +66,7 @@ class LoopWatch:
         """Watch the calling thread's loop from a daemon thread."""
         self.thread_id = threading.get_ident()
         self.beat()
-        self._thread = threading.Thread(target=self._run, name=f"{self.name}-watch", daemon=True)
-        self._thread.start()
+        threading.Thread(target=self._run, name=f"{self.name}-watch", daemon=True).start()
         return self
 
     def stop(self) -> None:
