@@ -52,7 +52,7 @@ from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition  # no
 from benchmarks._local import bench_settings, free_port, produce  # noqa: E402
 from benchmarks.quix_pipeline import quix_python  # noqa: E402
 from spendstream.processes import ProcessGroup, wait_for, worker_metrics  # noqa: E402
-from spendstream.producer import publish_budgets  # noqa: E402
+from spendstream.producer import producer_config, publish_budgets  # noqa: E402
 from spendstream.schemas.avro import codec  # noqa: E402
 from spendstream.schemas.budget import BudgetDefinition  # noqa: E402
 from spendstream.schemas.checks import CheckRequest  # noqa: E402
@@ -97,12 +97,13 @@ class AlertClock(threading.Thread):
 
     def run(self) -> None:
         topic = self.settings.topics.alerts
-        # short fetch waits: with librdkafka's 500 ms default, the step from the alert's
-        # creation to its arrival here took 280 ms at p50 (measured: 530 vs 251 ms), with
-        # 10 ms about 100: the measuring consumer, not the pipeline
+        # a subscriber as the notify service reads (100 ms fetch waits): at librdkafka's
+        # 500 ms default the step from the alert's creation to its arrival here took 280 ms
+        # at p50; at 10 ms its ~100 empty fetches a second took broker CPU the pipeline
+        # then lacked, and 100 ms measured no slower at 1,000 events/s
         consumer = Consumer({"bootstrap.servers": self.settings.bootstrap_servers,
                              "group.id": "bench-alerts", "enable.auto.commit": False,
-                             "fetch.wait.max.ms": 10})  # fmt: skip
+                             "fetch.wait.max.ms": 100})  # fmt: skip
         parts = consumer.list_topics(topic, timeout=30).topics[topic].partitions
         consumer.assign([TopicPartition(topic, p, OFFSET_END) for p in parts])
         consumer.poll(0.5)
@@ -298,8 +299,8 @@ def main() -> None:
                 for t in range(teams)]  # fmt: skip
 
     with bench_settings(batch_size=2000, batch_linger_ms=20) as settings:
-        producer = Producer({"bootstrap.servers": settings.bootstrap_servers, "linger.ms": 5,
-                             "enable.idempotence": True, "acks": "all"})  # fmt: skip
+        # the load generator publishes as the SDK does (its producer settings)
+        producer = Producer(producer_config(settings))
         load(settings, budgets, args.events, teams, small, producer)
         runs: list[dict[str, Any]] = []
         for n in counts[1:]:  # more workers, each on fresh topics of the same broker

@@ -33,7 +33,7 @@ from confluent_kafka import Producer  # noqa: E402
 
 from benchmarks._local import bench_settings, produce  # noqa: E402
 from spendstream.processes import ProcessGroup, wait_for, worker_metrics  # noqa: E402
-from spendstream.producer import publish_budgets  # noqa: E402
+from spendstream.producer import producer_config, publish_budgets  # noqa: E402
 from spendstream.schemas.avro import codec  # noqa: E402
 from spendstream.schemas.budget import BudgetDefinition  # noqa: E402
 from spendstream.schemas.models import Attributes, LlmUsage, UsageEvent  # noqa: E402
@@ -73,8 +73,8 @@ class Load(threading.Thread):
         self.stop = threading.Event()
 
     def run(self) -> None:
-        producer = Producer({"bootstrap.servers": self.settings.bootstrap_servers,
-                             "linger.ms": 5, "enable.idempotence": True, "acks": "all"})  # fmt: skip
+        # the load generator publishes as the SDK does (its producer settings)
+        producer = Producer(producer_config(self.settings))
         enc = codec("UsageEvent")
         start = time.monotonic()
         while not self.stop.is_set():

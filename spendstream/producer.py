@@ -44,7 +44,11 @@ def producer_config(settings: KafkaTarget, **extra: Any) -> dict[str, Any]:
         "enable.idempotence": True,
         "acks": "all",
         "partitioner": "murmur2_random",
-        "linger.ms": 5,
+        # librdkafka sends one partition's batch per produce request; at 5 ms a producer
+        # of 5,000 events/s over 4 partitions made ~570 requests a second, and the broker's
+        # CPU goes by requests more than by bytes (measured: 20 ms cut a co-located
+        # broker's share by a third). Usage events are not waited on by their producer.
+        "linger.ms": 20,
         "compression.type": "lz4",
         "message.timeout.ms": 120_000,
         # librdkafka's own log lines go through Python logging (quiet unless DEBUG)

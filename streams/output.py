@@ -21,6 +21,9 @@ from spendstream.producer import produce_waiting
 
 log = logging.getLogger("spendstream.worker")
 
+#: the aggregator's output linger (streams/app.py says why)
+OUTPUT_LINGER_MS = 20
+
 
 class OutputError(SpendstreamError, RuntimeError):
     """Records of a batch could not be delivered; the batch must not be acknowledged."""
