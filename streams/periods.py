@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 
 from spendstream.errors import UserError
 from spendstream.schemas.budget import BudgetDefinition
+from spendstream.schemas.models import from_micros, to_micros
 
 
 class PeriodError(UserError, ValueError):
@@ -116,27 +117,41 @@ def open_since(budget: BudgetDefinition, now: datetime, late_periods: int) -> Pe
 
 class LateWindow:
     """Where each budget's oldest period still open to late events starts, as of an
-    arrival time; remembered until the current period ends (both price paths ask it for
-    every event and budget)."""
+    arrival time; remembered while the arrival stays in the same current period (both
+    price paths ask it for every event and budget, so the check is two integer
+    comparisons and an identity test: a changed budget is a new definition object)."""
 
     def __init__(self, late_periods: int | None) -> None:
         self.late_periods = late_periods
-        # (budget_id, updated_at) -> (oldest open period start, when to recompute)
-        self._open: dict[tuple[str, datetime], tuple[datetime, datetime]] = {}
+        # budget_id -> (oldest open period start, current period start, end: microseconds;
+        # the definition they were computed for)
+        self._open: dict[str, tuple[int, int, int, BudgetDefinition]] = {}
 
     def oldest_open(self, budget: BudgetDefinition, now: datetime) -> datetime | None:
         """Start of the oldest period of ``budget`` open to late events at ``now``; None
         when lateness is unbounded or the budget is custom."""
+        found = self.oldest_open_us(budget, to_micros(now))
+        return None if found is None else from_micros(found)
+
+    def oldest_open_us(self, budget: BudgetDefinition, now_us: int) -> int | None:
+        """``oldest_open`` in microseconds since the epoch."""
         if self.late_periods is None or budget.period == "custom":
             return None
-        key = (budget.budget_id, budget.updated_at)
-        cached = self._open.get(key)
-        if cached is None or now >= cached[1]:
-            current = budget_period(budget, now)
-            oldest = open_since(budget, now, self.late_periods)
-            if current is None or oldest is None:
-                return None
-            if len(self._open) > 100_000:
-                self._open.clear()
-            cached = self._open[key] = (oldest.start, current.end)
-        return cached[0]
+        cached = self._open.get(budget.budget_id)
+        if cached is not None and cached[3] is budget and cached[1] <= now_us < cached[2]:
+            return cached[0]
+        now = from_micros(now_us)
+        current = budget_period(budget, now)
+        oldest = open_since(budget, now, self.late_periods)
+        if current is None or oldest is None:
+            return None
+        if len(self._open) > 100_000:
+            self._open.clear()
+        start = to_micros(oldest.start)
+        self._open[budget.budget_id] = (
+            start,
+            to_micros(current.start),
+            to_micros(current.end),
+            budget,
+        )
+        return start

@@ -185,7 +185,7 @@ class PriceRules:
         self.late_periods = late_periods
         self._codec = codec("UsageEvent")
         self.late = LateWindow(late_periods)
-        self._periods: dict[tuple[str, datetime], tuple[Period, int, int]] = {}
+        self._periods: dict[str, tuple[Period, int, int, Any]] = {}
 
     # --- decode and validate -----------------------------------------------------------
     def decode(
@@ -258,24 +258,27 @@ class PriceRules:
 
     # --- allocate ----------------------------------------------------------------------
     def allocate(
-        self, priced: Priced, origin: tuple[str, int, int], arrived: datetime
+        self, priced: Priced, origin: tuple[str, int, int], arrived_us: int
     ) -> tuple[list[list[Any]], Rejected | None]:
         """(allocation rows in the ``allocations/1`` column order, the too_late rejection
         if any). A budget in another currency gets the amount as billed: the aggregator
-        converts it at the rate of the event's day (fx.py)."""
+        converts it at the rate of the event's day (fx.py). ``arrived_us``: the record's
+        arrival, microseconds since the epoch (times compare as integers here: this runs
+        for every event and budget)."""
         event = priced.event
         when = event["occurred_at"]
+        when_us = to_micros(when)
         rows: list[list[Any]] = []
         late: Rejected | None = None
         tail: list[Any] | None = None
         for match in self.budgets.match(EventView(event)):
             budget = match.budget
-            found = self._period(budget, when)
+            found = self._period(budget, when, when_us)
             if found is None:
                 continue
-            period, start_us, end_us = found
-            oldest = self.oldest_open(budget, arrived)
-            if late is None and oldest is not None and period.start < oldest:
+            period, start_us, end_us, _ = found
+            oldest_us = self.late.oldest_open_us(budget, arrived_us)
+            if late is None and oldest_us is not None and start_us < oldest_us:
                 rows.clear()
                 late = Rejected(
                     "too_late",
@@ -288,38 +291,45 @@ class PriceRules:
             if late is not None:
                 continue
             if tail is None:
-                tail = self._event_columns(priced, origin)
+                tail = self._event_columns(priced, origin, when_us)
             rows.append([event["event_id"], budget.budget_id, match.via, period.key, start_us,
                          end_us, *tail])  # fmt: skip
         return rows, late
 
     @staticmethod
-    def _event_columns(priced: Priced, origin: tuple[str, int, int]) -> list[Any]:
+    def _event_columns(priced: Priced, origin: tuple[str, int, int], when_us: int) -> list[Any]:
         """The columns an event's allocation rows share, from occurred_at_us on."""
         event = priced.event
         payload = event["payload"]
         attrs = event["attributes"]
         llm = event["source"] == "llm"
         return [
-            to_micros(event["occurred_at"]), priced.total_nanos, priced.currency,
+            when_us, priced.total_nanos, priced.currency,
             event["source"], payload["provider"] if llm else "", payload["model"] if llm else "",
             attrs["org"] or "", attrs["team"] or "", attrs["project"] or "", attrs["user"] or "",
             attrs["department"] or "", attrs["feature"] or "", attrs["tags"], *origin,
         ]  # fmt: skip
 
-    def _period(self, budget: Any, when: datetime) -> tuple[Period, int, int] | None:
-        """The budget's period holding ``when``, with its bounds in microseconds (cached:
-        consecutive events of a budget nearly always fall in one period)."""
-        key = (budget.budget_id, budget.updated_at)
-        found = self._periods.get(key)
-        if found is not None and found[0].start <= when < found[0].end:
+    def _period(
+        self, budget: Any, when: datetime, when_us: int
+    ) -> tuple[Period, int, int, Any] | None:
+        """The budget's period holding ``when``, with its bounds in microseconds and the
+        definition it was computed for (cached per budget: consecutive events of a budget
+        nearly always fall in one period; a changed budget is a new definition object)."""
+        found = self._periods.get(budget.budget_id)
+        if found is not None and found[3] is budget and found[1] <= when_us < found[2]:
             return found
         period = budget_period(budget, when)
         if period is None:
             return None
         if len(self._periods) > 100_000:
             self._periods.clear()
-        found = self._periods[key] = (period, to_micros(period.start), to_micros(period.end))
+        found = self._periods[budget.budget_id] = (
+            period,
+            to_micros(period.start),
+            to_micros(period.end),
+            budget,
+        )
         return found
 
     def oldest_open(self, budget: Any, now: datetime) -> datetime | None:
@@ -401,9 +411,9 @@ class PriceStage:
                 counters[f"price_fallback_{priced.fallback}"] += 1
             if priced.flag:  # "unknown_tier:<tier>" counts as unknown_tier
                 counters[priced.flag.partition(":")[0]] += 1
-            arrived = from_micros(record.timestamp_ms * 1000) if record.timestamp_ms > 0 else now
+            arrived_us = record.timestamp_ms * 1000 if record.timestamp_ms > 0 else now_us
             origin = (record.topic, record.partition, record.offset)
-            allocations, late = rules.allocate(priced, origin, arrived)
+            allocations, late = rules.allocate(priced, origin, arrived_us)
             if late is not None:
                 dead.append(self._dead_letter(late, record, now))
                 counters["dlq"] += 1

@@ -4,7 +4,15 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from spendstream.schemas.budget import BudgetDefinition
-from spendstream.streams.periods import PeriodError, budget_period, period_of, previous_period
+from spendstream.schemas.models import to_micros
+from spendstream.streams.periods import (
+    LateWindow,
+    PeriodError,
+    budget_period,
+    open_since,
+    period_of,
+    previous_period,
+)
 
 BERLIN = ZoneInfo("Europe/Berlin")
 NY = ZoneInfo("America/New_York")
@@ -81,3 +89,23 @@ def test_naive_time_and_unknown_kind_are_rejected():
         period_of("monthly", datetime(2026, 1, 1), ZoneInfo("UTC"))
     with pytest.raises(PeriodError):
         period_of("fortnightly", datetime(2026, 1, 1, tzinfo=UTC), ZoneInfo("UTC"))
+
+
+def test_late_window_equals_open_since_across_periods_and_definition_changes():
+    """The cached answer is the uncached one at every arrival: arrivals walking forward
+    and back across month ends in Berlin, and after the budget's definition changes
+    (daily from monthly: same id, a new definition object)."""
+    monthly = BudgetDefinition(budget_id="b", name="b", limit=1, period="monthly",
+                               timezone="Europe/Berlin")  # fmt: skip
+    daily = monthly.model_copy(update={"period": "daily"})
+    window = LateWindow(late_periods=1)
+    start = datetime(2026, 1, 30, tzinfo=UTC)
+    hours = [*range(0, 24 * 5, 7), *range(24 * 5, 0, -11)]
+    for budget in (monthly, daily, monthly):
+        for h in hours:
+            now = start + timedelta(hours=h)
+            want = open_since(budget, now, 1)
+            assert want is not None
+            assert window.oldest_open(budget, now) == want.start
+            assert window.oldest_open_us(budget, to_micros(now)) == to_micros(want.start)
+    assert LateWindow(None).oldest_open(monthly, start) is None

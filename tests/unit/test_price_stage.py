@@ -223,7 +223,7 @@ def fast(event_bytes: bytes | None, offset: int, late: int | None = 1):
     priced = rules.price(*decoded)
     if isinstance(priced, Rejected):
         return ("dead", priced.code, priced.reason)
-    allocs, late_dead = rules.allocate(priced, ("usage.llm", 0, offset), NOW)
+    allocs, late_dead = rules.allocate(priced, ("usage.llm", 0, offset), to_micros(NOW))
     A = batches.A
     return ("priced", from_nanos(priced.total_nanos), priced.currency,
             [(n, from_nanos(q), from_nanos(a)) for n, q, _, a in priced.lines],
