@@ -43,7 +43,7 @@ from spendstream.topics import committed_or_start, has_records, price_group, wor
 
 from .aggregate_stage import AggregateStage, allocation_row
 from .api import BudgetApi, jsonable, mount
-from .budget_feed import BudgetFeed
+from .budget_feed import PROGRESS_HEADER, BudgetFeed, progress_header
 from .checkpoint import Checkpoint
 from .configs import AggregatorConfig, WarehouseOpener
 from .dashboard import mount_dashboard
@@ -371,7 +371,8 @@ def create_worker(config: AggregatorConfig) -> Worker:
         write_state=write_state,
         send_alert=send_alert,
         send_status=lambda key, record: out.send(
-            topics.status, key.encode(), framed_codec("BudgetStatus", topics.status).encode(record)),
+            topics.status, key.encode(), framed_codec("BudgetStatus", topics.status).encode(record),
+            headers={PROGRESS_HEADER: progress_header(record)}),
         drain=drain, finish=offset_guard.finish, resolved=feed.resolved,
         interval_s=config.checkpoint_interval_s,
         send_conversions=lambda rows: out.send(

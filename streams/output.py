@@ -49,14 +49,16 @@ class OutputProducer:
         origin: str | None = None,
         *,
         partition: int | None = None,
+        headers: dict[str, bytes] | None = None,
     ) -> None:
         """Queue one record (waits for queue space, never drops). ``origin`` is the input
         position ("topic:partition:offset") it was computed from, sent as a header so the
         sink can skip the outputs of a replayed input without decoding them. ``partition``
-        given, the record goes there rather than where its key hashes."""
+        given, the record goes there rather than where its key hashes. ``headers``: more
+        headers to send with it."""
         options: dict[str, object] = {"on_delivery": self._on_delivery}
-        if origin:
-            options["headers"] = {"origin": origin}
+        if origin or headers:
+            options["headers"] = {**({"origin": origin} if origin else {}), **(headers or {})}
         if partition is not None:
             options["partition"] = partition
         produce_waiting(self._producer, topic, key, value, **options)

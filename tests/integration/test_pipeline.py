@@ -16,7 +16,9 @@ from spendstream.readback import read_alerts, read_statuses, read_topic
 from spendstream.schemas.avro import codec, configure_registry
 from spendstream.schemas.budget import BudgetDefinition
 from spendstream.schemas.models import Attributes, DeadLetter, LlmUsage, UsageEvent
+from spendstream.schemas.money import to_nanos
 from spendstream.sinks.warehouse import SinkWarehouse, sink_warehouse
+from spendstream.streams.budget_feed import BudgetFeed
 from spendstream.topics import ensure_topics
 
 pytestmark = pytest.mark.integration
@@ -120,6 +122,21 @@ def test_thousand_events_exact_totals_and_one_alert_per_tier(settings, services)
     statuses = wait_for("budget status", settled, 60, services)
     assert statuses["org"].event_count == 1000 and statuses["ml"].event_count == 500
     assert statuses["ml"].state == "exceeded" and statuses["org"].state == "critical"
+
+    # A worker's budget feed folds them by their progress header, undecoded: every status
+    # record the worker wrote states its progress (none waits to be decoded for order),
+    # and the one kept per key is the newest.
+    feed = BudgetFeed(settings, follow_status=True)
+    feed.start()
+    try:
+        assert feed.caught_up.wait(60)
+        assert feed.statuses._raw == {} and feed.statuses._decoded == {}
+        kept = {key.split("|")[0]: progress for key, (progress, _) in feed.statuses._best.items()}
+        assert kept == {"org": (1000, to_nanos(total)), "ml": (500, to_nanos(ml_total))}
+        by_budget = {s.budget_id: s for s in feed.statuses.values()}
+        assert by_budget["org"].spent == total and by_budget["ml"].spent == ml_total
+    finally:
+        feed.stop()
 
     # Exactly one alert per crossed tier (forecast alerts depend on the day of the month
     # this runs; the oracle test in test_budget_oracle.py pins those down).
