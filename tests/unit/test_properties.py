@@ -169,6 +169,20 @@ def test_timestamps_keep_microseconds():
     assert UsageEvent.decode(event.encode()).occurred_at == t
 
 
+@given(st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30),
+                    timezones=st.just(UTC)))  # fmt: skip
+def test_micros_round_trip_exactly(when: datetime) -> None:
+    """to_micros and from_micros (the times of every priced row and allocation go through
+    them) are exact inverses, and to_micros is the plain arithmetic of days, seconds and
+    microseconds since 1970."""
+    from spendstream.schemas.models import EPOCH, from_micros, to_micros
+
+    micros = to_micros(when)
+    delta = when - EPOCH
+    assert micros == (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    assert from_micros(micros) == when and from_micros(micros).tzinfo is not None
+
+
 GENAI_MODELS = [("openai", "gpt-4o"), ("openai", "gpt-4o-mini"), ("openai", "o3"),
                 ("anthropic", "claude-sonnet-4-5"), ("anthropic", "claude-3-5-haiku"),
                 ("google", "gemini-2.5-pro"), ("google", "gemini-2.5-flash"),
