@@ -107,8 +107,6 @@ class SinkStats(WriterStats):
     #: monotonic time the first record arrived (benchmarks time from here, not from join)
     first_record_at: float | None = None
     last_commit_at: float = 0.0
-    #: asynchronous offset commits the broker refused or that failed (each made again)
-    commit_failures: int = 0
     #: table -> seconds to write one batch into it (retries included), one per batch
     insert_seconds: dict[str, Histogram] = field(default_factory=dict)
 
@@ -123,6 +121,10 @@ def consumer_config(config: SinkConfig) -> dict[str, Any]:
         "enable.auto.commit": False, "auto.offset.reset": "earliest",
         "max.poll.interval.ms": 600_000, "queued.max.messages.kbytes": 65536,
         "session.timeout.ms": session_ms, "heartbeat.interval.ms": min(3000, session_ms // 3),
+        # metadata again every 10 s, not librdkafka's 5 min: a leader taken as -1 while a
+        # restarted broker came up is asked again soon (the SDK's producer sent nothing
+        # for 90 s after one, once in six runs of the broker-restart fault scenario)
+        "topic.metadata.refresh.interval.ms": 10_000,
     }  # fmt: skip
 
 
@@ -171,11 +173,6 @@ class ClickHouseSink:
         self._watch: LoopWatch | None = None
         self._stop = threading.Event()
         self.consumer_group = config.group
-        #: the newest offset asked to be committed, per partition
-        self._committing: dict[tuple[str, int], int] = {}
-        #: an asynchronous commit failed: commit ``_committing`` again
-        self._recommit = False
-        self._commit_warned = -5.0
 
     @classmethod
     def from_settings(
@@ -210,14 +207,10 @@ class ClickHouseSink:
         with lock:
             migrate(ch, steps)
         logger = logging.getLogger("spendstream.kafka")
-        made: list[ClickHouseSink] = []
-        # asynchronous commits report here (served while consuming)
-        consumer = Consumer({"logger": logger, **consumer_config(config),
-                             "on_commit": lambda err, parts: made[0].committed(err, parts)})  # fmt: skip
+        consumer = Consumer({"logger": logger, **consumer_config(config)})
         dlq = Producer({"bootstrap.servers": config.bootstrap_servers, "logger": logger,
                         "enable.idempotence": True, "acks": "all"})  # fmt: skip
-        made.append(cls(config, ch, cast(SinkConsumer, consumer), dlq, tables, client_lock=lock))
-        return made[0]
+        return cls(config, ch, cast(SinkConsumer, consumer), dlq, tables, client_lock=lock)
 
     # --- lifecycle ---------------------------------------------------------------------
     def stop(self, *_: object) -> None:
@@ -248,8 +241,6 @@ class ClickHouseSink:
                         continue
                     self._add(msg)
                     last_data = time.monotonic()
-                if self._recommit:  # reported while consuming (``committed``)
-                    self._commit_again()
                 self._flush_due()
                 self._sample_lags()
                 if (
@@ -290,7 +281,6 @@ class ClickHouseSink:
         self._flush_all()
         for tp in partitions:
             self.assigned.discard((tp.topic, tp.partition))
-            self._committing.pop((tp.topic, tp.partition), None)
             self.stored.pop((tp.topic, tp.partition), None)
             self.origin_marks.pop((tp.topic, tp.partition), None)
 
@@ -487,11 +477,9 @@ class ClickHouseSink:
            except that a refused record that is the partition's last may be read, refused
            and dead-lettered once more (the DLQ then holds it twice; nothing is counted
            twice in ClickHouse).
-        3. Commit the offset after the batch (asynchronously: ``_commit``). Crash after:
-           nothing is replayed once the commit has reached the broker, else as after 2. A
-           failed commit is counted and made again at the next round for a partition still
-           ours; a partition a rebalance took is replayed by its new owner, and step 1's
-           rule skips what is stored.
+        3. Commit the offset after the batch (synchronously). Crash after: nothing is
+           replayed. A failed commit (a rebalance took the partition) is logged, not fatal:
+           the new owner replays and step 1's rule skips what is stored.
         4. Remember the batch as stored (``stored``) and empty the buffer.
         """
         batch = buf.batch
@@ -544,49 +532,13 @@ class ClickHouseSink:
             self._paused = False
 
     def _commit(self, tp: tuple[str, int], next_offset: int) -> None:
-        """Commit asynchronously. A synchronous commit hung the sink for good, once in ~20
-        runs of the broker-restart fault scenario (its loop watch caught it waiting in
-        ``commit``; confluent-kafka-python issue 1801 reports the same hang). A commit
-        that fails is made again (``committed``); one that is lost (a crash, a
-        rebalance) only replays records the stored-offset watermark skips."""
-        self._committing[tp] = next_offset
-        self._commit_offsets({tp: next_offset})
-        self.stats.last_commit_at = time.monotonic()
-
-    def _commit_offsets(self, offsets: dict[tuple[str, int], int]) -> None:
-        if not offsets:
-            return
-        parts = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
         try:
-            self.consumer.commit(offsets=parts, asynchronous=True)
+            self.consumer.commit(
+                offsets=[TopicPartition(tp[0], tp[1], next_offset)], asynchronous=False
+            )
         except Exception as exc:  # the stored-offset watermark keeps this safe
-            self._commit_failed(str(exc))
-
-    def committed(self, err: Any, partitions: list[TopicPartition] | None) -> None:
-        """The consumer's ``on_commit``: a failed asynchronous commit is made again at the
-        next round. Without that, a partition whose input stopped would keep its old
-        committed offset for good: everything stored, a lag that never went."""
-        failed = [tp for tp in partitions or [] if tp.error is not None]
-        if err is None and not failed:
-            return
-        error = err if err is not None else failed[0].error
-        self._commit_failed(error.str() if hasattr(error, "str") else str(error))
-
-    def _commit_failed(self, reason: str) -> None:
-        """Count it, commit again at the next round; warn at most every 5 s (while the
-        group rebalances or the broker restarts, each retry fails alike until it is done)."""
-        self.stats.commit_failures += 1
-        self._recommit = True
-        now = time.monotonic()
-        if now - self._commit_warned >= 5:
-            self._commit_warned = now
-            log.warning("offset commit failed (%s); committing again", reason)
-
-    def _commit_again(self) -> None:
-        """Commit the newest offsets of the partitions still ours."""
-        self._recommit = False
-        self._committing = {tp: o for tp, o in self._committing.items() if tp in self.assigned}
-        self._commit_offsets(self._committing)
+            log.warning("offset commit for %s:%s failed: %s", tp[0], tp[1], exc)
+        self.stats.last_commit_at = time.monotonic()
 
 
 #: ``_origins`` verdict: the whole record is a replay

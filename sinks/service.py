@@ -67,8 +67,6 @@ class SinkWatch:
                                 value=float(stats.insert_failures)),
             CounterMetricFamily("spendstream_sink_retries", "Waits before another insert "
                                 "attempt after a failure.", value=float(stats.retries)),
-            CounterMetricFamily("spendstream_sink_commit_failures", "Offset commits that "
-                                "failed (each made again).", value=float(stats.commit_failures)),
             CounterMetricFamily("spendstream_sink_dead_lettered", "Records the sink could not "
                                 "store, sent to usage.dlq.", value=float(stats.poison)),
             lag_family([(sink.consumer_group, dict(sink.lags))]),

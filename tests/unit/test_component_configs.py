@@ -263,3 +263,5 @@ def test_producers_batch_20_ms_unless_told_otherwise(settings: Any) -> None:
     conf = producer_config(KafkaConfig.from_settings(settings))
     assert (conf["linger.ms"], conf["acks"], conf["enable.idempotence"]) == (20, "all", True)
     assert producer_config(settings, **{"linger.ms": 5})["linger.ms"] == 5
+    # a leader taken as -1 while a restarted broker came up is asked again within 10 s
+    assert conf["topic.metadata.refresh.interval.ms"] == 10_000

@@ -121,8 +121,7 @@ METRIC_CONTRACT = {
     "spendstream_price_fallbacks_total", "spendstream_budgets", "spendstream_batch_size",
     "spendstream_batch_seconds", "spendstream_record_age_seconds", "spendstream_consumer_lag", "spendstream_sink_rows_total",
     "spendstream_sink_insert_seconds", "spendstream_sink_errors_total",
-    "spendstream_sink_retries_total", "spendstream_sink_commit_failures_total",
-    "spendstream_notify_alerts_total",
+    "spendstream_sink_retries_total", "spendstream_notify_alerts_total",
     "spendstream_notify_deliveries_total", "spendstream_notify_digests_total",
 }  # fmt: skip
 HISTOGRAMS = {"spendstream_batch_size", "spendstream_batch_seconds", "spendstream_record_age_seconds",

@@ -275,14 +275,12 @@ def test_sink_metrics_port_serves_metrics_health_and_readiness(tmp_path: Path) -
         assert status == 200 and ctype.startswith("text/plain")
         samples = scrape(registry_of(watch.families))
         assert {"spendstream_sink_rows_total", "spendstream_sink_errors_total",
-                "spendstream_sink_retries_total",
-                "spendstream_sink_commit_failures_total"} <= names(samples)  # fmt: skip
+                "spendstream_sink_retries_total"} <= names(samples)  # fmt: skip
         assert value(samples, "spendstream_sink_rows_total", table="priced_usage") == 0
 
         sink.stats.rows["priced_usage"] += 40
         sink.stats.insert_failures += 2
         sink.stats.retries += 2
-        sink.stats.commit_failures += 3
         sink.stats.insert_seconds["priced_usage"] = Histogram(SECONDS_BUCKETS)
         sink.stats.insert_seconds["priced_usage"].observe(0.2)
         sink.lags = {("usage.priced", 3): 17}
@@ -292,7 +290,6 @@ def test_sink_metrics_port_serves_metrics_health_and_readiness(tmp_path: Path) -
         assert value(samples, "spendstream_sink_rows_total", table="priced_usage") == 40
         assert value(samples, "spendstream_sink_errors_total") == 2
         assert value(samples, "spendstream_sink_retries_total") == 2
-        assert value(samples, "spendstream_sink_commit_failures_total") == 3
         assert value(samples, "spendstream_sink_insert_seconds_count", table="priced_usage") == 1
         assert value(samples, "spendstream_sink_insert_seconds_bucket", table="priced_usage",
                      le="0.25") == 1  # fmt: skip

@@ -6,7 +6,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
-from confluent_kafka import KafkaError, TopicPartition
+from confluent_kafka import TopicPartition
 
 from spendstream.schemas.avro import codec
 from spendstream.schemas.models import DeadLetter
@@ -55,7 +55,6 @@ class FakeConsumer:
         self.partitions = [TopicPartition(t, p) for t, p in partitions]
         self.batches = list(batches)
         self.commits: list[tuple[str, int, int]] = []
-        self.modes: list[bool] = []  # each commit's ``asynchronous``
         self.paused = 0
         self.resumed = 0
         self.on_empty: Any = lambda: None
@@ -71,7 +70,6 @@ class FakeConsumer:
         return self.batches.pop(0)
 
     def commit(self, offsets, asynchronous=True):  # type: ignore[no-untyped-def]
-        self.modes.append(asynchronous)
         for tp in offsets:
             self.commits.append((tp.topic, tp.partition, tp.offset))
             EVENTS.append(f"commit {tp.topic}:{tp.partition}:{tp.offset}")
@@ -212,35 +210,3 @@ def test_a_consume_waits_no_longer_than_until_the_first_buffer_is_due() -> None:
     s.run()
     assert waits[0] == 0.2  # nothing buffered: the longest wait
     assert 0.0 <= waits[1] <= 0.15  # one record buffered: at most its linger's remainder
-
-
-def test_commits_are_asynchronous_and_a_failed_one_is_made_again_while_ours() -> None:
-    """A synchronous commit hung the sink for good after a broker restart (the loop watch
-    caught it in ``commit``). Commits go out asynchronously; one the broker refuses is
-    reported to ``committed`` (served while consuming) and the newest offset of each
-    partition still ours is committed again at the next round, not of one revoked."""
-    EVENTS.clear()
-    recorded = [[Msg("toy", 0, o, b"a") for o in range(3)] + [Msg("toy", 1, 0, b"b")], [], []]
-    consumer = FakeConsumer([("toy", 0), ("toy", 1)], recorded)
-    s = sink(consumer, FakeClient(), FakeProducer())
-    consume = consumer.consume
-    rounds = [0]
-
-    def consume_and_report(num_messages=1, timeout=0.0):  # type: ignore[no-untyped-def]
-        rounds[0] += 1
-        if rounds[0] == 2:  # the broker refused the commits of round 1
-            # one partition's error in an otherwise successful reply
-            failed = SimpleNamespace(topic="toy", partition=0, offset=3,
-                                     error=KafkaError(KafkaError.REBALANCE_IN_PROGRESS))  # fmt: skip
-            s.committed(None, [failed, TopicPartition("toy", 1, 1)])  # type: ignore[list-item]
-            s._on_revoke(consumer, [TopicPartition("toy", 1)])  # toy:1 is no longer ours
-        return consume(num_messages, timeout)
-
-    consumer.consume = consume_and_report  # type: ignore[method-assign]
-    s.run()
-    assert consumer.modes and all(consumer.modes)  # never a synchronous commit
-    assert s.stats.commit_failures == 1
-    # round 1 flushed toy:0 (3 records, a full batch); the rest flushed at the end; the
-    # failed commit made again in round 2 for toy:0 only
-    assert consumer.commits[:2] == [("toy", 0, 3), ("toy", 1, 1)]
-    assert ("toy", 0, 3) in consumer.commits[2:] and ("toy", 1, 1) not in consumer.commits[2:]
