@@ -42,6 +42,7 @@ from confluent_kafka import KafkaError, TopicPartition
 
 from spendstream.config import Settings
 from spendstream.errors import SpendstreamError
+from spendstream.kafka_config import METADATA_REFRESH
 from spendstream.loop_watch import LoopWatch
 from spendstream.metrics import SECONDS_BUCKETS, Histogram, Lags, consumer_lags
 from spendstream.schemas import batches
@@ -121,10 +122,7 @@ def consumer_config(config: SinkConfig) -> dict[str, Any]:
         "enable.auto.commit": False, "auto.offset.reset": "earliest",
         "max.poll.interval.ms": 600_000, "queued.max.messages.kbytes": 65536,
         "session.timeout.ms": session_ms, "heartbeat.interval.ms": min(3000, session_ms // 3),
-        # metadata again every 10 s, not librdkafka's 5 min: a leader taken as -1 while a
-        # restarted broker came up is asked again soon (the SDK's producer sent nothing
-        # for 90 s after one, once in six runs of the broker-restart fault scenario)
-        "topic.metadata.refresh.interval.ms": 10_000,
+        **METADATA_REFRESH,
     }  # fmt: skip
 
 

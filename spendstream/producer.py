@@ -20,7 +20,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from spendstream.config import Settings, load_settings
 from spendstream.errors import SpendstreamError
-from spendstream.kafka_config import KafkaTarget
+from spendstream.kafka_config import METADATA_REFRESH, KafkaTarget
 from spendstream.schemas.avro import ensure_registry, framed_codec
 from spendstream.schemas.budget import BudgetDefinition
 from spendstream.schemas.fx import FxRate
@@ -51,10 +51,7 @@ def producer_config(settings: KafkaTarget, **extra: Any) -> dict[str, Any]:
         "linger.ms": 20,
         "compression.type": "lz4",
         "message.timeout.ms": 120_000,
-        # metadata again every 10 s, not librdkafka's 5 min: after a broker restart a
-        # producer took the partitions' leader as -1 (asked while the broker came up) and
-        # sent nothing for 90 s, once in six runs of the broker-restart fault scenario
-        "topic.metadata.refresh.interval.ms": 10_000,
+        **METADATA_REFRESH,
         # librdkafka's own log lines go through Python logging (quiet unless DEBUG)
         "logger": logging.getLogger("spendstream.kafka"),
     }

@@ -57,8 +57,11 @@ class OutputProducer:
         given, the record goes there rather than where its key hashes. ``headers``: more
         headers to send with it."""
         options: dict[str, object] = {"on_delivery": self._on_delivery}
-        if origin or headers:
-            options["headers"] = {**({"origin": origin} if origin else {}), **(headers or {})}
+        sent = dict(headers or {})
+        if origin:
+            sent["origin"] = origin
+        if sent:
+            options["headers"] = sent
         if partition is not None:
             options["partition"] = partition
         produce_waiting(self._producer, topic, key, value, **options)

@@ -9,6 +9,7 @@ from functools import cache
 
 from confluent_kafka import Consumer, Producer
 
+from spendstream.kafka_config import METADATA_REFRESH
 from spendstream.producer import producer_config
 from spendstream.schemas.avro import ensure_registry
 from spendstream.topics import price_group, seen_topic
@@ -49,9 +50,7 @@ def build_loop(config: PriceStageConfig) -> PriceLoop:
             # fetch per few records cost the broker a third more CPU (measured)
             "fetch.wait.max.ms": 20,
             "fetch.min.bytes": 1 << 20,
-            # metadata every 10 s (not 5 min): a leader taken as -1 while the broker came
-            # back from a restart is asked again soon (sinks/clickhouse_sink.py, the same)
-            "topic.metadata.refresh.interval.ms": 10_000,
+            **METADATA_REFRESH,
             # asynchronous commits report here (served while consuming): a failed one is
             # made again by the loop
             "on_commit": lambda err, partitions: loop[0].committed(err, partitions),
