@@ -16,7 +16,7 @@ from decimal import Decimal
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 from urllib.parse import urlsplit
 
 import fastavro
@@ -106,18 +106,22 @@ class AvroCodec:
     def _with_decimal_bytes(self, record: dict[str, Any]) -> dict[str, Any]:
         """``record`` with its top-level Decimal fields already in their Avro bytes: fastavro
         converts a Decimal digit by digit (~10 us each, measured; a status has eight and a
-        worker writes a thousand statuses a second), ``decimal_bytes`` in ~0.5 us."""
+        worker writes a thousand statuses a second), ``decimal_bytes`` in ~0.5 us. A value
+        of a ``["null", decimal]`` union goes as fastavro's ``("bytes", value)`` notation,
+        which names the branch: otherwise fastavro tries each branch against the value
+        (~1 us a field; a status encoded 34 -> 25 us, measured)."""
         record = dict(record)
-        for name, (scale, in_map) in self._decimals.items():
+        for name, found in self._decimals.items():
             value = record.get(name)
-            if in_map:
+            if found.in_map:
                 if value:
                     record[name] = {
-                        k: decimal_bytes(v, scale) if isinstance(v, Decimal) else v
+                        k: decimal_bytes(v, found.scale) if isinstance(v, Decimal) else v
                         for k, v in value.items()
                     }
             elif isinstance(value, Decimal):
-                record[name] = decimal_bytes(value, scale)
+                data = decimal_bytes(value, found.scale)
+                record[name] = ("bytes", data) if found.in_union else data
         return record
 
     def split(self, data: bytes) -> tuple[dict[str, Any], bytes]:
@@ -170,28 +174,43 @@ class AvroCodec:
         return writer
 
 
-def decimal_fields(schema: dict[str, Any]) -> dict[str, tuple[int, bool]]:
+class DecimalField(NamedTuple):
+    """Where a bytes ``decimal`` sits in a record's top-level field."""
+
+    scale: int
+    #: the values of a map
+    in_map: bool = False
+    #: the one ``bytes`` branch of a union (with null): named when written
+    in_union: bool = False
+
+
+def decimal_fields(schema: dict[str, Any]) -> dict[str, DecimalField]:
     """Top-level fields of a record schema holding a bytes ``decimal`` (alone, in a union
-    with null, or as the values of a map): name -> (scale, in a map)."""
+    with null, or as the values of a map), by name."""
 
     def scale_of(branch: Any) -> int | None:
         if isinstance(branch, dict) and branch.get("logicalType") == "decimal":
             return int(branch.get("scale", 0)) if branch.get("type") == "bytes" else None
         return None
 
-    found: dict[str, tuple[int, bool]] = {}
+    def is_bytes(branch: Any) -> bool:
+        return branch == "bytes" or (isinstance(branch, dict) and branch.get("type") == "bytes")
+
+    found: dict[str, DecimalField] = {}
     for field in schema.get("fields", []):
         kind = field["type"]
         branches = kind if isinstance(kind, list) else [kind]
+        # the branch can be named "bytes" only when no other branch is bytes too
+        named = isinstance(kind, list) and sum(map(is_bytes, branches)) == 1
         for branch in branches:
             if isinstance(branch, dict) and branch.get("type") == "map":
                 scale = scale_of(branch.get("values"))
                 if scale is not None:
-                    found[field["name"]] = (scale, True)
+                    found[field["name"]] = DecimalField(scale, in_map=True)
             else:
                 scale = scale_of(branch)
                 if scale is not None:
-                    found[field["name"]] = (scale, False)
+                    found[field["name"]] = DecimalField(scale, in_union=named)
     return found
 
 

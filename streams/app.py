@@ -50,7 +50,7 @@ from .dashboard import mount_dashboard
 from .matching import BudgetRegistry
 from .observability import PRICE_INTERNAL, mount_metrics
 from .offset_guard import OffsetGuard
-from .output import OUTPUT_LINGER_MS, OutputProducer
+from .output import ALERT_LINGER_MS, OUTPUT_LINGER_MS, OutputProducer
 from .pricing import Catalog, Pricer
 from .processor import dead_letter
 from .spend_table import SpendTable
@@ -231,6 +231,9 @@ def create_worker(config: AggregatorConfig) -> Worker:
     # 30 at 20: the broker's CPU goes by requests). Its drain sends at once what is left;
     # a threshold alert waits at most the linger.
     out = OutputProducer(producer_config(kafka, **{"linger.ms": OUTPUT_LINGER_MS}))
+    # alerts go out through a producer of their own: a threshold alert neither waits the
+    # 20 ms linger nor queues behind a checkpoint's thousand states and statuses
+    alerts_out = OutputProducer(producer_config(kafka, **{"linger.ms": ALERT_LINGER_MS}))
     alloc_topic = app.topic(topics.allocations, key_serializer="raw", value_serializer="raw")
     # State as a JSON string: faust's changelog recovery cannot rebuild a dict value_type.
     spend = app.Table(SPEND_TABLE, default=None, key_type=str, value_type=str)
@@ -357,14 +360,15 @@ def create_worker(config: AggregatorConfig) -> Worker:
             checkpoint.forget(lambda event: event.message.tp in revoked)
 
     async def drain() -> None:
-        await out.drain()
+        await asyncio.gather(alerts_out.drain(), out.drain())
 
     def write_state(key: str, value: str, source: faust.EventT) -> None:
         table.put(key, value, source.message.partition)
 
     def send_alert(alert: Any) -> None:
         metrics[f"alerts_{alert.kind}"] += 1
-        out.send(topics.alerts, alert.budget_id.encode(), _enc("BudgetAlert", alert, topics.alerts))
+        alerts_out.send(topics.alerts, alert.budget_id.encode(),
+                        _enc("BudgetAlert", alert, topics.alerts))  # fmt: skip
 
     checkpoint: Checkpoint[faust.EventT] = Checkpoint(
         registry, policy,
@@ -438,6 +442,7 @@ def create_worker(config: AggregatorConfig) -> Worker:
     mount_dashboard(app, feed, config.open_warehouse, config.web_bind)
 
     def close_output(app: Any, *args: Any, **kwargs: Any) -> None:
+        alerts_out.close()
         out.close()
 
     app.on_before_shutdown.connect(close_output)  # type: ignore[arg-type]

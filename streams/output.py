@@ -23,6 +23,9 @@ log = logging.getLogger("spendstream.worker")
 
 #: the aggregator's output linger (streams/app.py says why)
 OUTPUT_LINGER_MS = 20
+#: the linger of the aggregator's alert producer: an alert is sent as soon as its batch is
+#: counted (the alerts of one batch still go in one request per partition)
+ALERT_LINGER_MS = 2
 
 
 class OutputError(SpendstreamError, RuntimeError):

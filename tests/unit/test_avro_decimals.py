@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from spendstream.schemas.avro import codec, decimal_bytes, decimal_fields
+from spendstream.schemas.avro import DecimalField, codec, decimal_bytes, decimal_fields
 from spendstream.schemas.budget import BudgetDefinition
 from spendstream.schemas.models import BudgetStatus, to_micros
 from spendstream.streams.aggregation import PeriodState, status_of, status_record
@@ -55,9 +55,43 @@ def test_more_digits_than_the_scale_is_refused_not_rounded():
 
 def test_the_decimal_fields_of_a_status_are_found_with_their_scales():
     found = decimal_fields(codec("BudgetStatus").schema)
-    assert found["spent"] == (9, False) and found["projected_total"] == (9, False)
-    assert found["days_left"] == (4, False) and found["held_amounts"] == (9, True)
+    assert found["spent"] == DecimalField(9) and found["days_left"] == DecimalField(
+        4, in_union=True
+    )
+    assert found["projected_total"] == DecimalField(9, in_union=True)
+    assert found["held_amounts"] == DecimalField(9, in_map=True)
     assert "event_count" not in found and "period_start" not in found
+
+
+def test_a_union_with_two_bytes_branches_is_not_named_by_type():
+    schema = {"type": "record", "name": "R", "fields": [
+        {"name": "a", "type": ["null", "bytes", {"type": "bytes", "logicalType": "decimal",
+                                                  "precision": 9, "scale": 2}]}]}  # fmt: skip
+    assert decimal_fields(schema)["a"] == DecimalField(2)  # fastavro picks the branch
+
+
+@given(
+    spent=st.integers(0, 10**15),
+    percent=st.one_of(st.none(), st.integers(1, 10_000)),
+    projected=st.one_of(st.none(), st.integers(0, 10**15)),
+)
+def test_records_with_nullable_decimals_encode_byte_for_byte_as_fastavro(spent, percent,
+                                                                         projected):  # fmt: skip
+    """The union branch named by the codec is the one fastavro finds by trying them."""
+    c = codec("BudgetAlert")
+    record = {
+        "alert_id": "b:2026-11:threshold:50", "budget_id": "b", "budget_name": "B",
+        "period_key": "2026-11", "kind": "threshold",
+        "threshold_percent": None if percent is None else Decimal(percent).scaleb(-2),
+        "action": "notify", "downgrade_to": None, "severity": "warning",
+        "spent": Decimal(spent).scaleb(-9), "limit": Decimal("1234.5"), "currency": "USD",
+        "message": "m", "triggered_by": None, "triggered_at": NOW,
+        "projected_total": None if projected is None else Decimal(projected).scaleb(-9),
+    }  # fmt: skip
+    buf = io.BytesIO()
+    buf.write(c.header)
+    fastavro.schemaless_writer(buf, c.schema, record)
+    assert c.encode(record) == buf.getvalue()
 
 
 @given(
