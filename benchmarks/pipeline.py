@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/pipeline.py [--events 60000] [--budgets 1000]
         [--rate 5000] [--seconds 10] [--checks 2000] [--workers 1,2] [--no-quix]
+        [--linger-ms 10]
 
 1. Limits, over the same topic the job reads: the raw ceiling (confluent-kafka consume +
    fastavro decode, nothing else) and the faust floor (a trivial faust agent that only
@@ -25,6 +26,11 @@
    ``spendstream_record_age_seconds``): where the delay is.
 4. Pre-flight check: ``--checks`` sequential POST /check requests to the worker's HTTP
    API (and the same check in-process, without HTTP).
+
+The workers run with ``SPENDSTREAM_BATCH_SIZE=2000`` and ``SPENDSTREAM_BATCH_LINGER_MS`` set
+to ``--linger-ms`` (10: the wait of the price stage's consume and of the aggregator's
+batches; at 5,000 events/s 10 ms against 20 took the alert p50 from ~130 to ~85 ms for
+~26 points more CPU over broker and stages, docs/design.md).
 
 Starts its own local broker unless SPENDSTREAM_KAFKA_BOOTSTRAP_SERVERS is set. The broker,
 the workers and this load generator share the machine.
@@ -277,6 +283,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--checks", type=int, default=2000)
     parser.add_argument("--workers", default="1,2", help="worker process counts to time")
+    parser.add_argument("--linger-ms", type=int, default=10,
+                        help="the workers' SPENDSTREAM_BATCH_LINGER_MS")  # fmt: skip
     parser.add_argument("--no-quix", action="store_true",
                         help="skip the quixstreams pipeline limit (it needs PyPI once)")  # fmt: skip
     args = parser.parse_args()
@@ -298,7 +306,7 @@ def main() -> None:
                                  limit=team_limit, scope={"team": f"team-{t}"})
                 for t in range(teams)]  # fmt: skip
 
-    with bench_settings(batch_size=2000, batch_linger_ms=20) as settings:
+    with bench_settings(batch_size=2000, batch_linger_ms=args.linger_ms) as settings:
         # the load generator publishes as the SDK does (its producer settings)
         producer = Producer(producer_config(settings))
         load(settings, budgets, args.events, teams, small, producer)
@@ -384,6 +392,7 @@ def main() -> None:
     result = {
         "benchmark": "pipeline",
         "budgets": len(budgets),
+        "batch_linger_ms": args.linger_ms,
         "worker_processes": counts[0],
         "throughput": runs[0],
         "by_workers": runs,
