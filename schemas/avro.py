@@ -180,13 +180,14 @@ class DecimalField(NamedTuple):
     scale: int
     #: the values of a map
     in_map: bool = False
-    #: the one ``bytes`` branch of a union (with null): named when written
+    #: the only ``bytes`` branch of a union (with null): named when written
     in_union: bool = False
 
 
 def decimal_fields(schema: dict[str, Any]) -> dict[str, DecimalField]:
     """Top-level fields of a record schema holding a bytes ``decimal`` (alone, in a union
-    with null, or as the values of a map), by name."""
+    with null, or as the values of a map), by name. A union with another bytes branch is
+    left out: fastavro picks the branch of such a value from its type."""
 
     def scale_of(branch: Any) -> int | None:
         if isinstance(branch, dict) and branch.get("logicalType") == "decimal":
@@ -200,8 +201,9 @@ def decimal_fields(schema: dict[str, Any]) -> dict[str, DecimalField]:
     for field in schema.get("fields", []):
         kind = field["type"]
         branches = kind if isinstance(kind, list) else [kind]
-        # the branch can be named "bytes" only when no other branch is bytes too
-        named = isinstance(kind, list) and sum(map(is_bytes, branches)) == 1
+        union = isinstance(kind, list)
+        if union and sum(map(is_bytes, branches)) > 1:
+            continue  # which bytes branch a value takes: fastavro decides from the Decimal
         for branch in branches:
             if isinstance(branch, dict) and branch.get("type") == "map":
                 scale = scale_of(branch.get("values"))
@@ -210,7 +212,7 @@ def decimal_fields(schema: dict[str, Any]) -> dict[str, DecimalField]:
             else:
                 scale = scale_of(branch)
                 if scale is not None:
-                    found[field["name"]] = DecimalField(scale, in_union=named)
+                    found[field["name"]] = DecimalField(scale, in_union=union)
     return found
 
 
