@@ -228,8 +228,7 @@ def create_worker(config: AggregatorConfig) -> Worker:
 
     # 20 ms: a checkpoint's states and statuses (produced a slice at a time) go out in a
     # few requests, not one per slice and partition (124 status requests a second at 2 ms,
-    # 30 at 20: the broker's CPU goes by requests). Its drain sends at once what is left;
-    # a threshold alert waits at most the linger.
+    # 30 at 20: the broker's CPU goes by requests). Its drain sends at once what is left.
     out = OutputProducer(producer_config(kafka, **{"linger.ms": OUTPUT_LINGER_MS}))
     # alerts go out through a producer of their own: a threshold alert neither waits the
     # 20 ms linger nor queues behind a checkpoint's thousand states and statuses
